@@ -1,0 +1,61 @@
+"""`python -m server`: serve the model repository with gunicorn, flags mirroring the env vars."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import config
+from .repository import find_model_files
+
+GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="Serve <repository>/<name>/<version>/model.onnx over HTTP with gunicorn. "
+        "Every flag can also be set by the environment variable of the same name.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    current = config.from_environment()
+    for setting in config.SETTINGS:
+        flag = "--" + setting.name.lower().replace("_", "-")
+        parser.add_argument(
+            flag, dest=setting.name, type=setting.parse, default=current[setting.name],
+            help=f"{setting.help} [env {setting.name}]",
+        )
+    parser.add_argument(
+        "--check", action="store_true", help="only check that the repository holds a model, then exit"
+    )
+    return parser.parse_args(argv)
+
+
+def check_repository(root: str) -> bool:
+    """Print one clear line and return False when `root` holds no model file."""
+    if find_model_files(Path(root)):
+        return True
+    print(
+        f"error: no model in {root}/ (expected {root}/<name>/<version>/model.onnx); "
+        "create one with 'make train export', or point MODEL_REPOSITORY at a repository",
+        file=sys.stderr,
+    )
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not check_repository(args.MODEL_REPOSITORY):
+        return 1
+    if args.check:
+        return 0
+    env = dict(os.environ)
+    env.update({name: str(getattr(args, name)) for name in config.BY_NAME})
+    gunicorn = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "server:create_app()"]
+    os.execve(sys.executable, gunicorn, env)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

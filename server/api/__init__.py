@@ -1,0 +1,11 @@
+"""Thin Flask blueprints around the model repository."""
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_blueprints(app: Flask) -> None:
+    """Attach every blueprint of the API to `app`."""
+    from . import health
+
+    app.register_blueprint(health.bp)

@@ -1,0 +1,67 @@
+"""The application factory: settings, the model repository, request logging and blueprints."""
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from typing import Any, Mapping
+
+from flask import Flask, current_app, g, request
+
+from . import config
+from .errors import Unauthorized, register_error_handlers
+from .repository import ModelRepository
+
+log = logging.getLogger(__name__)
+
+# Endpoints that answer without a token, so load balancers and orchestrators can probe them.
+OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app from environment settings, overridden by `test_config`; load every model."""
+    app = Flask(__name__)
+    app.config.from_mapping(config.from_environment())
+    if test_config:
+        app.config.from_mapping(test_config)
+    app.json.sort_keys = False
+
+    repository = ModelRepository(app.config["MODEL_REPOSITORY"], ort_threads=app.config["ORT_THREADS"])
+    repository.load_all()
+    app.extensions["repository"] = repository
+
+    register_error_handlers(app)
+    app.before_request(_start_request)
+    app.after_request(_log_request)
+
+    from .api import register_blueprints
+
+    register_blueprints(app)
+    return app
+
+
+def get_repository() -> ModelRepository:
+    """The repository of the app handling the current request."""
+    return current_app.extensions["repository"]
+
+
+def _start_request() -> None:
+    g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+    g.started = time.perf_counter()
+    token = current_app.config["API_TOKEN"]
+    if token and request.path not in OPEN_PATHS:
+        sent = request.headers.get("Authorization", "")
+        # Constant-time comparison: the time taken says nothing about how much of the token matched.
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            raise Unauthorized("missing or wrong bearer token: send 'Authorization: Bearer <API_TOKEN>'")
+
+
+def _log_request(response):
+    elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    response.headers["X-Request-Id"] = g.get("request_id", "-")
+    log.info(
+        "%s %s %s %.1fms id=%s", request.method, request.path, response.status_code, elapsed_ms,
+        g.get("request_id", "-"),
+    )
+    return response

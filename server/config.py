@@ -1,0 +1,49 @@
+"""Every server setting in one place: its default, its environment variable and its flag."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting; `name` is both the environment variable and the Flask config key."""
+
+    name: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+
+
+def _bool(text: str) -> bool:
+    return text.strip().lower() in {"1", "true", "yes", "on"}
+
+
+# Defaults suit a 1 GB / 1 CPU box: two workers of a few threads each, one onnxruntime thread per
+# session so workers do not fight over the core.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("MODEL_REPOSITORY", "models", str, "folder holding <name>/<version>/model.onnx"),
+    Setting("HOST", "127.0.0.1", str, "address to bind; 0.0.0.0 exposes the server to the network"),
+    Setting("PORT", 8000, int, "TCP port to bind"),
+    Setting("WORKERS", 2, int, "gunicorn worker processes"),
+    Setting("THREADS", 4, int, "threads per worker"),
+    Setting("MAX_CONTENT_LENGTH", 8 * 1024 * 1024, int, "largest request body in bytes (413 above)"),
+    Setting("MAX_IMAGE_PIXELS", 25_000_000, int, "largest image, width x height, checked before decoding"),
+    Setting("MAX_IMAGES_PER_REQUEST", 64, int, "most images in one /predict request"),
+    Setting("ORT_THREADS", 1, int, "onnxruntime intra-op threads per session"),
+    Setting("API_TOKEN", "", str, "bearer token required on every endpoint but health; empty = none"),
+    Setting("LOG_LEVEL", "info", str, "debug, info, warning or error"),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Return every setting, taking each from the environment when set there."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for setting in SETTINGS:
+        raw = environ.get(setting.name)
+        values[setting.name] = setting.default if raw in (None, "") else setting.parse(raw)
+    return values

@@ -1,0 +1,67 @@
+"""Error classes that carry an HTTP status, and the one JSON handler that answers them."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, g, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A client-facing error: `status` is the HTTP status, the message says what was wrong."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+
+
+class Unprocessable(ApiError):
+    status = 422
+
+
+class NotReady(ApiError):
+    status = 503
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer every error as `{"error": "..."}` JSON; never leak a traceback."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(err: ApiError):
+        return jsonify(error=err.message), err.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException):
+        return jsonify(error=f"{err.name}: {err.description}"), err.code
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception):
+        request_id = g.get("request_id", "-")
+        log.exception("unexpected error, request id %s", request_id)
+        return jsonify(error=f"internal server error (request id {request_id})"), 500
