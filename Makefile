@@ -31,7 +31,18 @@ $(DEV_VENV)/.stamp: requirements-serve.txt requirements-train.txt requirements-d
 serve: $(SERVE_VENV)/.stamp ## serve models/ with gunicorn on HOST:PORT (default 127.0.0.1:8000)
 	exec $(SERVE_VENV)/bin/python -m server
 
-test: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp ## install what the tests need and run them
+# Debian packages the tests drive (a browser, nginx...): installed only when missing, and only as
+# root; elsewhere a line says what to install by hand.
+$(DEV_VENV)/.system-stamp: system-packages.txt $(DEV_VENV)/.stamp
+	@missing=$$(grep -v '^#' system-packages.txt | xargs -r -n1 sh -c 'dpkg -s "$$0" >/dev/null 2>&1 || echo "$$0"'); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		else echo "make test: please install these Debian packages: $$missing" >&2; exit 1; fi; \
+	fi
+	touch $@
+
+test: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp $(DEV_VENV)/.system-stamp ## install what the tests need and run them
 	$(DEV_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean: ## remove virtual environments and caches (keeps data/ and runs/)
