@@ -34,6 +34,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ORT_THREADS", 1, int, "onnxruntime intra-op threads per session"),
     Setting("API_TOKEN", "", str, "bearer token required on every endpoint but health; empty = none"),
     Setting("LOG_LEVEL", "info", str, "debug, info, warning or error"),
+    Setting("MODEL_POLL_SECONDS", 0.0, float, "rescan the repository this often for new, changed or removed versions; 0 = off"),
+    Setting("MODEL_SYNC_DIR", "", str, "folder where workers tell each other of model loads; empty = a temporary one per gunicorn"),
+    Setting("MAX_BATCH_SIZE", 8, int, "dynamic batching: most rows in one run (a model's max_batch_size metadata wins); 1 = off"),
+    Setting("MAX_BATCH_DELAY_US", 2000, int, "dynamic batching: longest wait for more requests, in microseconds"),
+    Setting("BATCH_MIN_INFERENCE_MS", 10.0, float, "batch only models whose single run takes at least this long (unless their metadata says)"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -47,3 +52,8 @@ def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]
         raw = environ.get(setting.name)
         values[setting.name] = setting.default if raw in (None, "") else setting.parse(raw)
     return values
+
+
+def batch_defaults(values: Mapping[str, Any]) -> tuple[int, int, float]:
+    """(max batch size, max delay in µs, least single-run ms) for models whose file says nothing."""
+    return values["MAX_BATCH_SIZE"], values["MAX_BATCH_DELAY_US"], values["BATCH_MIN_INFERENCE_MS"]

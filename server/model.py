@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from .batching import Batcher, BatchPolicy
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,13 @@ class OnnxModel:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
+    # Dynamic batching when the file does not say: (max batch size, max delay in µs, and the
+    # single-run time in ms from which batching is worth its delay). See docs/models.md.
+    batch_defaults: tuple[int, int, float] = (1, 0, 0.0)
+    batch_policy: BatchPolicy = BatchPolicy(1, 0)
+    warmup_ms: float = 0.0
     _session: ort.InferenceSession | None = field(default=None, repr=False)
+    _batcher: Batcher | None = field(default=None, repr=False)
 
     def load(self) -> None:
         """Build the onnxruntime session, read tensors and metadata, and run one warm-up."""
@@ -87,7 +96,46 @@ class OnnxModel:
         self.outputs = tuple(TensorSpec.from_node(n) for n in session.get_outputs())
         self.metadata = dict(session.get_modelmeta().custom_metadata_map)
         self._session = session
-        self.predict(self.warmup_inputs())
+        self.warmup_ms = self._warm_up()
+        self.batch_policy = self._choose_batch_policy()
+        if self.batch_policy.enabled:
+            self._batcher = Batcher(self.run, self.batch_policy)
+
+    def _warm_up(self, runs: int = 3) -> float:
+        """Run the graph on zeros a few times (a model that cannot run fails here); best time in ms."""
+        inputs, best = self.warmup_inputs(), float("inf")
+        for _ in range(runs):
+            started = time.perf_counter()
+            self.run(inputs)
+            best = min(best, (time.perf_counter() - started) * 1000)
+        return best
+
+    def _choose_batch_policy(self) -> BatchPolicy:
+        """Batching per the file's `max_batch_size`/`max_batch_delay_us` metadata, else the defaults.
+
+        Without metadata, batching is on only for models whose single run takes at least the
+        configured time: for small ones the delay costs more than the shared run saves.
+        """
+        size, delay_us, min_ms = self.batch_defaults
+        size = self._metadata_int("max_batch_size", size if self.warmup_ms >= min_ms else 1)
+        delay_us = self._metadata_int("max_batch_delay_us", delay_us)
+        if size > 1 and not self.batchable:
+            log.info("model %s: not batching, its inputs and outputs are not all batch-first", self.name)
+            size = 1
+        return BatchPolicy(max(size, 1), max(delay_us, 0))
+
+    def _metadata_int(self, key: str, default: int) -> int:
+        raw = self.metadata.get(key)
+        try:
+            return default if raw is None else int(raw)
+        except ValueError:
+            log.warning("model %s: ignoring %s=%r, expected an integer", self.name, key, raw)
+            return default
+
+    @property
+    def batchable(self) -> bool:
+        """True when every input and output has a dynamic first axis, so rows can be stacked."""
+        return all(spec.shape and spec.shape[0] == -1 for spec in self.inputs + self.outputs)
 
     def warmup_inputs(self) -> dict[str, np.ndarray]:
         """Zeros of batch size 1 for every input, so the first request pays no lazy set-up."""
@@ -124,7 +172,13 @@ class OnnxModel:
         return self.metadata.get("output_kind", "probabilities")
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the graph on named arrays and return every output by name."""
+        """Run the graph on named arrays and return every output by name (batched when enabled)."""
+        if self._batcher is not None:
+            return self._batcher.predict(inputs)
+        return self.run(inputs)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph once on exactly these arrays, with no batching."""
         if self._session is None:
             raise RuntimeError(f"model {self.name} version {self.version} is not loaded")
         names = [spec.name for spec in self.outputs]

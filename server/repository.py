@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .errors import NotFound, NotReady
 from .model import OnnxModel
@@ -32,37 +34,70 @@ class Failure:
     name: str
     version: str
     reason: str
+    # True when this version was rejected by a reload while other versions of the model kept
+    # serving: the server stays ready, nothing it served changed.
+    kept_serving: bool = False
 
 
-def find_model_files(root: Path) -> list[tuple[str, str, Path]]:
-    """List (name, version, path) of every well-formed model file under `root`, skipping others."""
+def find_model_files(root: Path, warn: Callable[[str], None] | None = None) -> list[tuple[str, str, Path]]:
+    """List (name, version, path) of every well-formed model file under `root`, skipping others.
+
+    Each skipped folder is reported to `warn` (a warning log line by default).
+    """
+    warn = warn or _warn
     found = []
     root = root.resolve()
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        if not valid_name(model_dir.name):
-            log.warning("skipping %s: not a valid model name", model_dir)
-            continue
-        for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
-            path = version_dir / MODEL_FILE
-            if not valid_version(version_dir.name):
-                log.warning("skipping %s: version folders must be numeric", version_dir)
-            elif not path.is_file():
-                log.warning("skipping %s: no %s in it", version_dir, MODEL_FILE)
-            elif not path.resolve().is_relative_to(root):
-                log.warning("skipping %s: it points outside the repository %s", path, root)
-            else:
-                found.append((model_dir.name, version_dir.name, path))
+        if valid_name(model_dir.name):
+            found.extend((model_dir.name, version, path) for version, path in find_versions(root, model_dir, warn))
+        else:
+            warn(f"skipping {model_dir}: not a valid model name")
     return found
+
+
+def find_versions(root: Path, model_dir: Path, warn: Callable[[str], None]) -> list[tuple[str, Path]]:
+    """List (version, path) of every well-formed model file in one model's folder."""
+    found = []
+    for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()) if model_dir.is_dir() else []:
+        path = version_dir / MODEL_FILE
+        if not valid_version(version_dir.name):
+            warn(f"skipping {version_dir}: version folders must be numeric")
+        elif not path.is_file():
+            warn(f"skipping {version_dir}: no {MODEL_FILE} in it")
+        elif not path.resolve().is_relative_to(root):
+            warn(f"skipping {path}: it points outside the repository {root}")
+        else:
+            found.append((version_dir.name, path))
+    return found
+
+
+def _warn(message: str) -> None:
+    log.warning("%s", message)
+
+
+def file_stamp(path: Path) -> tuple[int, int]:
+    """(modification time in ns, size): changes when a model file is replaced or rewritten."""
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
 
 
 class ModelRepository:
     """Every loadable model version under one folder; the highest version serves by default."""
 
-    def __init__(self, root: str | Path, ort_threads: int = 1) -> None:
+    def __init__(
+        self, root: str | Path, ort_threads: int = 1, batch_defaults: tuple[int, int, float] = (1, 0, 0.0)
+    ) -> None:
         self.root = Path(root)
         self.ort_threads = ort_threads
+        self.batch_defaults = batch_defaults
+        # Replaced, never mutated, once serving (copy-on-write under _reload_lock): a request
+        # that read it keeps a consistent view and its model object, even across a reload.
         self.models: dict[str, dict[str, OnnxModel]] = {}
         self.failures: dict[tuple[str, str], Failure] = {}
+        self.unloaded: set[str] = set()  # unloaded by request: polling leaves them alone
+        self._stamps: dict[tuple[str, str], tuple[int, int]] = {}  # file stamp of the last attempt
+        self._reload_lock = threading.RLock()
+        self._warned: set[str] = set()
 
     def load_all(self) -> None:
         """Load every model file found; one that fails is logged in one line and skipped."""
@@ -70,18 +105,121 @@ class ModelRepository:
             self.load_version(name, version, path)
 
     def load_version(self, name: str, version: str, path: Path) -> OnnxModel | None:
-        model = OnnxModel(name, version, path, ort_threads=self.ort_threads)
+        model = self._load_file(name, version, path)
+        if model is not None:
+            with self._reload_lock:
+                self.models = {**self.models, name: {**self.models.get(name, {}), version: model}}
+        return model
+
+    def _load_file(self, name: str, version: str, path: Path, kept_serving: bool = False) -> OnnxModel | None:
+        """Load and warm one file; on failure record why, log one line and return None."""
+        self._stamps[(name, version)] = file_stamp(path)
+        model = OnnxModel(name, version, path, ort_threads=self.ort_threads, batch_defaults=self.batch_defaults)
         try:
             model.load()
         except Exception as err:  # onnxruntime raises many types; any of them means "skip it"
             reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
-            log.error("model %s version %s failed to load from %s: %s", name, version, path, reason)
-            self.failures[(name, version)] = Failure(name, version, reason)
+            kept = " (the versions already loaded keep serving)" if kept_serving else ""
+            log.error("model %s version %s failed to load from %s: %s%s", name, version, path, reason, kept)
+            self.failures[(name, version)] = Failure(name, version, reason, kept_serving)
             return None
-        self.models.setdefault(name, {})[version] = model
         self.failures.pop((name, version), None)
         log.info("loaded model %s version %s from %s", name, version, path)
         return model
+
+    def load_model(self, name: str, retry_failed: bool = True) -> list[Failure]:
+        """(Re)load `name` from disk: new or changed versions are loaded and warmed, then switched in.
+
+        Versions no longer on disk are dropped. A version that fails to load or to warm up is
+        rejected and whatever it would have replaced keeps serving. Failed files are retried only
+        when `retry_failed` or when they changed. Returns the failures of this model afterwards.
+        """
+        model_dir = self._model_dir(name)
+        with self._reload_lock:
+            on_disk = dict(find_versions(self.root.resolve(), model_dir, self._warn_once))
+            if not on_disk:
+                raise NotFound(f"no model {name!r} in the repository: expected {model_dir}/<version>/{MODEL_FILE}")
+            self.unloaded.discard(name)
+            current = self.models.get(name, {})
+            versions = {}
+            for version, path in sorted(on_disk.items(), key=lambda item: int(item[0])):
+                old = current.get(version)
+                unchanged = self._stamps.get((name, version)) == file_stamp(path)
+                if unchanged and (old is not None or not retry_failed):
+                    new = old
+                else:
+                    new = self._load_file(name, version, path, kept_serving=bool(current)) or old
+                if new is not None:
+                    versions[version] = new
+            self._forget(name, keep=set(on_disk))
+            for key, failure in self.failures.items():
+                if failure.name == name:
+                    failure.kept_serving = bool(versions)
+            self._switch(name, versions)
+            return [f for f in self.failures.values() if f.name == name]
+
+    def unload_model(self, name: str) -> None:
+        """Stop serving every version of `name` until it is loaded again (polling leaves it alone)."""
+        model_dir = self._model_dir(name)
+        with self._reload_lock:
+            if name not in self.names() and not model_dir.is_dir():
+                raise NotFound(f"unknown model {name!r}; known models: {', '.join(self.names()) or 'none'}")
+            self.unloaded.add(name)
+            self._forget(name, keep=set())
+            self._switch(name, {})
+
+    def refresh(self) -> None:
+        """Poll mode: load new and changed versions of every model on disk, drop removed ones."""
+        with self._reload_lock:
+            on_disk = {name for name, _, _ in find_model_files(self.root, self._warn_once)}
+            for name in sorted(on_disk - self.unloaded):
+                self.load_model(name, retry_failed=False)
+            for name in set(self.names()) - on_disk:
+                log.info("model %s is no longer in the repository: unloading it", name)
+                self._forget(name, keep=set())
+                self._switch(name, {})
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Every model version on disk or served, as Triton's repository index lists them."""
+        rows: dict[tuple[str, str], dict[str, str]] = {}
+        for name, version, _ in find_model_files(self.root, self._warn_once):
+            reason = "unloaded" if name in self.unloaded else "not loaded"
+            rows[(name, version)] = {"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason}
+        for (name, version), failure in self.failures.items():
+            rows[(name, version)] = {"name": name, "version": version, "state": "UNAVAILABLE", "reason": failure.reason}
+        for name, versions in self.models.items():
+            for version in versions:
+                rows[(name, version)] = {"name": name, "version": version, "state": "READY", "reason": ""}
+        listed = [rows[key] for key in sorted(rows, key=lambda key: (key[0], int(key[1])))]
+        return [row for row in listed if row["state"] == "READY"] if ready_only else listed
+
+    def _model_dir(self, name: str) -> Path:
+        if not valid_name(name):
+            raise NotFound(f"unknown model {name!r}: names are letters, digits, '_', '-', '.'")
+        return self.root.resolve() / name
+
+    def _forget(self, name: str, keep: set[str]) -> None:
+        """Drop failures and file stamps of `name`'s versions not in `keep`."""
+        for table in (self.failures, self._stamps):
+            for key in [key for key in table if key[0] == name and key[1] not in keep]:
+                del table[key]
+
+    def _switch(self, name: str, versions: dict[str, OnnxModel]) -> None:
+        """Serve exactly `versions` of `name` from now on: one reference swap, atomic for readers."""
+        before = sorted(self.models.get(name, {}), key=int)
+        models = {key: value for key, value in self.models.items() if key != name}
+        if versions:
+            models[name] = dict(versions)
+        self.models = models
+        after = sorted(versions, key=int)
+        if after != before:
+            log.info("model %s now serves versions [%s] (was [%s])", name, ", ".join(after), ", ".join(before))
+
+    def _warn_once(self, message: str) -> None:
+        """Warn about a skipped folder once, not at every poll."""
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning("%s", message)
 
     def names(self) -> list[str]:
         """Every model name known, served or failed."""
@@ -94,6 +232,8 @@ class ModelRepository:
         if version is not None and not valid_version(version):
             raise NotFound(f"unknown version {version!r} of model {name!r}: versions are numeric")
         versions = self.models.get(name, {})
+        if not versions and name in self.unloaded:
+            raise NotReady(f"model {name!r} is unloaded: load it with POST /v2/repository/models/{name}/load")
         if version is None:
             if versions:
                 return versions[max(versions, key=int)]
@@ -108,5 +248,5 @@ class ModelRepository:
 
     @property
     def ready(self) -> bool:
-        """Ready when at least one model serves and none failed."""
-        return bool(self.models) and not self.failures
+        """Ready when at least one model serves and none failed (but for rejected reloads)."""
+        return bool(self.models) and all(f.kept_serving for f in self.failures.values())
