@@ -1,0 +1,357 @@
+"""Image bytes -> MNIST-style 28x28 float array: pure functions on Pillow images and numpy arrays.
+
+`mnist_digit` handles MNIST's own images (passed through unchanged), scans, canvas drawings and
+phone photos of a digit on paper: it measures ink against the paper's local brightness, removes
+ruled and squared lines, keeps the digit's own connected strokes, then fits the ink into 20x20 and
+centres it on its centre of mass in 28x28, the way MNIST was made. docs/preprocessing.md has the
+evaluation.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import numbers
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from server.errors import BadRequest, PayloadTooLarge, Unprocessable
+
+log = logging.getLogger(__name__)
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+# Photos are worked on at this many pixels on the longer side: a digit a tenth of the frame is
+# still ~50 px tall there, and a 12-megapixel upload costs little.
+WORK_SIDE = 512
+MNIST_SIDE = 28
+BOX_SIDE = 20
+# MNIST's images put the digit's centre of mass at pixel (14, 14) of the 28x28 field (measured on
+# its test set: mean 14.0, never more than a pixel off).
+MNIST_CENTRE = MNIST_SIDE / 2
+# Less ink contrast than this (relative to the paper) is no digit at all.
+MIN_CONTRAST = 0.08
+
+
+def decode_image(data: bytes, max_pixels: int, draft_side: int | None = WORK_SIDE) -> Image.Image:
+    """Decode `data` (first frame), checking its size before decoding and applying EXIF orientation.
+
+    JPEGs far larger than `draft_side` are decoded at a reduced DCT scale, still at least
+    `draft_side` on each side, which is all the preprocessing uses.
+    """
+    try:
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise PayloadTooLarge(f"image too large: {err}; the limit is {max_pixels} pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
+        raise BadRequest(
+            f"could not decode the image ({len(data)} bytes starting {data[:8]!r}): {err}; "
+            f"expected one of {', '.join(ACCEPTED_FORMATS)}"
+        ) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"image of {width}x{height} = {width * height} pixels received; the limit is {max_pixels} pixels"
+        )
+    if width < 1 or height < 1:
+        raise BadRequest(f"image of {width}x{height} pixels received; expected at least 1x1")
+    try:
+        if draft_side and image.format == "JPEG":
+            image.draft(image.mode, (draft_side, draft_side))
+        image.load()  # the first frame of an animation
+        return ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError, TypeError) as err:
+        raise BadRequest(
+            f"could not decode the {image.format} image of {width}x{height} pixels "
+            f"({len(data)} bytes received): {err}"
+        ) from None
+
+
+def pixels_to_array(value: object, shape: tuple[int, int] = (MNIST_SIDE, MNIST_SIDE)) -> np.ndarray:
+    """A nested list of numbers (0..1, or 0..255 when any exceeds 1) -> float32 array in [0, 1]."""
+    rows = _nested_shape(value, shape)
+    flat = [x for row in rows for x in row]
+    bad = next((x for x in flat if isinstance(x, bool) or not isinstance(x, numbers.Real)), None)
+    if bad is not None:
+        raise BadRequest(f"pixels must be numbers; received {type(bad).__name__} {bad!r:.40}")
+    array = np.asarray(flat, dtype=np.float64).reshape(shape)
+    if not np.isfinite(array).all():
+        raise BadRequest("pixels must be finite numbers; received NaN or infinity")
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > 255:
+        raise BadRequest(f"pixels must lie in 0..1 or 0..255; received values from {low} to {high}")
+    if high > 1:
+        array = array / 255.0
+    return array.astype(np.float32)
+
+
+def _nested_shape(value: object, shape: tuple[int, int]) -> list:
+    """Check that `value` is a list of `shape[0]` lists of `shape[1]` items; return it."""
+    expected = f"expected a {shape[0]}x{shape[1]} nested list of numbers"
+    if not isinstance(value, list):
+        raise BadRequest(f"pixels: received {type(value).__name__}; {expected}")
+    if len(value) != shape[0]:
+        raise BadRequest(f"pixels: received {len(value)} rows; {expected}")
+    for i, row in enumerate(value):
+        if not isinstance(row, list) or len(row) != shape[1]:
+            got = f"{len(row)} items" if isinstance(row, list) else type(row).__name__
+            raise BadRequest(f"pixels: row {i} has {got}; {expected}")
+    return value
+
+
+# --------------------------------------------------------------------------- grayscale
+
+
+def to_grayscale(image: Image.Image) -> np.ndarray:
+    """Luminance of any Pillow mode as float32 in [0, 1] (1 = white); transparency is composited."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return _wide_to_unit(np.asarray(image.convert("F") if image.mode.startswith("I;16") else image))
+    if image.mode == "P" and "transparency" in image.info or image.mode in ("PA", "La"):
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "RGBa"):
+        return _composite(image)
+    if image.mode != "L":
+        image = image.convert("L")
+    return np.asarray(image, dtype=np.float32) / np.float32(255)
+
+
+def _wide_to_unit(array: np.ndarray) -> np.ndarray:
+    """Scale a 16/32-bit or float image to [0, 1]: by 1, 255 or 65535, whichever its range fits."""
+    array = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    high = float(array.max()) if array.size else 0.0
+    scale = next((s for s in (1.0, 255.0, 65535.0) if high <= s), high)
+    return np.clip(array / np.float32(scale), 0, 1)
+
+
+def _composite(image: Image.Image) -> np.ndarray:
+    """Composite a transparent image on white, or on black when its visible strokes are light."""
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / np.float32(255)
+    alpha = rgba[..., 3]
+    luma = rgba[..., 0] * 0.299 + rgba[..., 1] * 0.587 + rgba[..., 2] * 0.114
+    weight = float(alpha.sum())
+    light_strokes = weight > 0 and float((luma * alpha).sum()) / weight > 0.5 and alpha.min() < 0.5
+    background = 0.0 if light_strokes else 1.0
+    return (luma * alpha + background * (1 - alpha)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- the digit
+
+
+def mnist_digit(image: Image.Image) -> np.ndarray:
+    """Any image of one digit -> float32 (28, 28) in [0, 1], white digit on black, as MNIST."""
+    gray = to_grayscale(image)
+    light_paper = has_light_background(gray)
+    if not light_paper and is_mnist_like(gray):
+        return gray
+    gray = shrink(gray, WORK_SIDE)
+    ink = ink_against_paper(gray if light_paper else 1 - gray)
+    ink = remove_ruled_lines(ink)
+    digit = select_digit(ink)
+    return fit_to_mnist_box(digit)
+
+
+def has_light_background(gray: np.ndarray) -> bool:
+    """True when most of the image is lighter than its ink (dark ink on light paper)."""
+    low, median, high = np.percentile(gray, [0.1, 50, 99.9])
+    return bool(median - low > high - median)
+
+
+def is_mnist_like(gray: np.ndarray) -> bool:
+    """A 28x28 white-on-black image whose ink is centred as MNIST's: it passes through unchanged."""
+    if gray.shape != (MNIST_SIDE, MNIST_SIDE) or gray.max() <= MIN_CONTRAST:
+        return False
+    cy, cx = centre_of_mass(gray)
+    return abs(cy - MNIST_CENTRE) <= 2 and abs(cx - MNIST_CENTRE) <= 2
+
+
+def centre_of_mass(array: np.ndarray) -> tuple[float, float]:
+    """(row, column) centre of mass of a non-negative 2-D array."""
+    total = float(array.sum())
+    rows = np.arange(array.shape[0], dtype=np.float64)
+    cols = np.arange(array.shape[1], dtype=np.float64)
+    return float(array.sum(axis=1) @ rows) / total, float(array.sum(axis=0) @ cols) / total
+
+
+def shrink(gray: np.ndarray, side: int) -> np.ndarray:
+    """Scale down (area-averaged) so the longer side is at most `side`."""
+    height, width = gray.shape
+    factor = max(height, width) / side
+    if factor <= 1:
+        return gray
+    size = (max(1, round(width / factor)), max(1, round(height / factor)))
+    return np.asarray(Image.fromarray(gray, "F").resize(size, Image.Resampling.BOX))
+
+
+def ink_against_paper(gray: np.ndarray) -> np.ndarray:
+    """How much darker than the local paper each pixel is, relative to the paper (0..1)."""
+    paper = paper_brightness(gray)
+    return np.clip((paper - gray) / np.maximum(paper, 0.1), 0, 1).astype(np.float32)
+
+
+def paper_brightness(gray: np.ndarray, grid: int = 96) -> np.ndarray:
+    """The paper's local brightness: a coarse grey closing (max then min) wider than any stroke.
+
+    A closing removes dark strokes narrower than its window but keeps gradients and the edges of
+    shadows larger than it, so dividing by it evens out the light across the page.
+    """
+    height, width = gray.shape
+    step = max(1, math.ceil(max(height, width) / grid))
+    coarse = _block_mean(gray, step)
+    window = max(3, max(coarse.shape) // 4) | 1
+    closed = _filter2d(_filter2d(coarse, window, np.max), window, np.min)
+    if step == 1:
+        return closed
+    return np.asarray(Image.fromarray(closed, "F").resize((width, height), Image.Resampling.BILINEAR))
+
+
+def _block_mean(array: np.ndarray, step: int) -> np.ndarray:
+    """Mean over step x step blocks (edges padded by repetition)."""
+    if step == 1:
+        return array
+    height, width = array.shape
+    padded = np.pad(array, ((0, -height % step), (0, -width % step)), mode="edge")
+    return padded.reshape(padded.shape[0] // step, step, padded.shape[1] // step, step).mean(axis=(1, 3))
+
+
+def _filter2d(array: np.ndarray, window: int, reduce) -> np.ndarray:
+    """Separable `reduce` (np.max or np.min) over a window x window square, edges repeated."""
+    half = window // 2
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (half, half)
+        windows = np.lib.stride_tricks.sliding_window_view(np.pad(array, pad, mode="edge"), window, axis=axis)
+        array = reduce(windows, axis=-1)
+    return array.astype(np.float32)
+
+
+def remove_ruled_lines(ink: np.ndarray, cover: float = 0.2) -> np.ndarray:
+    """Subtract ink that runs across (nearly) the whole width or height: ruled and squared lines.
+
+    A row's `cover` quantile is the ink level that 1 - cover of the row reaches; a digit's own
+    horizontal stroke spans much less than that, a printed line much more.
+    """
+    rows = np.quantile(ink, cover, axis=1, keepdims=True)
+    ink = np.clip(ink - rows, 0, 1)
+    cols = np.quantile(ink, cover, axis=0, keepdims=True)
+    return np.clip(ink - cols, 0, 1).astype(np.float32)
+
+
+def select_digit(ink: np.ndarray) -> np.ndarray:
+    """Keep the digit's connected ink (the heaviest stroke group and its neighbours); zero the rest.
+
+    Raises Unprocessable when nothing stands out from the paper.
+    """
+    level = float(_filter2d(ink, 3, np.mean).max()) if ink.size else 0.0
+    if level < MIN_CONTRAST:
+        raise Unprocessable(
+            f"no digit found: the darkest stroke differs from the paper by {level:.0%}; "
+            f"expected at least {MIN_CONTRAST:.0%}"
+        )
+    mask = ink > max(MIN_CONTRAST / 2, 0.35 * level)
+    parts = Components(mask, ink)
+    keep = parts.digit()
+    keep_mask = parts.paint(keep)
+    # The anti-aliased fringe around the kept strokes belongs to the digit too.
+    fringe = _filter2d(keep_mask.astype(np.float32), 3, np.max) > 0
+    digit = np.where(fringe, ink, 0).astype(np.float32)
+    stroke = float(np.quantile(digit[keep_mask], 0.9))
+    return np.clip(digit / max(stroke, MIN_CONTRAST), 0, 1)
+
+
+class Components:
+    """8-connected components of a boolean mask, found on its horizontal runs (cheap in numpy)."""
+
+    def __init__(self, mask: np.ndarray, weight: np.ndarray) -> None:
+        self.shape = mask.shape
+        padded = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
+        padded[:, 1:-1] = mask
+        edges = np.diff(padded, axis=1)
+        self.row, self.start = np.nonzero(edges == 1)
+        self.end = np.nonzero(edges == -1)[1]
+        self.label = self._label()
+        sums = np.zeros((mask.shape[0], mask.shape[1] + 1))
+        sums[:, 1:] = np.cumsum(weight, axis=1)
+        count = self.label.max() + 1 if self.label.size else 0
+        self.mass = np.bincount(self.label, sums[self.row, self.end] - sums[self.row, self.start], count)
+        self.top = self._extreme(np.minimum, self.row, count, mask.shape[0])
+        self.bottom = self._extreme(np.maximum, self.row, count, -1)
+        self.left = self._extreme(np.minimum, self.start, count, mask.shape[1])
+        self.right = self._extreme(np.maximum, self.end - 1, count, -1)
+
+    def _label(self) -> np.ndarray:
+        """Union runs that touch a run of the row above (8-connectivity); return a label per run."""
+        n = len(self.row)
+        width = self.shape[1] + 2
+        start_key = self.row * width + self.start
+        end_key = self.row * width + self.end
+        # Runs of the row above touching run i lie between `first` and `last` (sorted keys).
+        first = np.searchsorted(end_key, (self.row - 1) * width + self.start, "left")
+        last = np.searchsorted(start_key, (self.row - 1) * width + self.end, "right") - 1
+        parent = list(range(n))
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for i in np.nonzero(last >= first)[0].tolist():
+            for j in range(int(first[i]), int(last[i]) + 1):
+                a, b = find(i), find(j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+        roots = np.array([find(i) for i in range(n)], dtype=np.int64)
+        return np.unique(roots, return_inverse=True)[1].reshape(-1) if n else roots
+
+    def _extreme(self, ufunc, values: np.ndarray, count: int, initial: int) -> np.ndarray:
+        out = np.full(count, initial, dtype=np.int64)
+        ufunc.at(out, self.label, values)
+        return out
+
+    def digit(self) -> np.ndarray:
+        """Labels of the digit: the heaviest component away from the frame edge, and its neighbours."""
+        height, width = self.shape
+        at_edge = (self.top == 0) | (self.left == 0) | (self.bottom == height - 1) | (self.right == width - 1)
+        # Paper edges, shadows' rims and the table touch the frame; a digit seldom does.
+        score = self.mass * np.where(at_edge, 0.2, 1.0)
+        main = int(np.argmax(score))
+        keep = {main}
+        box = [self.top[main], self.left[main], self.bottom[main], self.right[main]]
+        for _ in range(2):
+            size = max(box[2] - box[0], box[3] - box[1]) + 1
+            gap = np.maximum.reduce([
+                box[0] - self.bottom, self.top - box[2], box[1] - self.right, self.left - box[3],
+            ])
+            near = (gap <= 0.3 * size) & (self.mass >= 0.08 * self.mass[main]) & (at_edge <= at_edge[main])
+            for label in np.nonzero(near)[0].tolist():
+                keep.add(label)
+                box = [min(box[0], self.top[label]), min(box[1], self.left[label]),
+                       max(box[2], self.bottom[label]), max(box[3], self.right[label])]
+        return np.array(sorted(keep))
+
+    def paint(self, labels: np.ndarray) -> np.ndarray:
+        """Boolean mask of the given components."""
+        mask = np.zeros(self.shape, dtype=bool)
+        for run in np.nonzero(np.isin(self.label, labels))[0].tolist():
+            mask[self.row[run], self.start[run]:self.end[run]] = True
+        return mask
+
+
+def fit_to_mnist_box(ink: np.ndarray) -> np.ndarray:
+    """Crop to the ink, scale it to fit 20x20 (aspect kept, anti-aliased), centre its mass in 28x28."""
+    rows = np.nonzero(ink.max(axis=1) > 0)[0]
+    cols = np.nonzero(ink.max(axis=0) > 0)[0]
+    if rows.size == 0:
+        raise Unprocessable("no digit found: the image holds no ink")
+    crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    height, width = crop.shape
+    scale = BOX_SIDE / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    patch = np.clip(np.asarray(Image.fromarray(crop.astype(np.float32), "F").resize(size, resample)), 0, 1)
+    out = np.zeros((MNIST_SIDE, MNIST_SIDE), dtype=np.float32)
+    cy, cx = centre_of_mass(patch) if patch.sum() > 0 else ((size[1] - 1) / 2, (size[0] - 1) / 2)
+    top = min(max(round(MNIST_CENTRE - cy), 0), MNIST_SIDE - size[1])
+    left = min(max(round(MNIST_CENTRE - cx), 0), MNIST_SIDE - size[0])
+    out[top:top + size[1], left:left + size[0]] = patch
+    return out
