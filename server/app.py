@@ -35,8 +35,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.before_request(_start_request)
     app.after_request(_log_request)
 
+    from . import metrics
     from .api import register_blueprints
 
+    metrics.init_app(app)
     register_blueprints(app)
     return app
 

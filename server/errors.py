@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, g, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,13 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):
         return jsonify(error=err.message), err.status
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(err: RequestEntityTooLarge):
+        limit, size = request.max_content_length, request.content_length
+        if limit is not None and size is not None and size > limit:
+            return jsonify(error=f"received a body of {size} bytes; the limit is {limit} bytes (MAX_CONTENT_LENGTH)"), 413
+        return jsonify(error=f"request too large: {err.description} (body limit {limit} bytes, MAX_CONTENT_LENGTH)"), 413
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):

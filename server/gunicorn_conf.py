@@ -1,6 +1,20 @@
 """gunicorn settings for production, taken from the same environment variables as the app."""
 # gunicorn reads every top-level name here as a setting: keep helpers private.
-from server.config import from_environment as _from_environment
+import os as _os
+import shutil as _shutil
+import tempfile as _tempfile
+from pathlib import Path as _Path
+
+# /metrics adds up every worker's samples (prometheus-client's multiprocess mode). The folder must
+# be in the environment before anything imports prometheus_client, so it is chosen here, in the
+# master, before the server package is imported; workers inherit it. Unless the operator names
+# one, it is a fresh temporary folder, removed when gunicorn exits.
+_OWN_METRICS_DIR = not _os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _OWN_METRICS_DIR:
+    _os.environ["PROMETHEUS_MULTIPROC_DIR"] = _tempfile.mkdtemp(prefix="mnist-serve-metrics-")
+_METRICS_DIR = _Path(_os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+from server.config import from_environment as _from_environment  # noqa: E402 (after the env is set)
 
 _settings = _from_environment()
 
@@ -28,3 +42,23 @@ logconfig_dict = {
         "gunicorn.access": {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
     },
 }
+
+
+def on_starting(server):
+    """Start the metrics from zero: samples left by an earlier run in the folder are stale."""
+    _METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in _METRICS_DIR.glob("*.db"):
+        stale.unlink()
+    server.log.info("metrics of all workers are gathered in %s", _METRICS_DIR)
+
+
+def child_exit(server, worker):
+    """Let the dead worker's live gauges go; its counters and histograms still count in the totals."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _OWN_METRICS_DIR:
+        _shutil.rmtree(_METRICS_DIR, ignore_errors=True)

@@ -1,0 +1,111 @@
+"""Prometheus metrics: requests by route and status, latency, inference time and batch size, load failures.
+
+Under gunicorn every worker writes its samples to files in PROMETHEUS_MULTIPROC_DIR (set up by
+server/gunicorn_conf.py before any worker starts) and `GET /metrics` adds up all workers; without
+that variable (Flask's test client, `flask run`) the process's own registry is served.
+"""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+
+from .model import OnnxModel
+
+bp = Blueprint("metrics", __name__)
+
+# The `_created` timestamps double the output and multiprocess mode cannot serve them anyway.
+disable_created_metrics()
+
+# Label for requests that matched no route: the raw path would let any client mint new series.
+UNMATCHED_ROUTE = "<unmatched>"
+
+REQUESTS = Counter(
+    "http_requests_total", "HTTP requests answered, by route (the URL rule), method and status",
+    ["route", "method", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "http_request_duration_seconds", "Time from the request's start to its response, by route",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+INFERENCE_SECONDS = Histogram(
+    "model_inference_duration_seconds", "Time spent in the model's onnxruntime session per batch",
+    ["model", "version"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+BATCH_SIZE = Histogram(
+    "model_batch_size", "Items (images or tensor rows) per inference batch",
+    ["model", "version"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+LOAD_FAILURES = Counter(
+    "model_load_failures_total", "Model versions that failed to load, counted by each worker that tried",
+    ["model", "version"],
+)
+
+
+def init_app(app: Flask) -> None:
+    """Serve `/metrics`, count the repository's load failures and time every request of `app`."""
+    app.register_blueprint(bp)
+    for failure in app.extensions["repository"].failures.values():
+        LOAD_FAILURES.labels(failure.name, failure.version).inc()
+    app.after_request(_count_request)
+
+
+def _count_request(response):
+    route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
+    REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+    started = g.get("started")
+    if started is not None:
+        REQUEST_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
+    return response
+
+
+@contextmanager
+def inference(model: OnnxModel, batch_size: int) -> Iterator[None]:
+    """Time the `model.predict` call inside the block and record its batch size."""
+    started = time.perf_counter()
+    yield
+    INFERENCE_SECONDS.labels(model.name, model.version).observe(time.perf_counter() - started)
+    BATCH_SIZE.labels(model.name, model.version).observe(batch_size)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Every metric in Prometheus' text format, summed over all gunicorn workers when there are several."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+OPENAPI_PATHS: dict = {
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics: requests, latency, inference time, batch size, load failures",
+            "tags": ["operations"],
+            "responses": {
+                "200": {
+                    "description": "Prometheus text exposition format 0.0.4",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+            },
+        }
+    }
+}
