@@ -6,6 +6,9 @@ from flask import Flask
 
 def register_blueprints(app: Flask) -> None:
     """Attach every blueprint of the API to `app`."""
-    from . import health
+    from .. import openapi
+    from . import health, images
 
     app.register_blueprint(health.bp)
+    app.register_blueprint(images.bp)
+    app.register_blueprint(openapi.bp)
