@@ -7,8 +7,9 @@ from flask import Flask
 def register_blueprints(app: Flask) -> None:
     """Attach every blueprint of the API to `app`."""
     from .. import openapi
-    from . import health, images
+    from . import health, images, page
 
     app.register_blueprint(health.bp)
     app.register_blueprint(images.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(page.bp)

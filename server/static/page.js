@@ -1,0 +1,237 @@
+// The drawing page: strokes on a canvas, sent as PNG to the image API after each stroke.
+"use strict";
+
+const LINE_WIDTH = 20;        // at the pad's 280 px: about MNIST's 2 px stroke after scaling to 20x20
+const INK = "#111111";
+const PAPER = "#ffffff";
+
+const pad = document.getElementById("pad");
+const padContext = pad.getContext("2d");
+const seen = document.getElementById("seen");
+const result = document.querySelector(".result");
+const errorBox = document.getElementById("error");
+const digitOut = document.getElementById("digit");
+const confidenceText = document.getElementById("confidence");
+const chart = document.getElementById("chart");
+const picker = document.getElementById("model-picker");
+const modelSelect = document.getElementById("model");
+const upload = document.getElementById("upload");
+
+let models = [];        // from GET /models: name, version, labels, preprocessing
+let defaultModel = null; // the model POST /predict uses, when the server has one
+let stroke = null;      // the pointer drawing now: {id, x, y}
+let sequence = 0;       // answers to older requests than the latest are dropped
+
+function clearPad() {
+  padContext.fillStyle = PAPER;
+  padContext.fillRect(0, 0, pad.width, pad.height);
+  stroke = null;
+  sequence += 1;
+  showEmpty("Draw a digit to see what the model thinks it is.");
+}
+
+function padPoint(event) {
+  // The pad is scaled by CSS; map the pointer to the canvas's own pixels.
+  const box = pad.getBoundingClientRect();
+  return {
+    x: (event.clientX - box.left) * pad.width / box.width,
+    y: (event.clientY - box.top) * pad.height / box.height,
+  };
+}
+
+function drawLine(from, to) {
+  padContext.strokeStyle = INK;
+  padContext.lineWidth = LINE_WIDTH;
+  padContext.lineCap = "round";
+  padContext.lineJoin = "round";
+  padContext.beginPath();
+  padContext.moveTo(from.x, from.y);
+  padContext.lineTo(to.x, to.y);
+  padContext.stroke();
+}
+
+function startStroke(event) {
+  if (stroke || (event.pointerType === "mouse" && event.button !== 0)) return;
+  event.preventDefault();
+  pad.setPointerCapture(event.pointerId);
+  const point = padPoint(event);
+  stroke = { id: event.pointerId, ...point };
+  drawLine(point, point);     // a tap leaves a dot
+}
+
+function moveStroke(event) {
+  if (!stroke || event.pointerId !== stroke.id) return;
+  const moves = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+  for (const move of moves.length ? moves : [event]) {
+    const point = padPoint(move);
+    drawLine(stroke, point);
+    stroke.x = point.x;
+    stroke.y = point.y;
+  }
+}
+
+function endStroke(event) {
+  if (!stroke || event.pointerId !== stroke.id) return;
+  stroke = null;
+  pad.toBlob((blob) => predict(blob, "your drawing"), "image/png");
+}
+
+function predictUrl() {
+  // The default route serves the server's default model; any other is named in the path.
+  const chosen = modelSelect.value;
+  return !chosen || chosen === defaultModel ? "/predict" : `/models/${encodeURIComponent(chosen)}/predict`;
+}
+
+async function predict(image, what) {
+  const mine = ++sequence;
+  const form = new FormData();
+  form.append("image", image, image.name || "drawing.png");
+  form.append("return_input", "true");
+  result.setAttribute("aria-busy", "true");
+  try {
+    const response = await fetch(predictUrl(), { method: "POST", body: form });
+    const answer = await readJson(response);
+    if (mine !== sequence) return;
+    if (!response.ok) {
+      showError(`The server refused ${what} (HTTP ${response.status}): ${answer.error || response.statusText}`);
+    } else {
+      showPrediction(answer, what);
+    }
+  } catch (err) {
+    if (mine === sequence) showError(`Could not reach the server: ${err.message}`);
+  } finally {
+    if (mine === sequence) result.removeAttribute("aria-busy");
+  }
+}
+
+async function readJson(response) {
+  try {
+    return await response.json();
+  } catch {
+    return { error: `the answer was not JSON (${response.headers.get("Content-Type") || "no content type"})` };
+  }
+}
+
+function labelsFor(name, count) {
+  const model = models.find((m) => m.name === name);
+  const labels = model && model.labels;
+  return labels && labels.length === count ? labels : Array.from({ length: count }, (_, i) => String(i));
+}
+
+function showPrediction(answer, what) {
+  const prediction = answer.predictions && answer.predictions[0];
+  if (!prediction) {
+    showError("The server answered without a prediction.");
+    return;
+  }
+  errorBox.hidden = true;
+  const percent = (prediction.confidence * 100).toFixed(1);
+  digitOut.textContent = prediction.label;
+  confidenceText.textContent =
+    `${percent}% sure it is ${prediction.label} (${what}; model ${answer.model} v${answer.version})`;
+  const probabilities = prediction.probabilities || [];
+  drawChart(probabilities, labelsFor(answer.model, probabilities.length), prediction.index);
+  drawSeen(prediction.input);
+}
+
+function drawChart(probabilities, labels, top) {
+  // Before any prediction the bars stand empty, so the layout does not jump on the first answer.
+  chart.replaceChildren(...labels.map((name, i) => {
+    const shown = probabilities ? `${(probabilities[i] * 100).toFixed(1)}%` : "–";
+    const item = document.createElement("li");
+    item.className = i === top ? "top" : "";
+    item.dataset.label = name;
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = name;
+    const track = document.createElement("span");
+    track.className = "track";
+    track.setAttribute("aria-hidden", "true");
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = probabilities ? shown : "0";
+    track.append(bar);
+    const value = document.createElement("span");
+    value.className = "value";
+    value.textContent = shown;
+    item.append(label, track, value);
+    return item;
+  }));
+}
+
+function drawSeen(pixels) {
+  const context = seen.getContext("2d");
+  context.fillStyle = "#000";
+  context.fillRect(0, 0, seen.width, seen.height);
+  if (!Array.isArray(pixels) || !pixels.length) return;
+  const rows = pixels.length;
+  const cols = pixels[0].length;
+  seen.width = cols;
+  seen.height = rows;
+  const image = context.createImageData(cols, rows);
+  pixels.forEach((row, y) => row.forEach((value, x) => {
+    const level = Math.round(Math.min(1, Math.max(0, value)) * 255);
+    image.data.set([level, level, level, 255], (y * cols + x) * 4);
+  }));
+  context.putImageData(image, 0, 0);
+}
+
+function showEmpty(message) {
+  digitOut.textContent = "–";
+  confidenceText.textContent = message;
+  const model = models.find((m) => m.name === modelSelect.value);
+  drawChart(null, (model && model.labels) || [], -1);
+  drawSeen(null);
+  errorBox.hidden = true;
+  result.removeAttribute("aria-busy");
+}
+
+function showError(message) {
+  showEmpty("No prediction.");
+  errorBox.textContent = message;
+  errorBox.hidden = false;
+}
+
+async function loadModels() {
+  try {
+    const response = await fetch("/models");
+    const answer = await readJson(response);
+    if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
+    models = answer.models || [];
+    defaultModel = answer.default;
+  } catch (err) {
+    showError(`Could not list the models: ${err.message}`);
+    return;
+  }
+  if (!models.length) {
+    showError("The server has no image classifier loaded, so nothing can be predicted.");
+    return;
+  }
+  modelSelect.replaceChildren(...models.map((m) => new Option(`${m.name} (v${m.version})`, m.name)));
+  const preferred = models.find((m) => m.name === defaultModel) || models[0];
+  modelSelect.value = preferred.name;
+  picker.hidden = models.length < 2;
+  showEmpty(confidenceText.textContent);
+}
+
+pad.addEventListener("pointerdown", startStroke);
+pad.addEventListener("pointermove", moveStroke);
+pad.addEventListener("pointerup", endStroke);
+pad.addEventListener("pointercancel", endStroke);
+document.getElementById("clear").addEventListener("click", clearPad);
+upload.addEventListener("change", () => {
+  const file = upload.files[0];
+  upload.value = "";          // choosing the same file again fires "change" again
+  if (file) predict(file, file.name);
+});
+modelSelect.addEventListener("change", () => {
+  const drawn = padContext.getImageData(0, 0, pad.width, pad.height).data.some((v) => v !== 255);
+  if (drawn) {
+    pad.toBlob((blob) => predict(blob, "your drawing"), "image/png");
+  } else {
+    showEmpty(confidenceText.textContent);
+  }
+});
+
+clearPad();
+loadModels();

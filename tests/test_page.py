@@ -1,0 +1,311 @@
+"""The drawing page in a real headless Chromium (Debian's), against a real gunicorn on 127.0.0.1."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.conftest import COMMITTED_REPOSITORY, ROOT, LiveServer
+from tests.onnx_factory import write_classifier
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic",
+]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+DESKTOP = {"width": 1100, "height": 800}
+PHONE = {"width": 375, "height": 740}
+DIGITS = [str(i) for i in range(10)]
+COMMITTED_MNIST = COMMITTED_REPOSITORY / "mnist" / "1" / "model.onnx"
+SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
+
+# Strokes of digits in the pad's unit square, drawn the way a person would.
+STROKES = {
+    "1": [[(0.52, 0.15), (0.50, 0.50), (0.48, 0.85)]],
+    "7": [[(0.25, 0.18), (0.75, 0.18), (0.60, 0.45), (0.45, 0.85)]],
+}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """Start real gunicorn servers once per module; all are stopped at its end."""
+    started: list[LiveServer] = []
+
+    def start(repository: Path) -> LiveServer:
+        server = LiveServer(repository).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def random_server(servers, tmp_path_factory) -> LiveServer:
+    """gunicorn serving one random-weight digit classifier named `mnist`."""
+    repo = tmp_path_factory.mktemp("random") / "models"
+    write_classifier(repo / "mnist" / "1" / "model.onnx", labels=DIGITS)
+    return servers(repo)
+
+
+@pytest.fixture
+def open_page(browser: Browser, request):
+    """Open the page of a server in a fresh context; fail the test on any request off the server."""
+    contexts = []
+
+    def open_(server: LiveServer, viewport: dict = DESKTOP, **options) -> Page:
+        context = browser.new_context(viewport=viewport, **options)
+        contexts.append(context)
+        page = context.new_page()
+        page.off_origin = []
+        page.console_errors = []
+        origin = urlsplit(server.url).netloc
+        page.on("request", lambda r: r.url.startswith("data:") or urlsplit(r.url).netloc == origin
+                or page.off_origin.append(r.url))
+        page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+        page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+        page.goto(server.url + "/")
+        page.wait_for_selector("#model option", state="attached")
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+def save_screenshot(page: Page, name: str, capsys) -> Path:
+    """Save a full-page screenshot under tests/artifacts/ and say where in the test output."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"page-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    with capsys.disabled():
+        print(f" [screenshot: {path.relative_to(ROOT)}]", end="")
+    return path
+
+
+def wait_until_answered(page: Page) -> None:
+    # A selector wait, not wait_for_function: the page's CSP forbids the eval that one needs.
+    page.wait_for_selector(".result:not([aria-busy])", state="attached")
+
+
+def draw(page: Page, strokes: list[list[tuple[float, float]]]) -> dict:
+    """Draw strokes with the mouse on the pad and return the JSON answer to the last stroke."""
+    box = page.locator("#pad").bounding_box()
+    answer = None
+    for stroke in strokes:
+        points = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
+        with page.expect_response(lambda r: r.url.split("?")[0].endswith("/predict")) as response:
+            page.mouse.move(*points[0])
+            page.mouse.down()
+            for point in points[1:]:
+                page.mouse.move(*point, steps=8)
+            page.mouse.up()
+        answer = response.value.json()
+    wait_until_answered(page)
+    return answer
+
+
+def upload(page: Page, name: str, data: bytes, mime: str) -> requests.Response | None:
+    """Choose a file with the upload control and wait for the page to show the answer."""
+    with page.expect_response(lambda r: r.url.split("?")[0].endswith("/predict")) as response:
+        page.set_input_files("#upload", files=[{"name": name, "mimeType": mime, "buffer": data}])
+    wait_until_answered(page)
+    return response.value
+
+
+def shown_probabilities(page: Page) -> dict[str, float]:
+    items = page.locator("#chart li")
+    return {
+        items.nth(i).get_attribute("data-label"): float(items.nth(i).locator(".value").inner_text().rstrip("%"))
+        for i in range(items.count())
+    }
+
+
+def seen_pixels(page: Page) -> np.ndarray:
+    """The grey levels of the 'what the model saw' canvas."""
+    data = page.evaluate(
+        "() => { const c = document.querySelector('#seen');"
+        " return {w: c.width, h: c.height, px: Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)}; }"
+    )
+    return np.array(data["px"], dtype=np.uint8).reshape(data["h"], data["w"], 4)[..., 0]
+
+
+def sample_png(index: int) -> tuple[bytes, str]:
+    """A real MNIST test digit as PNG bytes (white on black), with its true label."""
+    sample = np.load(SAMPLE)
+    buffer = io.BytesIO()
+    Image.fromarray(sample["images"][index]).save(buffer, format="PNG")
+    return buffer.getvalue(), str(int(sample["labels"][index]))
+
+
+def assert_shows(page: Page, answer: dict) -> None:
+    """The page shows exactly the prediction the API answered: digit, confidence, bars, input."""
+    prediction = answer["predictions"][0]
+    assert page.locator("#digit").inner_text() == prediction["label"]
+    assert f"{prediction['confidence'] * 100:.1f}%" in page.locator("#confidence").inner_text()
+    shown = shown_probabilities(page)
+    assert list(shown) == DIGITS
+    for label, probability in zip(DIGITS, prediction["probabilities"]):
+        assert shown[label] == pytest.approx(probability * 100, abs=0.051)
+    assert page.locator("#chart li.top").get_attribute("data-label") == prediction["label"]
+    expected = np.rint(np.clip(np.array(prediction["input"]), 0, 1) * 255)
+    assert expected.shape == (28, 28)
+    assert np.abs(seen_pixels(page).astype(int) - expected).max() <= 1
+
+
+def test_page_is_served_whole_by_the_app(random_server, open_page):
+    response = requests.get(random_server.url + "/", timeout=5)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/html")
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    page = open_page(random_server)
+    assert page.title() == "Draw a digit"
+    assert page.locator("#model-picker").is_hidden(), "one classifier needs no picker"
+    assert page.off_origin == [] and page.console_errors == []
+
+
+def test_controls_are_labelled_and_reachable_by_keyboard(random_server, open_page):
+    page = open_page(random_server)
+    assert page.get_by_role("button", name="Clear").is_visible()
+    assert page.get_by_label("Upload image…").count() == 1
+    assert page.get_by_role("img", name="Drawing pad").is_visible()
+    assert page.locator("#summary").get_attribute("aria-live") == "polite"
+    focused = []
+    for _ in range(2):
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.id"))
+    assert focused == ["clear", "upload"]
+    # The file input is hidden; its label must show the focus ring instead.
+    outline = page.evaluate("getComputedStyle(document.querySelector('label[for=upload]')).outlineStyle")
+    assert outline == "solid"
+
+
+def test_drawing_shows_the_api_answer_and_clear_resets(random_server, open_page, capsys):
+    page = open_page(random_server)
+    answer = draw(page, STROKES["7"])
+    assert answer["model"] == "mnist" and len(answer["predictions"]) == 1
+    assert_shows(page, answer)
+    assert seen_pixels(page).max() > 200, "the model saw ink"
+    save_screenshot(page, "random-model-drawing", capsys)
+
+    page.get_by_role("button", name="Clear").click()
+    assert page.locator("#digit").inner_text() == "–"
+    assert page.locator("#chart .value").all_inner_texts() == ["–"] * 10
+    assert page.locator("#chart li.top").count() == 0
+    assert seen_pixels(page).max() == 0
+    ink = page.evaluate(
+        "() => { const c = document.querySelector('#pad');"
+        " return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data).some(v => v !== 255); }"
+    )
+    assert ink is False, "Clear leaves a blank white pad"
+    assert page.console_errors == []
+
+
+def test_upload_of_a_digit_image_shows_its_prediction(random_server, open_page):
+    page = open_page(random_server)
+    png, _ = sample_png(0)
+    response = upload(page, "seven.png", png, "image/png")
+    assert response.ok
+    answer = response.json()
+    assert_shows(page, answer)
+    # A 28x28 MNIST digit passes preprocessing unchanged: the page shows the digit itself.
+    original = np.array(Image.open(io.BytesIO(png)))
+    assert np.abs(seen_pixels(page).astype(int) - original.astype(int)).max() <= 1
+
+
+def test_server_error_is_shown(random_server, open_page, capsys):
+    page = open_page(random_server)
+    data = b"these are notes, not a picture"
+    response = upload(page, "notes.txt", data, "text/plain")
+    assert 400 <= response.status < 500
+    error = page.get_by_role("alert")
+    assert error.is_visible()
+    text = error.inner_text()
+    assert f"HTTP {response.status}" in text and response.json()["error"] in text
+    assert page.locator("#digit").inner_text() == "–"
+    save_screenshot(page, "server-error", capsys)
+
+
+def test_phone_width_fits_and_draws_with_touch(random_server, open_page, capsys):
+    page = open_page(random_server, viewport=PHONE, has_touch=True, is_mobile=True)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    box = page.locator("#pad").bounding_box()
+    assert box["width"] >= 250 and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    touch = page.context.new_cdp_session(page)
+    x = box["x"] + box["width"] / 2
+    top, bottom = box["y"] + box["height"] * 0.15, box["y"] + box["height"] * 0.85
+    with page.expect_response(lambda r: r.url.split("?")[0].endswith("/predict")) as response:
+        touch.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": top}]})
+        for step in range(1, 11):
+            y = top + (bottom - top) * step / 10
+            touch.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+        touch.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    wait_until_answered(page)
+    assert_shows(page, response.value.json())
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    save_screenshot(page, "phone", capsys)
+
+
+def test_picker_chooses_among_several_classifiers(servers, tmp_path_factory, open_page):
+    repo = tmp_path_factory.mktemp("several") / "models"
+    write_classifier(repo / "mnist" / "1" / "model.onnx", labels=DIGITS)
+    letters = list("ABCDEFGHIJ")
+    write_classifier(repo / "letters" / "3" / "model.onnx", labels=letters, seed=1)
+    write_classifier(repo / "plain" / "1" / "model.onnx", labels=DIGITS, preprocessing=None)
+    page = open_page(servers(repo))
+    picker = page.get_by_label("Model", exact=True)
+    assert picker.is_visible()
+    options = picker.locator("option")
+    assert [options.nth(i).get_attribute("value") for i in range(options.count())] == ["letters", "mnist"]
+    assert picker.input_value() == "mnist"
+    draw(page, STROKES["1"])
+    with page.expect_response(lambda r: "/models/letters/predict" in r.url) as response:
+        picker.select_option("letters")
+    wait_until_answered(page)
+    answer = response.value.json()
+    assert answer["model"] == "letters" and answer["version"] == "3"
+    assert page.locator("#digit").inner_text() == answer["predictions"][0]["label"]
+    assert list(shown_probabilities(page)) == letters
+
+
+@pytest.fixture(scope="module")
+def committed_server(servers, tmp_path_factory) -> LiveServer:
+    """gunicorn serving the committed models/ (linked from tmp, so its log stays out of the checkout)."""
+    if not COMMITTED_MNIST.exists():
+        pytest.skip("the trained model models/mnist/1/model.onnx is not committed yet")
+    repo = tmp_path_factory.mktemp("committed") / "models"
+    repo.symlink_to(COMMITTED_REPOSITORY, target_is_directory=True)
+    return servers(repo)
+
+
+@pytest.mark.parametrize("digit", sorted(STROKES))
+def test_committed_model_reads_a_drawn_digit(digit, committed_server, open_page, capsys):
+    page = open_page(committed_server)
+    answer = draw(page, STROKES[digit])
+    assert page.locator("#digit").inner_text() == digit, answer
+    save_screenshot(page, f"committed-model-{digit}", capsys)
+
+
+def test_committed_model_reads_uploaded_mnist_digits(committed_server, open_page):
+    page = open_page(committed_server)
+    for index in range(5):
+        png, label = sample_png(index)
+        upload(page, f"mnist-{index}.png", png, "image/png")
+        assert page.locator("#digit").inner_text() == label
