@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
-from typing import Iterator
 
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import (
@@ -22,8 +20,6 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-
-from .model import OnnxModel
 
 bp = Blueprint("metrics", __name__)
 
@@ -53,16 +49,14 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 LOAD_FAILURES = Counter(
-    "model_load_failures_total", "Model versions that failed to load, counted by each worker that tried",
+    "model_load_failures_total", "Attempts to load a model version that failed, counted in every worker that tried",
     ["model", "version"],
 )
 
 
 def init_app(app: Flask) -> None:
-    """Serve `/metrics`, count the repository's load failures and time every request of `app`."""
+    """Serve `/metrics` and count and time every request of `app`."""
     app.register_blueprint(bp)
-    for failure in app.extensions["repository"].failures.values():
-        LOAD_FAILURES.labels(failure.name, failure.version).inc()
     app.after_request(_count_request)
 
 
@@ -75,13 +69,10 @@ def _count_request(response):
     return response
 
 
-@contextmanager
-def inference(model: OnnxModel, batch_size: int) -> Iterator[None]:
-    """Time the `model.predict` call inside the block and record its batch size."""
-    started = time.perf_counter()
-    yield
-    INFERENCE_SECONDS.labels(model.name, model.version).observe(time.perf_counter() - started)
-    BATCH_SIZE.labels(model.name, model.version).observe(batch_size)
+def observe_inference(model: str, version: str, batch_size: int, seconds: float) -> None:
+    """Record one onnxruntime run of `model` (called by OnnxModel.run, batched or not)."""
+    INFERENCE_SECONDS.labels(model, version).observe(seconds)
+    BATCH_SIZE.labels(model, version).observe(batch_size)
 
 
 @bp.get("/metrics")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from . import metrics
 from .batching import Batcher, BatchPolicy
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class OnnxModel:
         inputs, best = self.warmup_inputs(), float("inf")
         for _ in range(runs):
             started = time.perf_counter()
-            self.run(inputs)
+            self._run_graph(inputs)  # not counted in the inference metrics
             best = min(best, (time.perf_counter() - started) * 1000)
         return best
 
@@ -178,7 +179,14 @@ class OnnxModel:
         return self.run(inputs)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the graph once on exactly these arrays, with no batching."""
+        """Run the graph once on exactly these arrays, with no batching; record time and batch size."""
+        started = time.perf_counter()
+        outputs = self._run_graph(inputs)
+        rows = next(iter(inputs.values())).shape[:1] if inputs else ()
+        metrics.observe_inference(self.name, self.version, rows[0] if rows else 1, time.perf_counter() - started)
+        return outputs
+
+    def _run_graph(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._session is None:
             raise RuntimeError(f"model {self.name} version {self.version} is not loaded")
         names = [spec.name for spec in self.outputs]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import metrics
 from .errors import NotFound, NotReady
 from .model import OnnxModel
 
@@ -122,6 +123,7 @@ class ModelRepository:
             kept = " (the versions already loaded keep serving)" if kept_serving else ""
             log.error("model %s version %s failed to load from %s: %s%s", name, version, path, reason, kept)
             self.failures[(name, version)] = Failure(name, version, reason, kept_serving)
+            metrics.LOAD_FAILURES.labels(name, version).inc()
             return None
         self.failures.pop((name, version), None)
         log.info("loaded model %s version %s from %s", name, version, path)

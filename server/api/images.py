@@ -18,7 +18,7 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 from PIL import Image
 
-from .. import metrics, preprocess
+from .. import preprocess
 from ..app import get_repository
 from ..errors import ApiError, BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from ..model import NUMPY_DTYPES, OnnxModel, TensorSpec
@@ -269,8 +269,7 @@ def classify(classifier: ImageClassifier, images: list[np.ndarray]) -> np.ndarra
     """Run all images as one batch; return probabilities [N, classes] (softmax applied to logits)."""
     model, spec = classifier.model, classifier.input
     batch = np.stack(images).reshape((len(images),) + (1,) * (len(spec.shape) - 3) + images[0].shape)
-    with metrics.inference(model, len(images)):
-        outputs = model.predict({spec.name: batch.astype(NUMPY_DTYPES[spec.datatype])})
+    outputs = model.predict({spec.name: batch.astype(NUMPY_DTYPES[spec.datatype])})
     scores = np.asarray(outputs[model.outputs[0].name], dtype=np.float64)
     if scores.ndim != 2 or scores.shape[0] != len(images):
         raise RuntimeError(f"model {model.name} answered shape {scores.shape} for a batch of {len(images)}")
