@@ -14,8 +14,6 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from tests.conftest import COMMITTED_REPOSITORY, ROOT, LiveServer
 from tests.onnx_factory import write_classifier
 
-pytestmark = pytest.mark.browser
-
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -171,6 +169,33 @@ def assert_shows(page: Page, answer: dict) -> None:
     assert np.abs(seen_pixels(page).astype(int) - expected).max() <= 1
 
 
+def test_models_lists_image_classifiers_and_the_default(tmp_path):
+    from server import create_app
+
+    repo = tmp_path / "models"
+    write_classifier(repo / "letters" / "2" / "model.onnx", labels=list("ABCDEFGHIJ"))
+    write_classifier(repo / "letters" / "10" / "model.onnx", labels=list("ABCDEFGHIJ"))
+    write_classifier(repo / "plain" / "1" / "model.onnx", preprocessing=None)
+    client = create_app({"TESTING": True, "MODEL_REPOSITORY": str(repo)}).test_client()
+    answer = client.get("/models").get_json()
+    assert answer == {
+        "models": [{"name": "letters", "version": "10", "versions": ["2", "10"], "labels": list("ABCDEFGHIJ"),
+                    "preprocessing": "mnist-digit"}],
+        "default": "letters",
+    }
+    write_classifier(repo / "digits" / "1" / "model.onnx", labels=DIGITS)
+    answer = create_app({"TESTING": True, "MODEL_REPOSITORY": str(repo)}).test_client().get("/models").get_json()
+    assert [m["name"] for m in answer["models"]] == ["digits", "letters"]
+    assert answer["default"] is None, "two classifiers and no mnist: POST /predict needs a name"
+
+
+def test_openapi_documents_the_page_routes(client):
+    paths = client.get("/openapi.json").get_json()["paths"]
+    assert "text/html" in paths["/"]["get"]["responses"]["200"]["content"]
+    assert "default" in paths["/models"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["properties"]
+
+
+@pytest.mark.browser
 def test_page_is_served_whole_by_the_app(random_server, open_page):
     response = requests.get(random_server.url + "/", timeout=5)
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/html")
@@ -181,6 +206,7 @@ def test_page_is_served_whole_by_the_app(random_server, open_page):
     assert page.off_origin == [] and page.console_errors == []
 
 
+@pytest.mark.browser
 def test_controls_are_labelled_and_reachable_by_keyboard(random_server, open_page):
     page = open_page(random_server)
     assert page.get_by_role("button", name="Clear").is_visible()
@@ -197,6 +223,7 @@ def test_controls_are_labelled_and_reachable_by_keyboard(random_server, open_pag
     assert outline == "solid"
 
 
+@pytest.mark.browser
 def test_drawing_shows_the_api_answer_and_clear_resets(random_server, open_page, capsys):
     page = open_page(random_server)
     answer = draw(page, STROKES["7"])
@@ -218,6 +245,7 @@ def test_drawing_shows_the_api_answer_and_clear_resets(random_server, open_page,
     assert page.console_errors == []
 
 
+@pytest.mark.browser
 def test_upload_of_a_digit_image_shows_its_prediction(random_server, open_page):
     page = open_page(random_server)
     png, _ = sample_png(0)
@@ -230,6 +258,7 @@ def test_upload_of_a_digit_image_shows_its_prediction(random_server, open_page):
     assert np.abs(seen_pixels(page).astype(int) - original.astype(int)).max() <= 1
 
 
+@pytest.mark.browser
 def test_server_error_is_shown(random_server, open_page, capsys):
     page = open_page(random_server)
     data = b"these are notes, not a picture"
@@ -243,6 +272,7 @@ def test_server_error_is_shown(random_server, open_page, capsys):
     save_screenshot(page, "server-error", capsys)
 
 
+@pytest.mark.browser
 def test_phone_width_fits_and_draws_with_touch(random_server, open_page, capsys):
     page = open_page(random_server, viewport=PHONE, has_touch=True, is_mobile=True)
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
@@ -263,6 +293,7 @@ def test_phone_width_fits_and_draws_with_touch(random_server, open_page, capsys)
     save_screenshot(page, "phone", capsys)
 
 
+@pytest.mark.browser
 def test_picker_chooses_among_several_classifiers(servers, tmp_path_factory, open_page):
     repo = tmp_path_factory.mktemp("several") / "models"
     write_classifier(repo / "mnist" / "1" / "model.onnx", labels=DIGITS)
@@ -295,6 +326,7 @@ def committed_server(servers, tmp_path_factory) -> LiveServer:
     return servers(repo)
 
 
+@pytest.mark.browser
 @pytest.mark.parametrize("digit", sorted(STROKES))
 def test_committed_model_reads_a_drawn_digit(digit, committed_server, open_page, capsys):
     page = open_page(committed_server)
@@ -303,6 +335,7 @@ def test_committed_model_reads_a_drawn_digit(digit, committed_server, open_page,
     save_screenshot(page, f"committed-model-{digit}", capsys)
 
 
+@pytest.mark.browser
 def test_committed_model_reads_uploaded_mnist_digits(committed_server, open_page):
     page = open_page(committed_server)
     for index in range(5):

@@ -20,19 +20,19 @@ CONTENT_SECURITY_POLICY = (
 
 @bp.get("/")
 def index():
-    response = render_template("index.html")
-    return response, 200, {"Content-Security-Policy": CONTENT_SECURITY_POLICY}
+    html = render_template("index.html")
+    return html, 200, {"Content-Security-Policy": CONTENT_SECURITY_POLICY}
 
 
 @bp.get("/models")
 def image_classifiers():
     """Every model `POST /predict` can feed, and which one it uses when none is named."""
     repository = get_repository()
+    models = repository.models  # one snapshot: loading and unloading replace the dict, never edit it
     listed = []
-    for name in sorted(repository.models):
-        versions = repository.models[name]
-        served = versions[max(versions, key=int)]
-        if image_classifier_problem(served) is None:
+    for name, versions in sorted(models.items()):
+        served = versions[max(versions, key=int)] if versions else None
+        if served and image_classifier_problem(served) is None:
             listed.append(describe(served, sorted(versions, key=int)))
     try:
         default = default_model_name(repository)
