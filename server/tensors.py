@@ -5,6 +5,7 @@ Pure functions with no Flask in them. Everything a client sends is checked again
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import struct
@@ -48,6 +49,15 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     if not inflater.eof:
         raise BadRequest(f"body is truncated {encoding} data")
     return data
+
+
+def compress(body: bytes, encoding: str | None) -> bytes:
+    """Compress a response body with `gzip` or `deflate` (zlib-wrapped, as HTTP means it); None: as is."""
+    if encoding == "gzip":
+        return gzip.compress(body, compresslevel=6)
+    if encoding == "deflate":
+        return zlib.compress(body, 6)
+    return body
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:

@@ -220,6 +220,21 @@ def test_compressed_request_bodies(v2_client, repository, encoding, compress):
     np.testing.assert_allclose(decode_response(answer, None)["probabilities"], expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("accept, encoding, decompress", [
+    ("gzip, deflate", "gzip", gzip.decompress), ("deflate", "deflate", zlib.decompress), ("identity", None, bytes),
+])
+def test_responses_compressed_when_accepted(v2_client, repository, accept, encoding, decompress):
+    _, batch = classifier_input("mnist", rows=2)
+    tensor, raw = binary_tensor("input", batch, "FP32")
+    body, headers = binary_request({"inputs": [tensor], "parameters": {"binary_data_output": True}}, [raw])
+    status, answer_headers, answer = post(v2_client, "/v2/models/mnist/infer", body, {**headers, "Accept-Encoding": accept})
+    assert status == 200 and answer_headers.get("Content-Encoding") == encoding
+    # Inference-Header-Content-Length counts the JSON before compression, as tritonclient reads it.
+    outputs = decode_response(decompress(answer), answer_headers["Inference-Header-Content-Length"])
+    expected = run_directly(model_file(repository, "mnist", "2"), {"input": batch})["probabilities"]
+    np.testing.assert_array_equal(outputs["probabilities"], expected)
+
+
 @pytest.mark.parametrize("name, labels", [("mnist", DIGIT_LABELS), ("other", None)])
 def test_classification_extension(v2_client, repository, name, labels):
     input_name, batch = classifier_input(name, rows=2, seed=9)

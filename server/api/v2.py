@@ -79,10 +79,15 @@ def infer(name: str, version: str | None = None):
         for output in wanted
     ]
     payload, header_length = tensors.encode_outputs(answer, outputs)
-    if header_length is None:
-        return Response(payload, content_type="application/json")
-    response = Response(payload, content_type="application/octet-stream")
-    response.headers["Inference-Header-Content-Length"] = str(header_length)
+    # Compressed when the client accepts it, as Triton does (tritonclient's response_compression_algorithm).
+    encoding = request.accept_encodings.best_match(["gzip", "deflate"])
+    body = tensors.compress(payload, encoding)
+    response = Response(body, content_type="application/json" if header_length is None else "application/octet-stream")
+    response.vary.add("Accept-Encoding")
+    if encoding:
+        response.headers["Content-Encoding"] = encoding
+    if header_length is not None:  # the JSON's length before compression, as Triton sends it
+        response.headers["Inference-Header-Content-Length"] = str(header_length)
     return response
 
 
