@@ -27,7 +27,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config.from_mapping(test_config)
     app.json.sort_keys = False
 
-    repository = ModelRepository(app.config["MODEL_REPOSITORY"], ort_threads=app.config["ORT_THREADS"])
+    repository = ModelRepository(
+        app.config["MODEL_REPOSITORY"], ort_threads=app.config["ORT_THREADS"],
+        batch_defaults=config.batch_defaults(app.config),
+    )
     repository.load_all()
     app.extensions["repository"] = repository
 

@@ -14,6 +14,13 @@ if _OWN_METRICS_DIR:
     _os.environ["PROMETHEUS_MULTIPROC_DIR"] = _tempfile.mkdtemp(prefix="mnist-serve-metrics-")
 _METRICS_DIR = _Path(_os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
+# Workers tell each other of model loads and unloads through a file in this folder (see
+# server/model_sync.py and docs/models.md); a fresh temporary one unless the operator names one.
+_OWN_SYNC_DIR = not _os.environ.get("MODEL_SYNC_DIR")
+if _OWN_SYNC_DIR:
+    _os.environ["MODEL_SYNC_DIR"] = _tempfile.mkdtemp(prefix="mnist-serve-models-")
+_SYNC_DIR = _Path(_os.environ["MODEL_SYNC_DIR"])
+
 from server.config import from_environment as _from_environment  # noqa: E402 (after the env is set)
 
 _settings = _from_environment()
@@ -50,6 +57,9 @@ def on_starting(server):
     for stale in _METRICS_DIR.glob("*.db"):
         stale.unlink()
     server.log.info("metrics of all workers are gathered in %s", _METRICS_DIR)
+    # Loads and unloads of an earlier run are stale too: a restart serves what is on disk.
+    _SYNC_DIR.mkdir(parents=True, exist_ok=True)
+    (_SYNC_DIR / "models.json").unlink(missing_ok=True)
 
 
 def child_exit(server, worker):
@@ -62,3 +72,5 @@ def child_exit(server, worker):
 def on_exit(server):
     if _OWN_METRICS_DIR:
         _shutil.rmtree(_METRICS_DIR, ignore_errors=True)
+    if _OWN_SYNC_DIR:
+        _shutil.rmtree(_SYNC_DIR, ignore_errors=True)

@@ -7,10 +7,11 @@ from flask import Flask
 def register_blueprints(app: Flask) -> None:
     """Attach every blueprint of the API to `app`."""
     from .. import openapi
-    from . import health, images, page, v2
+    from . import health, images, model_repository, page, v2
 
     app.register_blueprint(health.bp)
     app.register_blueprint(images.bp)
+    app.register_blueprint(model_repository.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(page.bp)
     app.register_blueprint(v2.bp)
