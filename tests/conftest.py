@@ -78,7 +78,7 @@ class LiveServer:
             try:
                 requests.get(self.url + "/v2/health/live", timeout=1)
                 return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # bound but still loading
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"server did not answer within {timeout}s:\n{self.log()}")
