@@ -27,8 +27,15 @@ COMMITTED_MNIST = COMMITTED_REPOSITORY / "mnist" / "1" / "model.onnx"
 SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
 
 # Strokes of digits in the pad's unit square, drawn the way a person would.
+def ellipse(cx: float, cy: float, rx: float, ry: float, points: int = 24) -> list[tuple[float, float]]:
+    angles = np.linspace(0, 2 * np.pi, points + 1)
+    return [(cx + rx * float(np.sin(a)), cy - ry * float(np.cos(a))) for a in angles]
+
+
 STROKES = {
+    "0": [ellipse(0.5, 0.5, 0.22, 0.33)],
     "1": [[(0.52, 0.15), (0.50, 0.50), (0.48, 0.85)]],
+    "4": [[(0.40, 0.15), (0.25, 0.58), (0.75, 0.58)], [(0.62, 0.30), (0.62, 0.88)]],
     "7": [[(0.25, 0.18), (0.75, 0.18), (0.60, 0.45), (0.45, 0.85)]],
 }
 

@@ -1,7 +1,7 @@
 // The drawing page: strokes on a canvas, sent as PNG to the image API after each stroke.
 "use strict";
 
-const LINE_WIDTH = 20;        // at the pad's 280 px: about MNIST's 2 px stroke after scaling to 20x20
+const LINE_WIDTH = 24;        // at the pad's 280 px: about MNIST's 2-3 px stroke once scaled to 20x20
 const INK = "#111111";
 const PAPER = "#ffffff";
 
@@ -19,7 +19,7 @@ const upload = document.getElementById("upload");
 
 let models = [];        // from GET /models: name, version, labels, preprocessing
 let defaultModel = null; // the model POST /predict uses, when the server has one
-let stroke = null;      // the pointer drawing now: {id, x, y}
+let stroke = null;      // the stroke being drawn: {id, before (the pad's pixels), points}
 let sequence = 0;       // answers to older requests than the latest are dropped
 
 function clearPad() {
@@ -39,14 +39,24 @@ function padPoint(event) {
   };
 }
 
-function drawLine(from, to) {
+function drawStroke() {
+  // Redraw the whole stroke as one path over the pad as it was before it: segment by segment,
+  // the anti-aliased edges of overlapping caps would leave visible seams.
+  padContext.putImageData(stroke.before, 0, 0);
   padContext.strokeStyle = INK;
   padContext.lineWidth = LINE_WIDTH;
   padContext.lineCap = "round";
   padContext.lineJoin = "round";
+  padContext.fillStyle = INK;
   padContext.beginPath();
-  padContext.moveTo(from.x, from.y);
-  padContext.lineTo(to.x, to.y);
+  const [first, ...rest] = stroke.points;
+  if (!rest.length) {      // a tap leaves a dot
+    padContext.arc(first.x, first.y, LINE_WIDTH / 2, 0, 2 * Math.PI);
+    padContext.fill();
+    return;
+  }
+  padContext.moveTo(first.x, first.y);
+  for (const point of rest) padContext.lineTo(point.x, point.y);
   padContext.stroke();
 }
 
@@ -54,20 +64,19 @@ function startStroke(event) {
   if (stroke || (event.pointerType === "mouse" && event.button !== 0)) return;
   event.preventDefault();
   pad.setPointerCapture(event.pointerId);
-  const point = padPoint(event);
-  stroke = { id: event.pointerId, ...point };
-  drawLine(point, point);     // a tap leaves a dot
+  stroke = {
+    id: event.pointerId,
+    before: padContext.getImageData(0, 0, pad.width, pad.height),
+    points: [padPoint(event)],
+  };
+  drawStroke();
 }
 
 function moveStroke(event) {
   if (!stroke || event.pointerId !== stroke.id) return;
   const moves = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
-  for (const move of moves.length ? moves : [event]) {
-    const point = padPoint(move);
-    drawLine(stroke, point);
-    stroke.x = point.x;
-    stroke.y = point.y;
-  }
+  for (const move of moves.length ? moves : [event]) stroke.points.push(padPoint(move));
+  drawStroke();
 }
 
 function endStroke(event) {
