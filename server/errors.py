@@ -65,7 +65,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):
-        return jsonify(error=f"{err.name}: {err.description}"), err.code
+        response = jsonify(error=f"{err.name}: {err.description}")
+        # Keep werkzeug's own headers (Allow on a 405, as RFC 9110 requires) but not its HTML type.
+        response.headers.extend((k, v) for k, v in err.get_headers() if k.lower() != "content-type")
+        return response, err.code
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):

@@ -391,6 +391,13 @@ def test_client_errors_over_flask(v2_client, method, path, body, headers, status
     check_error(response.status_code, response.headers, response.data, status, fragment)
 
 
+def test_wrong_method_lists_the_allowed_ones(v2_client):
+    response = v2_client.get(MNIST)
+    allowed = {method.strip() for method in response.headers["Allow"].split(",")}
+    assert response.status_code == 405 and "POST" in allowed and "GET" not in allowed
+    assert "error" in response.get_json()
+
+
 def send_raw(server: LiveServer, method: str, path: str, body: bytes = b"", headers: dict | None = None):
     """Send the path byte for byte (no client-side normalisation of `..` or `%2F`) and read the answer,
     even when the server answers (413) and closes before the whole body is sent."""
