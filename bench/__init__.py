@@ -1,0 +1,1 @@
+"""Benchmarks: load generation, the trivial and torch baselines, footprint, soak; `make bench`."""

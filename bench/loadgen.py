@@ -1,0 +1,135 @@
+"""Drive wrk with one fixed request and read its summary, with the CPU time wrk itself used."""
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import os
+import resource
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from bench.bodies import RequestSpec
+
+LUA_SCRIPT = Path(__file__).with_name("wrk_request.lua")
+
+
+def wrk_version() -> str:
+    done = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+    return (done.stdout + done.stderr).splitlines()[0].strip()
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of every child process this process has waited for, so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_wrk(
+    port: int,
+    spec: RequestSpec,
+    *,
+    connections: int,
+    seconds: float,
+    threads: int = 1,
+    timeout_s: float = 10.0,
+    server_cpu: Callable[[], float] | None = None,
+) -> dict:
+    """Send `spec` from `connections` keep-alive connections for `seconds` (whole, at least 1).
+
+    The result holds requests/s, latency percentiles in milliseconds, errors (socket errors plus
+    4xx/5xx answers, which wrk counts as status errors) and the CPU seconds used by wrk and, when
+    `server_cpu` is given, by the server, to show which of the two was the bottleneck.
+    """
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed: apt-get install wrk (make bench does it as root)")
+    with tempfile.NamedTemporaryFile(prefix="wrk-body-", delete=False) as body_file:
+        body_file.write(spec.body)
+    env = {
+        **os.environ,
+        "WRK_METHOD": spec.method,
+        "WRK_BODY_FILE": body_file.name if spec.body else "",
+        "WRK_HEADERS": "\n".join(f"{k}: {v}" for k, v in spec.headers.items()),
+    }
+    argv = [
+        "wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+        f"--timeout={timeout_s:g}s", "-s", str(LUA_SCRIPT), f"http://127.0.0.1:{port}{spec.path}",
+    ]
+    server_before = server_cpu() if server_cpu else 0.0
+    wrk_before = children_cpu_seconds()
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    finally:
+        os.unlink(body_file.name)
+    wall = time.perf_counter() - started
+    wrk_cpu = children_cpu_seconds() - wrk_before
+    server_used = server_cpu() - server_before if server_cpu else None
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+    return summarize(parse_wrk(done.stdout), connections, wall, wrk_cpu, server_used)
+
+
+def parse_wrk(stdout: str) -> dict:
+    """The JSON line printed by wrk_request.lua's done()."""
+    for line in stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            return json.loads(line[len("WRK_JSON "):])
+    raise RuntimeError(f"no WRK_JSON line in wrk's output:\n{stdout}")
+
+
+def summarize(raw: dict, connections: int, wall: float, wrk_cpu: float, server_cpu: float | None) -> dict:
+    seconds = raw["duration_us"] / 1e6
+    latency = raw["latency_us"]
+    result = {
+        "connections": connections,
+        "seconds": round(seconds, 3),
+        "requests": raw["requests"],
+        "rps": round(raw["requests"] / seconds, 1),
+        "latency_ms": {k: round(latency[k] / 1000, 3) for k in ("p50", "p90", "p99", "p99_9", "mean", "max")},
+        "errors": sum(raw["errors"].values()),
+        "error_kinds": raw["errors"],
+        "wrk_cpu_s": round(wrk_cpu, 3),
+        "wrk_cpu_share": round(wrk_cpu / wall, 3),
+    }
+    if server_cpu is not None:
+        result["server_cpu_s"] = round(server_cpu, 3)
+        result["server_cpu_share"] = round(server_cpu / wall, 3)
+    return result
+
+
+def send_many(port: int, spec: RequestSpec, total: int, concurrency: int = 8) -> dict:
+    """Send `spec` exactly `total` times over `concurrency` keep-alive connections; count failures."""
+    counter = itertools.count()
+    failures: list[str] = []
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            while next(counter) < total:
+                try:
+                    conn.request(spec.method, spec.path, body=spec.body or None, headers=spec.headers)
+                    response = conn.getresponse()
+                    response.read()
+                    if not 200 <= response.status < 300:
+                        failures.append(f"HTTP {response.status}")
+                except (OSError, http.client.HTTPException) as err:
+                    failures.append(type(err).__name__)
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        finally:
+            conn.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"requests": total, "concurrency": concurrency, "failures": len(failures),
+            "failure_kinds": sorted(set(failures)), "seconds": round(time.perf_counter() - started, 2)}

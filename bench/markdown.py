@@ -1,0 +1,194 @@
+"""docs/benchmarks.md from one run's results: every figure in it comes from benchmarks.json."""
+from __future__ import annotations
+
+from bench.report import MB, SERIES, mean_worker_kib
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mb(n_bytes: float) -> str:
+    return f"{n_bytes / MB:,.0f} MB"
+
+
+def kib_mb(kib: float) -> str:
+    return f"{kib * 1024 / MB:.0f} MB"
+
+
+def header(r: dict) -> str:
+    m, v = r["machine"], r["versions"]
+    serve, torch = v["serve"], v["torch_baseline"]
+    return f"""# Benchmarks
+
+Written by `make bench` (bench/run.py) on {r['date']}, in one run of {r['elapsed_s']:.0f} s; every
+figure below comes from that run ([benchmarks.json](benchmarks.json) holds them all). Do not edit
+by hand: run `make bench` again.
+
+**Machine**: {m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB memory, Linux {m['kernel']}
+(AVX-512: {'yes' if m['avx512'] else 'no'}, AMX: {'yes' if m['amx'] else 'no'}); load average at
+the start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}. No GPU.
+
+**Versions**: Python {m['python']}; serve environment flask {serve.get('flask')}, gunicorn
+{serve.get('gunicorn')}, onnxruntime {serve.get('onnxruntime')}, numpy {serve.get('numpy')}, Pillow
+{serve.get('pillow')}; torch baseline environment torch {torch.get('torch')}, flask {torch.get('flask')},
+gunicorn {torch.get('gunicorn')}; load generator {v['wrk']}.
+
+**Model**: `{r['model']['path']}` ({r['model']['bytes']:,} bytes, sha256 `{r['model']['sha256'][:16]}…`).
+Torch baseline weights: {('`' + r['torch_checkpoint'] + '`') if r['torch_checkpoint'] else 'random (no checkpoint on disk; compute is the same)'}.
+"""
+
+
+def method(r: dict) -> str:
+    s, m = r["settings"], r["method"]
+    return f"""## Method
+
+- Every app runs under gunicorn with the server's own `server/gunicorn_conf.py` and `make serve`'s
+  defaults: {s['WORKERS']} workers × {s['THREADS']} threads (gthread), `ORT_THREADS={s['ORT_THREADS']}`
+  (the torch baseline gets `torch.set_num_threads({s['ORT_THREADS']})` from the same setting), on 127.0.0.1.
+- **This server**: `python -m server` from `.venv-serve`. **Floor**: `bench/trivial_app.py`, Flask
+  answering a constant JSON to `GET /`. **Baseline**: `bench/torch_app.py`, the same CNN
+  (`training/model.py`) run by PyTorch inside a Flask app of the same design (same preprocessing from
+  `server/preprocess.py`, same JSON answer, one log line per request), from `.venv-bench-torch`.
+- Load: `wrk` with one thread and `bench/wrk_request.lua` (the body of each request read from a
+  file) for {m['seconds']:g} s at {', '.join(map(str, m['concurrency']))} keep-alive connections, after a
+  {m['warmup']:g} s unrecorded warm-up per endpoint. Every request carries the same real MNIST test digit
+  (`tests/data/mnist_test_sample.npz`, image 0, a {m['digit_label']}); one checked request first must get
+  HTTP 200. Errors = socket errors + HTTP 4xx/5xx answers (wrk counts those as status errors).
+- Load generator check: the CPU time of wrk (from `getrusage` of the finished child) and of the
+  server's master and workers (from `/proc/<pid>/stat`) over each run, shown as a share of one core.
+- Memory: RSS (and PSS, shared pages split) of each worker from `/proc/<pid>/smaps_rollup`, once the
+  workers have settled after start-up (idle) and after exactly {m['rss_requests']:,} `/predict` PNG requests
+  from 8 connections. Cold start: from `Popen` to the first HTTP 200 on `/predict` (polled every
+  10 ms), median of {m['cold_starts']} fresh starts with the page cache warm.
+- Environment size: bytes of every file in the virtual environment, without `__pycache__`.
+"""
+
+
+def targets_section(r: dict) -> str:
+    rows = [[t["target"], t["measured"], t["goal"], "met" if t["met"] else "**missed**"] for t in r["targets"]]
+    return "## Targets (issue 7), as ratios from this run\n\n" + table(["target", "measured", "goal", ""], rows) + "\n"
+
+
+def load_section(r: dict) -> str:
+    trivial = {run["connections"]: run["rps"] for run in r["trivial"]["load"]["trivial"]["runs"]}
+    rows = []
+    for app, request, label in SERIES:
+        for run in r[app]["load"][request]["runs"]:
+            lat = run["latency_ms"]
+            rows.append([label, run["connections"], f"{run['rps']:,.0f}", f"{lat['p50']:.2f}", f"{lat['p90']:.2f}",
+                         f"{lat['p99']:.2f}", run["errors"], f"{run['rps'] / trivial[run['connections']]:.2f}",
+                         f"{run['wrk_cpu_share']:.0%}", f"{run['server_cpu_share']:.0%}"])
+    wrk_max = max(row for row in (float(x[8].rstrip('%')) for x in rows))
+    server_at_max = [x for x in rows if float(x[8].rstrip('%')) == wrk_max][0]
+    return f"""## Throughput and latency
+
+{table(["app / request", "connections", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "× trivial",
+        "wrk CPU", "server CPU"], rows)}
+
+"× trivial" is the efficiency: this row's requests per second over the trivial endpoint's at the
+same concurrency. CPU columns are shares of one core over the run ({r['machine']['cores']} cores = 200 %).
+
+**Is wrk the bottleneck?** No: wrk used at most {wrk_max:.0f} % of one core (on "{server_at_max[0]}" at
+{server_at_max[1]} connections, where the server used {server_at_max[9]}), so the server's processes had
+the rest of the machine.
+
+![throughput](benchmarks-throughput.png)
+
+![latency](benchmarks-latency.png)
+
+Bodies: {', '.join(f"{name} {s['request_bytes']:,} B" for name, s in r['server']['load'].items())}.
+"""
+
+
+def inprocess_section(r: dict) -> str:
+    rows = []
+    for engine, label in (("ort", "onnxruntime (server.model.OnnxModel)"), ("torch", "PyTorch (DigitNet)")):
+        for by_threads in r["inprocess"][engine]["results"]:
+            for b in by_threads["batches"]:
+                rows.append([label, by_threads["threads"], b["batch"], f"{b['us_per_image_p50']:,.1f}",
+                             f"{b['us_per_call_p50']:,.0f}", f"{b['images_per_s']:,.0f}"])
+    return "## The compute floor: the CNN in-process, no HTTP\n\n" + table(
+        ["engine", "threads", "batch", "µs per image", "µs per call", "images/s"], rows) + "\n\n" + (
+        "Median of repeated calls on real MNIST test digits. One thread is what each server worker uses.\n")
+
+
+def footprint_section(r: dict) -> str:
+    s, server, torch = r["sizes"], r["server"], r["torch"]
+    pss = lambda ws: sum(w.get("pss", 0) for w in ws) / len(ws)  # noqa: E731
+    rows = [
+        ["installed environment", mb(s["serve"]["bytes"]), mb(s["torch"]["bytes"])],
+        ["RSS per worker, idle", kib_mb(mean_worker_kib(server["rss_idle_kib"])), kib_mb(mean_worker_kib(torch["rss_idle_kib"]))],
+        [f"RSS per worker after {r['method']['rss_requests']:,} requests", kib_mb(mean_worker_kib(server["rss_after_kib"])),
+         kib_mb(mean_worker_kib(torch["rss_after_kib"]))],
+        ["PSS per worker after them", kib_mb(pss(server["rss_after_kib"])), kib_mb(pss(torch["rss_after_kib"]))],
+        ["cold start to first /predict (median)", f"{server['cold_start_s_median']:.2f} s", f"{torch['cold_start_s_median']:.2f} s"],
+        ["cold starts measured", ", ".join(f"{x:.2f}" for x in server["cold_start_s"]), ", ".join(f"{x:.2f}" for x in torch["cold_start_s"])],
+        [f"time for the {r['method']['rss_requests']:,} requests", f"{server['rss_load']['seconds']} s ({server['rss_load']['failures']} failed)",
+         f"{torch['rss_load']['seconds']} s ({torch['rss_load']['failures']} failed)"],
+    ]
+    largest = lambda d: ", ".join(f"{k} {v / MB:.0f}" for k, v in d["largest"].items())  # noqa: E731
+    pinned = s.get("torch_pinned_closure")
+    pinned_text = (f"The project pins torch=={pinned['version']} for training, the CUDA build: torch and what it requires "
+                   f"take {mb(pinned['bytes'])} ({largest(pinned)} MB), against {mb(s['torch_cpu_closure']['bytes'])} for "
+                   f"the CPU build {s['torch_cpu_closure']['version']} used here; a torch serving environment with the "
+                   f"pinned build would be about {mb(s['torch']['bytes'] - s['torch_cpu_closure']['bytes'] + pinned['bytes'])}."
+                   if pinned else "")
+    return f"""## Footprint
+
+{table(["", "this server (.venv-serve)", "torch baseline (.venv-bench-torch)"], rows)}
+
+Largest packages, MB: serve — {largest(s['serve'])}; torch — {largest(s['torch'])}.
+{pinned_text}
+
+![footprint](benchmarks-footprint.png)
+"""
+
+
+def soak_section(r: dict) -> str:
+    k = r["soak"]
+    return f"""## Soak (issue 8)
+
+`bench/soak.py`: {k['connections']} connections on `/predict` PNG for {k['seconds']:g} s after a
+{k['warmup_seconds']:g} s warm-up. Requests: {k['load']['requests']:,} ({k['load']['rps']:,.0f}/s, p99
+{k['load']['latency_ms']['p99']:.1f} ms); failed: **{k['failed_requests']}**. RSS of all workers:
+{kib_mb(k['rss_kib_after_warmup'])} after warm-up, {kib_mb(k['rss_kib_end'])} at the end (growth
+**{k['rss_growth']:+.1%}**, limit +10 %), peak {kib_mb(k['rss_kib_max'])}; workers replaced:
+{k['workers_replaced'] or 'none'}. Result: **{'passed' if k['passed'] else 'FAILED'}**.
+
+![soak](benchmarks-soak.png)
+"""
+
+
+def extras_section(r: dict) -> str:
+    parts = []
+    training = r.get("training")
+    if training:
+        rows = [[e["epoch"], f"{e['train_images_per_s']:,.0f}", f"{e['epoch_s']:.0f}", f"{e['eval_accuracy']:.2%}"]
+                for e in training["epochs"]]
+        reach = ", ".join(f"{k} %: " + (f"epoch {v['epoch']}, {v['seconds']:.0f} s" if v else "not reached")
+                          for k, v in training["time_to_accuracy"].items())
+        parts.append(f"""## Training speed (from `{training['source']}`)
+
+{training.get('device', '?')}, {training.get('precision', '?')}, {training.get('threads', '?')} threads,
+torch {training.get('torch_version', '?')}; {training.get('train_images', 0):,} training images, evaluated on
+{training.get('eval_images', 0):,} {training.get('eval_set', '')} images. Time to accuracy: {reach}.
+No GPU was lent for this run, so there is no GPU figure.
+
+{table(["epoch", "train images/s", "epoch s", "eval accuracy"], rows)}
+""")
+    else:
+        parts.append("## Training speed\n\nNo training metrics were found (runs/*/metrics.json or docs/training.json).\n")
+    image = r.get("container_image")
+    if image:
+        parts.append("## Container image (from `docs/image-size.json`)\n\n"
+                     + "\n".join(f"- {k}: {v}" for k, v in image.items()) + "\n")
+    return "\n".join(parts)
+
+
+def render(r: dict, plots: list[str]) -> str:
+    sections = [header(r), targets_section(r), method(r), load_section(r), inprocess_section(r),
+                footprint_section(r), soak_section(r), extras_section(r)]
+    return "\n".join(sections)

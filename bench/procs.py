@@ -1,0 +1,163 @@
+"""Start, probe, measure and stop a gunicorn server: cold start, RSS per worker, CPU time."""
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.bodies import RequestSpec
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+# Settings the benchmarks leave at their defaults, as `make serve` does, whatever the caller's shell says.
+SERVER_SETTINGS = ("WORKERS", "THREADS", "ORT_THREADS", "API_TOKEN", "LOG_LEVEL", "MAX_CONTENT_LENGTH")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def send(port: int, spec: RequestSpec, timeout: float = 10.0) -> tuple[int, bytes]:
+    """Send `spec` once to 127.0.0.1:`port`; return (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(spec.method, spec.path, body=spec.body or None, headers=spec.headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of `pid` (gunicorn's workers, for its master)."""
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # The command name may hold spaces or parentheses: fields start after the last ')'.
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return sorted(kids)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time used so far by `pid` itself."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """Rss and Pss (proportional: shared pages split between sharers) of `pid`, in KiB."""
+    values = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss"):
+                values[key.lower()] = int(rest.split()[0])
+    except OSError:
+        pass
+    return values
+
+
+@dataclass
+class Gunicorn:
+    """A gunicorn process tree on 127.0.0.1 with a probe that says when it serves."""
+
+    name: str
+    argv: list[str]
+    probe: RequestSpec
+    env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path = ROOT / "bench" / "out"
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+
+    def start(self) -> "Gunicorn":
+        environ = {k: v for k, v in os.environ.items() if k not in SERVER_SETTINGS}
+        environ.update({"HOST": "127.0.0.1", "PORT": str(self.port), **self.env})
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.log_dir / f"{self.name}.log"
+        self._log = open(self.log_path, "ab")
+        self.started_at = time.perf_counter()
+        self.process = subprocess.Popen(
+            self.argv, cwd=ROOT, env=environ, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def wait_serving(self, timeout: float = 120.0) -> float:
+        """Poll with the probe request until it gets a 200; return seconds since start()."""
+        deadline = self.started_at + timeout
+        while time.perf_counter() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                status, body = send(self.port, self.probe, timeout=5)
+            except OSError:
+                status, body = 0, b""
+            if status == 200:
+                return time.perf_counter() - self.started_at
+            if status:
+                raise RuntimeError(f"{self.name}: probe {self.probe.path} answered {status}: {body[:300]!r}")
+            time.sleep(0.01)
+        raise RuntimeError(f"{self.name} did not serve within {timeout}s; see {self.log_path}")
+
+    def workers(self) -> list[int]:
+        return children(self.process.pid)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the master and every current worker."""
+        return sum(cpu_seconds(pid) for pid in [self.process.pid, *self.workers()])
+
+    def worker_memory(self) -> list[dict[str, int]]:
+        return [memory_kib(pid) for pid in self.workers()]
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def __enter__(self) -> "Gunicorn":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def wait_idle(server: Gunicorn, workers: int, settle: float = 1.0, timeout: float = 60.0) -> list[dict[str, int]]:
+    """Wait until `workers` workers run and their memory stops changing; return it per worker."""
+    deadline = time.perf_counter() + timeout
+    previous: list[dict[str, int]] = []
+    while time.perf_counter() < deadline:
+        current = server.worker_memory()
+        steady = len(current) == workers and len(previous) == workers and all(
+            abs(a.get("rss", 0) - b.get("rss", 0)) <= 0.01 * b.get("rss", 1) for a, b in zip(current, previous)
+        )
+        if steady:
+            return current
+        previous = current
+        time.sleep(settle)
+    raise RuntimeError(f"{server.name}: {workers} workers did not settle within {timeout}s")

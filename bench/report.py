@@ -1,0 +1,143 @@
+"""Turn one benchmark run's results into docs/benchmarks.json, PNG plots and docs/benchmarks.md."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+MB = 1e6
+SERIES = (  # (app, request, label in tables and plots)
+    ("trivial", "trivial", "trivial constant JSON"),
+    ("server", "predict_png", "server /predict PNG"),
+    ("server", "predict_pixels", "server /predict pixels"),
+    ("server", "v2_infer_binary", "server v2 infer binary"),
+    ("server", "v2_infer_json", "server v2 infer JSON"),
+    ("torch", "predict_png", "torch /predict PNG"),
+    ("torch", "predict_pixels", "torch /predict pixels"),
+)
+
+
+def peak_rps(results: dict, app: str, request: str) -> float:
+    return max(run["rps"] for run in results[app]["load"][request]["runs"])
+
+
+def mean_worker_kib(workers: list[dict]) -> float:
+    return sum(w["rss"] for w in workers) / len(workers)
+
+
+def targets(results: dict) -> list[dict]:
+    """Issue 7's targets as ratios measured in this run."""
+    png, trivial, torch_png = (peak_rps(results, "server", "predict_png"), peak_rps(results, "trivial", "trivial"),
+                               peak_rps(results, "torch", "predict_png"))
+    sizes = results["sizes"]
+    rss = mean_worker_kib(results["server"]["rss_after_kib"]) / mean_worker_kib(results["torch"]["rss_after_kib"])
+    cold = results["server"]["cold_start_s_median"] / results["torch"]["cold_start_s_median"]
+    rows = [
+        ("/predict PNG peak throughput / trivial endpoint's", png / trivial, ">=", 0.6),
+        ("/predict PNG peak throughput / torch baseline's", png / torch_png, ">=", 2.0),
+        (f"RSS per worker after {results['method']['rss_requests']} requests / torch's", rss, "<=", 0.4),
+        ("serve environment size (MB)", sizes["serve"]["bytes"] / MB, "<=", 250),
+        ("serve environment size / torch environment's", sizes["serve"]["bytes"] / sizes["torch"]["bytes"], "<=", 0.3),
+        ("cold start to first /predict / torch's", cold, "<=", 0.5),
+    ]
+    return [{"target": name, "measured": round(value, 3), "goal": f"{op} {goal}",
+             "met": value >= goal if op == ">=" else value <= goal} for name, value, op, goal in rows]
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_throughput(results: dict, path: Path) -> None:
+    concurrency = results["method"]["concurrency"]
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    width = 0.8 / len(SERIES)
+    for index, (app, request, label) in enumerate(SERIES):
+        rps = [run["rps"] for run in results[app]["load"][request]["runs"]]
+        ax.bar([c + (index - len(SERIES) / 2 + 0.5) * width for c in range(len(concurrency))], rps, width, label=label)
+    ax.set_xticks(range(len(concurrency)), [f"{c} connections" for c in concurrency])
+    ax.set_ylabel("requests per second")
+    ax.set_title(f"Throughput under wrk, {results['machine']['cores']} cores, {results['method']['seconds']:g} s per bar")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_latency(results: dict, path: Path) -> None:
+    concurrency = results["method"]["concurrency"]
+    fig, axes = plt.subplots(1, len(concurrency), figsize=(12, 4.4), sharey=True)
+    for ax, position in zip(axes, range(len(concurrency))):
+        labels = [label for _, _, label in SERIES]
+        for percentile, marker in (("p50", "o"), ("p90", "s"), ("p99", "^")):
+            values = [results[app]["load"][request]["runs"][position]["latency_ms"][percentile]
+                      for app, request, _ in SERIES]
+            ax.scatter(values, range(len(SERIES)), marker=marker, label=percentile)
+        ax.set_yticks(range(len(SERIES)), labels, fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (ms, log scale)")
+        ax.set_title(f"{concurrency[position]} connections")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_footprint(results: dict, path: Path) -> None:
+    server, torch = results["server"], results["torch"]
+    panels = [
+        ("installed environment (MB)", [results["sizes"]["serve"]["bytes"] / MB, results["sizes"]["torch"]["bytes"] / MB]),
+        ("RSS per worker, idle (MB)", [mean_worker_kib(server["rss_idle_kib"]) * 1024 / MB,
+                                       mean_worker_kib(torch["rss_idle_kib"]) * 1024 / MB]),
+        (f"RSS per worker after {results['method']['rss_requests']} requests (MB)",
+         [mean_worker_kib(server["rss_after_kib"]) * 1024 / MB, mean_worker_kib(torch["rss_after_kib"]) * 1024 / MB]),
+        ("cold start to first /predict (s)", [server["cold_start_s_median"], torch["cold_start_s_median"]]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.6))
+    for ax, (title, values) in zip(axes, panels):
+        bars = ax.bar(["onnxruntime\nserver", "torch\nbaseline"], values, color=["tab:green", "tab:red"])
+        ax.bar_label(bars, fmt="%.3g")
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_soak(results: dict, path: Path) -> None:
+    soak = results["soak"]
+    seconds, kib = zip(*soak["rss_samples"])
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.plot(seconds, [k * 1024 / MB for k in kib], marker=".")
+    ax.axhline(soak["rss_kib_after_warmup"] * 1.1 * 1024 / MB, color="tab:red", linestyle="--", label="+10 % limit")
+    ax.set_xlabel("seconds under load")
+    ax.set_ylabel("RSS of all workers (MB)")
+    ax.set_title(f"Soak: {soak['connections']} connections, {soak['load']['requests']} requests, "
+                 f"{soak['failed_requests']} failed")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+PLOTS = {"benchmarks-throughput.png": plot_throughput, "benchmarks-latency.png": plot_latency,
+         "benchmarks-footprint.png": plot_footprint, "benchmarks-soak.png": plot_soak}
+
+
+def write(results: dict, out: Path) -> None:
+    """Write benchmarks.json, the plots and benchmarks.md into `out`."""
+    from bench.markdown import render
+
+    out.mkdir(parents=True, exist_ok=True)
+    results["targets"] = targets(results)
+    (out / "benchmarks.json").write_text(json.dumps(results, indent=1) + "\n")
+    for name, plot in PLOTS.items():
+        plot(results, out / name)
+    (out / "benchmarks.md").write_text(render(results, list(PLOTS)))
