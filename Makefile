@@ -45,5 +45,30 @@ $(DEV_VENV)/.system-stamp: system-packages.txt $(DEV_VENV)/.stamp
 test: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp $(DEV_VENV)/.system-stamp ## install what the tests need and run them
 	$(DEV_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# The benchmarks' torch baseline gets its own environment with PyTorch's CPU build, the realistic
+# serving install (the pinned training torch is the CUDA build): from TORCH_WHEELS when it holds
+# the wheel, else from PyTorch's CPU package index.
+BENCH_TORCH_VENV := .venv-bench-torch
+TORCH_WHEELS ?= /opt/wheels
+BENCH_ARGS ?=
+
+$(BENCH_TORCH_VENV)/.stamp: bench/requirements-torch.txt
+	rm -rf $(BENCH_TORCH_VENV)
+	$(PYTHON) -m venv $(BENCH_TORCH_VENV)
+	$(BENCH_TORCH_VENV)/bin/pip install $(PIP_FLAGS) \
+		$(if $(wildcard $(TORCH_WHEELS)/torch-*+cpu-*.whl),--find-links $(TORCH_WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu) \
+		-r bench/requirements-torch.txt
+	touch $@
+
+bench: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp ## measure speed, footprint, soak against baselines; writes docs/benchmarks.md
+	@command -v wrk >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; \
+		else echo "make bench: please install wrk (Debian package wrk)" >&2; exit 1; fi; }
+	$(DEV_VENV)/bin/python -m bench.run $(BENCH_ARGS)
+	@for script in bench/photo_eval.py bench/batching.py; do \
+		if [ -f $$script ]; then echo "$(DEV_VENV)/bin/python $$script"; $(DEV_VENV)/bin/python $$script || exit 1; fi; \
+	done
+
 clean: ## remove virtual environments and caches (keeps data/ and runs/)
 	rm -rf $(SERVE_VENV) $(DEV_VENV) .pytest_cache .hypothesis
