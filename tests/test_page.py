@@ -161,6 +161,12 @@ def sample_png(index: int) -> tuple[bytes, str]:
     return buffer.getvalue(), str(int(sample["labels"][index]))
 
 
+def assert_saw_unchanged(page: Page, png: bytes) -> None:
+    """A 28x28 MNIST digit passes preprocessing unchanged: the page shows the digit itself."""
+    original = np.array(Image.open(io.BytesIO(png))).astype(int)
+    assert np.abs(seen_pixels(page).astype(int) - original).max() <= 1
+
+
 def assert_shows(page: Page, answer: dict) -> None:
     """The page shows exactly the prediction the API answered: digit, confidence, bars, input."""
     prediction = answer["predictions"][0]
@@ -260,9 +266,7 @@ def test_upload_of_a_digit_image_shows_its_prediction(random_server, open_page):
     assert response.ok
     answer = response.json()
     assert_shows(page, answer)
-    # A 28x28 MNIST digit passes preprocessing unchanged: the page shows the digit itself.
-    original = np.array(Image.open(io.BytesIO(png)))
-    assert np.abs(seen_pixels(page).astype(int) - original.astype(int)).max() <= 1
+    assert_saw_unchanged(page, png)
 
 
 @pytest.mark.browser
@@ -321,6 +325,15 @@ def test_picker_chooses_among_several_classifiers(servers, tmp_path_factory, ope
     assert answer["model"] == "letters" and answer["version"] == "3"
     assert page.locator("#digit").inner_text() == answer["predictions"][0]["label"]
     assert list(shown_probabilities(page)) == letters
+    # The uploaded image, not the pad, is what a new choice of model predicts again.
+    png, _ = sample_png(1)
+    upload(page, "digit.png", png, "image/png")
+    with page.expect_response(lambda r: r.url.endswith("/predict") and "/models/" not in r.url) as response:
+        picker.select_option("mnist")
+    wait_until_answered(page)
+    assert response.value.json()["model"] == "mnist"
+    assert_saw_unchanged(page, png)
+    assert list(shown_probabilities(page)) == DIGITS
 
 
 @pytest.fixture(scope="module")

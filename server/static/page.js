@@ -21,11 +21,13 @@ let models = [];        // from GET /models: name, version, labels, preprocessin
 let defaultModel = null; // the model POST /predict uses, when the server has one
 let stroke = null;      // the stroke being drawn: {id, before (the pad's pixels), points}
 let sequence = 0;       // answers to older requests than the latest are dropped
+let lastImage = null;   // what was sent last, {image, what}: a new model choice predicts it again
 
 function clearPad() {
   padContext.fillStyle = PAPER;
   padContext.fillRect(0, 0, pad.width, pad.height);
   stroke = null;
+  lastImage = null;
   sequence += 1;
   showEmpty("Draw a digit to see what the model thinks it is.");
 }
@@ -93,6 +95,7 @@ function predictUrl() {
 
 async function predict(image, what) {
   const mine = ++sequence;
+  lastImage = { image, what };
   const form = new FormData();
   form.append("image", image, image.name || "drawing.png");
   form.append("return_input", "true");
@@ -234,9 +237,8 @@ upload.addEventListener("change", () => {
   if (file) predict(file, file.name);
 });
 modelSelect.addEventListener("change", () => {
-  const drawn = padContext.getImageData(0, 0, pad.width, pad.height).data.some((v) => v !== 255);
-  if (drawn) {
-    pad.toBlob((blob) => predict(blob, "your drawing"), "image/png");
+  if (lastImage) {
+    predict(lastImage.image, lastImage.what);
   } else {
     showEmpty(confidenceText.textContent);
   }
