@@ -241,11 +241,13 @@ def datatype_of(array: np.ndarray) -> str:
 def classify(array: np.ndarray, top: int, labels: Sequence[str] | None) -> np.ndarray:
     """Triton's classification extension: the `top` largest values per batch row as BYTES
     `"value:index[:label]"`, highest first (the first axis is the batch when there are two or more)."""
-    if array.dtype.kind not in "biuf" or array.size == 0:
-        raise BadRequest(f"classification needs a non-empty numeric output, got {datatype_of(array)} of shape {list(array.shape)}")
-    rows = array.reshape(array.shape[0], -1) if array.ndim >= 2 else array.reshape(1, -1)
+    if array.dtype.kind not in "biuf":
+        raise BadRequest(f"classification needs a numeric output, got {datatype_of(array)}")
+    batched = array.ndim >= 2
+    rows = array.reshape(array.shape[0] if batched else 1, math.prod(array.shape[1:]) if batched else array.size)
     top = min(top, rows.shape[1])
-    order = np.argsort(-rows, axis=1, kind="stable")[:, :top]
+    # Sort float64 keys: negating unsigned or boolean values would wrap around or fail.
+    order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :top]
     result = np.empty(order.shape, dtype=object)
     for row, indices in enumerate(order):
         for column, index in enumerate(indices):
@@ -253,7 +255,7 @@ def classify(array: np.ndarray, top: int, labels: Sequence[str] | None) -> np.nd
             if labels is not None and index < len(labels):
                 text += f":{labels[index]}"
             result[row, column] = text
-    return result if array.ndim >= 2 else result.reshape(-1)
+    return result if batched else result.reshape(-1)
 
 
 def encode_outputs(

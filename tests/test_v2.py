@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from server import create_app
+from server import create_app, tensors
 from tests.conftest import LiveServer
 from tests.v2_repository import (
     COMMITTED_MNIST, DIGIT_LABELS, OTHER, V2_ONNX_TYPES, binary_request, decode_response, mnist_sample,
@@ -251,6 +251,41 @@ def test_classification_extension(v2_client, repository, name, labels):
         assert [int(p[1]) for p in parts] == top.tolist()
         np.testing.assert_allclose([float(p[0]) for p in parts], scores[row][top], atol=1e-6)
         assert [p[2:] for p in parts] == ([[labels[i]] for i in top] if labels else [[], [], []])
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_empty_batch(v2_client, binary):
+    empty = np.zeros((0, 1, 28, 28), np.float32)
+    tensor, raw = binary_tensor("input", empty, "FP32") if binary else (json_tensor("input", empty, "FP32"), b"")
+    outputs = [{"name": "probabilities", "parameters": {"binary_data": binary}},
+               {"name": "probabilities", "parameters": {"classification": 3}}]
+    for output in outputs:
+        body, headers = binary_request({"inputs": [tensor], "outputs": [output]}, [raw])
+        status, answer_headers, answer = post(v2_client, MNIST, body, headers if binary else {})
+        assert status == 200, answer
+        result = decode_response(answer, answer_headers.get("Inference-Header-Content-Length"))["probabilities"]
+        assert result.shape == ((0, 3) if "classification" in output["parameters"] else (0, 10))
+
+
+@pytest.mark.parametrize("values, expected", [
+    (np.array([[1, 200, 3]], np.uint8), [["200.000000:1", "3.000000:2"]]),
+    (np.array([[False, True, True]]), [["1.000000:1", "1.000000:2"]]),
+    (np.array([0.1, 0.7, 0.2], np.float32), ["0.700000:1:b", "0.200000:2:c"]),
+])
+def test_classify_orders_every_numeric_type(values, expected):
+    assert tensors.classify(values, 2, ["a", "b", "c"] if values.ndim == 1 else None).tolist() == expected
+
+
+def test_openapi_documents_every_v2_route(v2_client):
+    document = v2_client.get("/openapi.json").get_json()
+    rules = [rule for rule in v2_client.application.url_map.iter_rules() if rule.endpoint.startswith("v2.")]
+    assert len(rules) == 7
+    for rule in rules:
+        path = rule.rule.replace("<", "{").replace(">", "}")
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            operation = document["paths"][path][method.lower()]
+            assert operation["responses"]["200"]["content"]
+            assert {p["name"] for p in document["paths"][path].get("parameters", [])} == set(rule.arguments)
 
 
 def test_inference_is_counted_in_metrics(v2_client):
