@@ -234,7 +234,8 @@ def test_binds_localhost_by_default(monkeypatch) -> None:
 
 def test_gunicorn_binds_localhost_by_default(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in config.BY_NAME}
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)  # so that reading the file makes no folder
+    # Named folders, so that reading the file makes no temporary ones.
+    env.update(PROMETHEUS_MULTIPROC_DIR=str(tmp_path), MODEL_SYNC_DIR=str(tmp_path))
     code = "import server.gunicorn_conf as conf; print(conf.bind)"
     out = subprocess.run([str(SERVE_VENV / "bin" / "python"), "-c", code], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True)
