@@ -292,35 +292,44 @@ def _prediction(probabilities: np.ndarray, labels: list[str] | None) -> dict:
 # --------------------------------------------------------------------------- OpenAPI
 
 _IMAGE_BODY = {"type": "string", "format": "binary"}
-_JSON_BODY = {
-    "type": "object",
-    "description": "exactly one of image, images or pixels",
-    "additionalProperties": False,
-    "properties": {
-        "image": {"type": "string", "description": "base64 image, or a data:image/...;base64, URL"},
-        "images": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "several base64 images or data: URLs, run as one batch (at most MAX_IMAGES_PER_REQUEST)",
-        },
-        "pixels": {
-            "type": "array",
-            "items": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 255}},
-            "description": "the model's input as H x W numbers (28 x 28 for mnist), 0..1 or 0..255, "
-            "white digit on black; used as they are, without preprocessing",
-        },
-        "return_input": {
-            "type": "boolean",
-            "default": False,
-            "description": "add each image's preprocessed input (what the model saw) to its prediction",
-        },
+_RETURN_INPUT = {
+    "type": "boolean",
+    "default": False,
+    "description": "add each image's preprocessed input (what the model saw) to its prediction",
+}
+_JSON_INPUTS = {
+    "image": {"type": "string", "description": "base64 image, or a data:image/...;base64, URL"},
+    "images": {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "string"},
+        "description": "several base64 images or data: URLs, run as one batch (at most MAX_IMAGES_PER_REQUEST)",
     },
+    "pixels": {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "array", "minItems": 1, "items": {"type": "number", "minimum": 0, "maximum": 255}},
+        "description": "the model's input as H x W numbers (28 x 28 for mnist), 0..1 or 0..255, "
+        "white digit on black; used as they are, without preprocessing",
+    },
+}
+_JSON_BODY = {
+    "description": "exactly one of image, images or pixels, and optionally return_input",
+    "oneOf": [
+        {
+            "type": "object",
+            "required": [key],
+            "additionalProperties": False,
+            "properties": {key: schema, "return_input": _RETURN_INPUT},
+        }
+        for key, schema in _JSON_INPUTS.items()
+    ],
 }
 _MULTIPART_BODY = {
     "type": "object",
     "required": [IMAGE_FIELD],
     "properties": {
-        IMAGE_FIELD: {"type": "array", "items": _IMAGE_BODY, "description": "one or more image files"},
+        IMAGE_FIELD: {"type": "array", "minItems": 1, "items": _IMAGE_BODY, "description": "one or more image files"},
         "return_input": {"type": "string", "enum": ["1", "0", "true", "false"]},
     },
 }
