@@ -93,13 +93,23 @@ def http_scrape(url: str) -> dict:
     return samples(response.text)
 
 
+def wait_for_load_failures(url: str, count: int, timeout: float = 30) -> None:
+    """Wait until the summed `model_load_failures_total` of `broken` is `count`; fail past it."""
+    deadline = time.monotonic() + timeout
+    while (seen := value(http_scrape(url), "model_load_failures_total", model="broken", version="1")) < count:
+        assert time.monotonic() < deadline, f"{seen} load failures counted, expected {count}"
+        time.sleep(0.2)
+    assert seen == count
+
+
 def test_gunicorn_workers_are_summed_and_a_dead_workers_counts_remain(live_server_factory, repository: Path) -> None:
     server = live_server_factory(repository, WORKERS=2, MAX_BATCH_SIZE=1)
     metrics_dir = Path(re.search(r"metrics of all workers are gathered in (\S+)", server.log())[1])
     assert metrics_dir.is_dir()
 
-    # Each worker loads the repository itself: two workers, two failed loads of `broken`.
-    assert value(http_scrape(server.url), "model_load_failures_total", model="broken", version="1") == 2
+    # Each worker loads the repository itself: two workers, two failed loads of `broken` (the
+    # second worker may still be starting when the first answers).
+    wait_for_load_failures(server.url, 2)
 
     def predict(_: int) -> int:
         return requests.post(server.url + "/predict", data=DIGIT_PNG, headers={"Content-Type": "image/png"}, timeout=10).status_code
@@ -113,10 +123,7 @@ def test_gunicorn_workers_are_summed_and_a_dead_workers_counts_remain(live_serve
 
     victim = next(iter(worker_pids(server.process.pid)))
     os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while value(http_scrape(server.url), "model_load_failures_total", model="broken", version="1") < 3:
-        assert time.monotonic() < deadline, "no replacement worker loaded the repository"
-        time.sleep(0.2)
+    wait_for_load_failures(server.url, 3)  # the replacement worker loaded the repository
     page = http_scrape(server.url)
     # The killed worker's requests still count: counters and histograms outlive their process.
     assert value(page, "http_requests_total", route="/predict", method="POST", status="200") == 40
