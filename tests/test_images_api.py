@@ -61,6 +61,7 @@ def random_repo(tmp_path_factory) -> Path:
     write_classifier(repo / "tabular" / "1" / "model.onnx", input_shape=("N", 8), num_classes=3, preprocessing=None)
     write_classifier(repo / "unlabelled" / "1" / "model.onnx", labels=None, seed=4)
     write_logits_classifier(repo / "logits" / "1" / "model.onnx", labels=DIGITS, seed=5)
+    write_classifier(repo / "single" / "1" / "model.onnx", input_shape=(1, 1, 28, 28), labels=DIGITS)
     return repo
 
 
@@ -418,6 +419,7 @@ ERRORS = [
     pytest.param("/models/mnist/predict?version=..", raw(DIGIT_PNG), 404, "versions are numeric", id="bad-version"),
     pytest.param("/models/..%2F..%2Fetc/predict", raw(DIGIT_PNG), 404, "Not Found", id="encoded-slashes"),
     pytest.param("/models/tabular/predict", raw(DIGIT_PNG), 400, "cannot take images", id="not-an-image-model"),
+    pytest.param("/models/single/predict", files(DIGIT_PNG, DIGIT_PNG), 400, "exactly 1 image(s)", id="fixed-batch"),
 ]
 
 

@@ -113,7 +113,8 @@ def _predict(name: str):
     items, return_input = read_items()
     images = prepare_images(classifier, items)
     probabilities = classify(classifier, images)
-    labels = model.labels if model.labels and len(model.labels) == probabilities.shape[1] else None
+    labels = model.labels
+    labels = labels if labels and len(labels) == probabilities.shape[1] else None
     predictions = [_prediction(row, labels) for row in probabilities]
     if return_input:
         for prediction, image in zip(predictions, images):
@@ -134,7 +135,7 @@ def read_items() -> tuple[list[Item], bool]:
     elif mimetype == "application/json" or mimetype.endswith("+json"):
         items, return_input = _read_json()
     else:
-        received = f"Content-Type {request.content_type!r}" if request.content_type else "no Content-Type"
+        received = f"Content-Type {request.content_type!r:.80}" if request.content_type else "no Content-Type"
         raise UnsupportedMediaType(
             f"received {received}; expected multipart/form-data with files in field {IMAGE_FIELD!r}, "
             f"a raw image body ({', '.join(IMAGE_TYPES)}) or application/json"
@@ -268,6 +269,8 @@ def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def classify(classifier: ImageClassifier, images: list[np.ndarray]) -> np.ndarray:
     """Run all images as one batch; return probabilities [N, classes] (softmax applied to logits)."""
     model, spec = classifier.model, classifier.input
+    if 0 < spec.shape[0] != len(images):
+        raise BadRequest(f"model {model.name!r} takes exactly {spec.shape[0]} image(s) per request; received {len(images)}")
     batch = np.stack(images).reshape((len(images),) + (1,) * (len(spec.shape) - 3) + images[0].shape)
     outputs = model.predict({spec.name: batch.astype(NUMPY_DTYPES[spec.datatype])})
     scores = np.asarray(outputs[model.outputs[0].name], dtype=np.float64)
