@@ -100,7 +100,10 @@ def request_fields(header: dict) -> tuple[str | None, dict]:
 
 
 def decode_inputs(header: dict, binary: bytes, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    """Every input of `header['inputs']` as an array, checked against the model's input `specs`."""
+    """Every input of `header['inputs']` as an array, checked against the model's input `specs`.
+
+    Binary inputs take their bytes from `binary` in the order they are listed, which must use it all.
+    """
     tensors = header.get("inputs")
     if not isinstance(tensors, list) or not tensors:
         raise BadRequest("'inputs' must be a non-empty list of tensors")
@@ -108,32 +111,18 @@ def decode_inputs(header: dict, binary: bytes, specs: Sequence[TensorSpec]) -> d
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for position, tensor in enumerate(tensors):
-        if not isinstance(tensor, dict):
-            raise BadRequest(f"inputs[{position}] must be an object, got {type(tensor).__name__}")
-        name = tensor.get("name")
-        if name not in by_name:
-            raise BadRequest(f"inputs[{position}] has name {_short(name)}; the model's inputs are {sorted(by_name)}")
-        if name in arrays:
-            raise BadRequest(f"input {name!r} is given twice")
-        spec = by_name[name]
+        spec = _input_spec(position, tensor, by_name, arrays)
         shape = _checked_shape(tensor, spec)
-        parameters = _object(tensor.get("parameters"), f"input {name!r} 'parameters'")
-        if "shared_memory_region" in parameters:
-            raise BadRequest("shared memory is not supported; send the data in JSON or as binary tensor data")
-        size = parameters.get("binary_data_size")
+        size = _binary_size(tensor, spec.name)
         if size is None:
-            arrays[name] = from_json(tensor.get("data"), spec.datatype, shape, name)
+            arrays[spec.name] = from_json(tensor.get("data"), spec.datatype, shape, spec.name)
             continue
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise BadRequest(f"input {name!r} binary_data_size must be a non-negative integer, got {_short(size)}")
-        if "data" in tensor:
-            raise BadRequest(f"input {name!r} has both 'data' and binary_data_size; send one of them")
         if offset + size > len(binary):
             raise BadRequest(
-                f"input {name!r} binary_data_size is {size} but only {len(binary) - offset} bytes of "
+                f"input {spec.name!r} binary_data_size is {size} but only {len(binary) - offset} bytes of "
                 "binary data are left after the JSON header"
             )
-        arrays[name] = from_binary(binary[offset:offset + size], spec.datatype, shape, name)
+        arrays[spec.name] = from_binary(binary[offset:offset + size], spec.datatype, shape, spec.name)
         offset += size
     if offset != len(binary):
         raise BadRequest(
@@ -288,6 +277,33 @@ def to_json(array: np.ndarray, datatype: str) -> list:
     if datatype == "BYTES":
         return [item.decode(errors="replace") if isinstance(item, bytes) else str(item) for item in array.reshape(-1)]
     return array.reshape(-1).tolist()
+
+
+def _input_spec(position: int, tensor: Any, by_name: dict[str, TensorSpec], seen: dict) -> TensorSpec:
+    """The model input that `inputs[position]` names, given once."""
+    if not isinstance(tensor, dict):
+        raise BadRequest(f"inputs[{position}] must be an object, got {type(tensor).__name__}")
+    name = tensor.get("name")
+    if not isinstance(name, str) or name not in by_name:
+        raise BadRequest(f"inputs[{position}] has name {_short(name)}; the model's inputs are {sorted(by_name)}")
+    if name in seen:
+        raise BadRequest(f"input {name!r} is given twice")
+    return by_name[name]
+
+
+def _binary_size(tensor: dict, name: str) -> int | None:
+    """The input's `binary_data_size` (None when its data is JSON), checked."""
+    parameters = _object(tensor.get("parameters"), f"input {name!r} 'parameters'")
+    if "shared_memory_region" in parameters:
+        raise BadRequest("shared memory is not supported; send the data in JSON or as binary tensor data")
+    size = parameters.get("binary_data_size")
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise BadRequest(f"input {name!r} binary_data_size must be a non-negative integer, got {_short(size)}")
+    if "data" in tensor:
+        raise BadRequest(f"input {name!r} has both 'data' and binary_data_size; send one of them")
+    return size
 
 
 def _checked_shape(tensor: dict, spec: TensorSpec) -> tuple[int, ...]:

@@ -4,18 +4,23 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import math
 import socket
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from server import create_app, tensors
+from server.errors import ApiError
+from server.model import TensorSpec
 from tests.conftest import LiveServer
 from tests.v2_repository import (
-    COMMITTED_MNIST, DIGIT_LABELS, OTHER, V2_ONNX_TYPES, binary_request, decode_response, mnist_sample,
+    COMMITTED_MNIST, DIGIT_LABELS, NUMPY_TYPES, OTHER, V2_ONNX_TYPES, binary_request, decode_response, mnist_sample,
     run_directly, sample_values, write_repository,
 )
 
@@ -351,6 +356,8 @@ ERROR_CASES = [
     ("empty inputs", "POST", MNIST, b'{"inputs": []}', {}, 400, "'inputs' must be a non-empty list"),
     ("input not an object", "POST", MNIST, b'{"inputs": [1]}', {}, 400, "inputs[0] must be an object"),
     ("unknown input name", "POST", MNIST, mnist_body(name="image"), {}, 400, "the model's inputs are ['input']"),
+    ("input name a list", "POST", MNIST, mnist_body(name=["input"]), {}, 400, "has name a JSON array"),
+    ("output name a list", "POST", MNIST, json.dumps({**json.loads(mnist_body()), "outputs": [{"name": ["x"]}]}).encode(), {}, 400, "names a JSON array"),
     ("input twice", "POST", MNIST, b'{"inputs": [%s, %s]}' % ((json.dumps(json.loads(mnist_body())["inputs"][0]).encode(),) * 2), {}, 400, "given twice"),
     ("missing input", "POST", TYPED, json.dumps({"inputs": [json_tensor("in_FP32", np.zeros((1, 3), np.float32), "FP32")]}).encode(), {}, 400, "missing inputs"),
     ("wrong datatype", "POST", MNIST, mnist_body(datatype="FP64"), {}, 400, "datatype 'FP64'; the model expects FP32"),
@@ -492,6 +499,62 @@ def test_unready_model_answers_503(tmp_path):
 
 def _flask(response) -> tuple[int, dict, bytes]:
     return response.status_code, response.headers, response.data
+
+
+FUZZ_SPECS = (TensorSpec("input", "FP32", (-1, 1, 2, 2)), TensorSpec("ids", "INT64", (-1, 3)),
+              TensorSpec("flags", "BOOL", (2,)), TensorSpec("text", "BYTES", (-1,)),
+              TensorSpec("half", "FP16", (-1,)), TensorSpec("big", "UINT64", (-1,)))
+FUZZ_VALUES = {
+    "FP32": st.floats(width=32), "FP16": st.floats(width=16), "INT64": st.integers(-2**63, 2**63 - 1),
+    "UINT64": st.integers(0, 2**64 - 1), "BOOL": st.booleans(), "BYTES": st.text(max_size=3),
+}
+SCALARS = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=4)
+JSON_VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=12)
+
+
+def maybe(strategy):
+    """The well-formed `strategy` or, about as often, any JSON value in its place."""
+    return strategy | JSON_VALUES
+
+
+@st.composite
+def fuzz_requests(draw) -> tuple[TensorSpec, dict, bytes]:
+    """A model input and a request for it: well-formed at first, with any part possibly replaced."""
+    spec = draw(st.sampled_from(FUZZ_SPECS))
+    shape = [draw(st.integers(0, 3)) if dim < 0 else dim for dim in spec.shape]
+    values = draw(st.lists(FUZZ_VALUES[spec.datatype], min_size=math.prod(shape), max_size=math.prod(shape)))
+    tensor = {"name": draw(maybe(st.just(spec.name))), "datatype": draw(maybe(st.just(spec.datatype))),
+              "shape": draw(maybe(st.just(shape)))}
+    binary = b""
+    if draw(st.booleans()):
+        binary = binary_tensor(spec.name, np.array(values, dtype=NUMPY_TYPES[spec.datatype]).reshape(shape), spec.datatype)[1]
+        tensor["parameters"] = draw(maybe(st.just({"binary_data_size": len(binary)})))
+        binary = draw(st.just(binary) | st.binary(max_size=24))
+    else:
+        tensor["data"] = draw(maybe(st.just(values)))
+    request = {"inputs": draw(maybe(st.just([tensor]))), "id": draw(maybe(st.just("r1"))),
+               "parameters": draw(maybe(st.just({"binary_data_output": draw(st.booleans())}))),
+               "outputs": draw(maybe(st.just([{"name": "probabilities", "parameters": {"classification": draw(st.integers(0, 3))}}])))}
+    return spec, request, binary
+
+
+@settings(max_examples=300, deadline=None)
+@given(fuzz_requests())
+def test_decoding_any_request_gives_arrays_or_a_client_error(case):
+    """No request, however malformed, leaves the tensor functions as anything but an ApiError."""
+    spec, request, binary = case
+    text = json.dumps(request).encode()
+    try:
+        parsed, rest = tensors.split_body(text + binary, str(len(text)) if binary else None)
+        _, parameters = tensors.request_fields(parsed)
+        arrays = tensors.decode_inputs(parsed, rest, [spec])
+        for output in tensors.requested_outputs(parsed, parameters, [TensorSpec("probabilities", "FP32", (-1, 10))]):
+            tensors.classify(np.ones((2, 10), np.float32), output.classification, None)
+    except ApiError:
+        return
+    assert arrays[spec.name].shape == tuple(request["inputs"][0]["shape"])
+    for binary_output in (False, True):
+        tensors.encode_outputs({}, [(spec.name, arrays[spec.name], binary_output)])
 
 
 # ---------------------------------------------------------------- the committed model
