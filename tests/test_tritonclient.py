@@ -143,6 +143,24 @@ def test_errors_reach_the_client(client, call, status, fragment):
     assert client.is_server_ready()
 
 
+def test_bearer_token_travels_in_the_client_headers(repository):
+    server = LiveServer(repository, {"API_TOKEN": "s3cret-token"}).start()
+    connection = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    try:
+        assert connection.is_server_live() and connection.is_server_ready()  # health needs no token
+        digit = [infer_input("input", digits(1), "FP32", True)]
+        with pytest.raises(InferenceServerException) as raised:
+            connection.infer("mnist", digit)
+        assert raised.value.status() == "401"
+        assert not connection.is_model_ready("mnist")
+        token = {"Authorization": "Bearer s3cret-token"}
+        assert connection.is_model_ready("mnist", headers=token)
+        assert connection.infer("mnist", digit, headers=token).as_numpy("probabilities").shape == (1, 10)
+    finally:
+        connection.close()
+        server.stop()
+
+
 @pytest.mark.skipif(not COMMITTED_MNIST.exists(), reason="models/mnist/1/model.onnx is not committed yet")
 def test_committed_model_reads_real_digits():
     server = LiveServer(COMMITTED_MNIST.parents[2]).start()
