@@ -383,6 +383,9 @@ ERROR_CASES = [
     ("UINT64 overflow", "POST", TYPED, typed_body("UINT64", data=[2**64, 0, 0]), {}, 400, "outside the UINT64 range"),
     ("integers as BOOL", "POST", TYPED, typed_body("BOOL", data=[1, 0, 1]), {}, 400, "only true/false"),
     ("numbers as BYTES", "POST", TYPED, typed_body("BYTES", data=[1, 2, 3]), {}, 400, "only strings"),
+    ("inputs disagree with each other", "POST", "/v2/models/adder/infer", json.dumps({"inputs": [
+        json_tensor("a", np.zeros((2, 3), np.float32), "FP32"), json_tensor("b", np.zeros((3, 3), np.float32), "FP32")]}).encode(),
+     {}, 400, "could not run model 'adder' on these inputs"),
     ("id not a string", "POST", MNIST, json.dumps({**json.loads(mnist_body()), "id": 5}).encode(), {}, 400, "'id' must be a string"),
     ("parameters not an object", "POST", MNIST, json.dumps({**json.loads(mnist_body()), "parameters": [1]}).encode(), {}, 400, "must be a JSON object"),
     ("binary_data_output not boolean", "POST", MNIST, json.dumps({**json.loads(mnist_body()), "parameters": {"binary_data_output": "yes"}}).encode(), {}, 400, "must be true or false"),
@@ -424,6 +427,7 @@ def check_error(status: int, headers, body: bytes, expected_status: int, fragmen
     assert headers["Content-Type"].startswith("application/json")
     message = json.loads(body)["error"]
     assert isinstance(message, str) and fragment in message
+    assert "Traceback" not in message and "onnxruntime_src" not in message  # no internals
 
 
 @pytest.mark.parametrize("method, path, body, headers, status, fragment",

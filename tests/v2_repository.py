@@ -39,21 +39,33 @@ def write_identity(path: Path, datatypes: list[str], shape: tuple = ("N", 3)) ->
         inputs.append(helper.make_tensor_value_info(f"in_{datatype}", V2_ONNX_TYPES[datatype], list(shape)))
         outputs.append(helper.make_tensor_value_info(f"out_{datatype}", V2_ONNX_TYPES[datatype], list(shape)))
     graph = helper.make_graph(nodes, "identity", inputs, outputs)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def write_repository(root: Path) -> Path:
+    """`mnist` v1 and v2 (random weights), `other` (a different classifier), `typed` (every datatype), `adder`."""
+    write_classifier(root / "mnist" / "1" / "model.onnx", labels=DIGIT_LABELS, seed=1)
+    write_classifier(root / "mnist" / "2" / "model.onnx", labels=DIGIT_LABELS, seed=2)
+    write_classifier(root / "other" / "1" / "model.onnx", preprocessing=None, **OTHER)
+    write_identity(root / "typed" / "1" / "model.onnx", list(V2_ONNX_TYPES))
+    write_adder(root / "adder" / "1" / "model.onnx")
+    return root
+
+
+def write_adder(path: Path) -> Path:
+    """Write a model adding inputs `a` and `b`, both float32 [N, 3]: their N must agree at run time."""
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 3]) for name in ("a", "b")]
+    output = helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["N", 3])
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["sum"])], "adder", inputs, [output])
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
-
-
-def write_repository(root: Path) -> Path:
-    """`mnist` v1 and v2 (random weights), `other` (a different classifier) and `typed` (every datatype)."""
-    write_classifier(root / "mnist" / "1" / "model.onnx", labels=DIGIT_LABELS, seed=1)
-    write_classifier(root / "mnist" / "2" / "model.onnx", labels=DIGIT_LABELS, seed=2)
-    write_classifier(root / "other" / "1" / "model.onnx", preprocessing=None, **OTHER)
-    write_identity(root / "typed" / "1" / "model.onnx", list(V2_ONNX_TYPES))
-    return root
 
 
 def run_directly(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

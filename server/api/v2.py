@@ -5,19 +5,22 @@ graph. Speaks Triton's binary tensor data extension, so `tritonclient.http` work
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from .. import tensors
 from ..app import get_repository
 from ..errors import BadRequest, NotReady
 from ..model import OnnxModel
+from ..openapi import API_VERSION
 
+log = logging.getLogger(__name__)
 bp = Blueprint("v2", __name__)
 
 SERVER_NAME = "mnist-serve"
-SERVER_VERSION = "0.1.0"
 PLATFORM = "onnxruntime_onnx"
 # Extensions as Triton names them; `model_repository` is listed once its routes are registered.
 EXTENSIONS = ("binary_tensor_data", "classification")
@@ -31,14 +34,15 @@ def server_metadata():
     extensions = list(EXTENSIONS)
     if any(rule.rule == REPOSITORY_INDEX_RULE for rule in current_app.url_map.iter_rules()):
         extensions.append("model_repository")
-    return jsonify(name=SERVER_NAME, version=SERVER_VERSION, extensions=extensions)
+    return jsonify(name=SERVER_NAME, version=API_VERSION, extensions=extensions)
 
 
 @bp.get("/v2/models/<name>")
 @bp.get("/v2/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None):
-    model = get_repository().get(name, version)
-    versions = [version] if version else sorted(get_repository().models.get(name, {}), key=int)
+    repository = get_repository()
+    model = repository.get(name, version)
+    versions = [version] if version else sorted(repository.models.get(name, {}), key=int)
     return jsonify(
         name=model.name,
         versions=versions,
@@ -78,26 +82,36 @@ def infer(name: str, version: str | None = None):
         (output.name, _classified(model, results[output.name], output.classification), output.binary)
         for output in wanted
     ]
-    payload, header_length = tensors.encode_outputs(answer, outputs)
-    # Compressed when the client accepts it, as Triton does (tritonclient's response_compression_algorithm).
+    return _response(*tensors.encode_outputs(answer, outputs))
+
+
+def _response(payload: bytes, header_length: int | None) -> Response:
+    """JSON, or a JSON header and binary outputs; compressed when the client accepts it, as Triton does."""
     encoding = request.accept_encodings.best_match(["gzip", "deflate"])
-    body = tensors.compress(payload, encoding)
-    response = Response(body, content_type="application/json" if header_length is None else "application/octet-stream")
+    response = Response(
+        tensors.compress(payload, encoding),
+        content_type="application/json" if header_length is None else "application/octet-stream",
+    )
     response.vary.add("Accept-Encoding")
     if encoding:
         response.headers["Content-Encoding"] = encoding
-    if header_length is not None:  # the JSON's length before compression, as Triton sends it
+    if header_length is not None:  # the JSON's length before compression, as tritonclient reads it
         response.headers["Inference-Header-Content-Length"] = str(header_length)
     return response
 
 
 def _run(model: OnnxModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run the model (it records its own metrics), turning onnxruntime's refusal of an input into a 400."""
+    """Run the model (it records its own metrics); onnxruntime refusing the inputs is a 400."""
     try:
         return model.predict(inputs)
     except ORT_INPUT_ERRORS as err:
-        reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
-        raise BadRequest(f"onnxruntime refused the inputs of model {model.name!r}: {reason}") from None
+        # onnxruntime's text names its source files and kernels: log it, tell the client what to check.
+        request_id = g.get("request_id", "-")
+        log.info("model %s refused inputs, request id %s: %s", model.name, request_id, str(err).splitlines()[:1])
+        raise BadRequest(
+            f"onnxruntime could not run model {model.name!r} on these inputs: their values or shapes do not "
+            f"fit the graph together (e.g. different batch sizes); details in the server log, request id {request_id}"
+        ) from None
 
 
 def _classified(model: OnnxModel, array: np.ndarray, top: int) -> np.ndarray:
