@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="ONNX file (ort engine)")
     parser.add_argument("--checkpoint", default="", help="training checkpoint (torch engine); empty = random weights")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts to try")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per batch size")
     return parser.parse_args(argv)
 

@@ -100,6 +100,7 @@ def summarize(raw: dict, connections: int, wall: float, wrk_cpu: float, server_c
     if server_cpu is not None:
         result["server_cpu_s"] = round(server_cpu, 3)
         result["server_cpu_share"] = round(server_cpu / wall, 3)
+        result["server_cpu_ms_per_request"] = round(1000 * server_cpu / max(raw["requests"], 1), 3)
     return result
 
 

@@ -69,7 +69,29 @@ def method(r: dict) -> str:
 
 def targets_section(r: dict) -> str:
     rows = [[t["target"], t["measured"], t["goal"], "met" if t["met"] else "**missed**"] for t in r["targets"]]
-    return "## Targets (issue 7), as ratios from this run\n\n" + table(["target", "measured", "goal", ""], rows) + "\n"
+    return ("## Targets (issue 7), as ratios from this run\n\n" + table(["target", "measured", "goal", ""], rows)
+            + "\n\nThroughput ratios compare each app's best requests/s over the concurrencies measured.\n\n"
+            + ceiling(r) + "\n")
+
+
+def cpu_per_request(r: dict, app: str, request: str) -> float:
+    """CPU ms per request at the highest concurrency, where the server is saturated."""
+    return r[app]["load"][request]["runs"][-1]["server_cpu_ms_per_request"]
+
+
+def ceiling(r: dict) -> str:
+    """What the model's own compute allows: trivial's CPU per request plus one inference."""
+    trivial, png = cpu_per_request(r, "trivial", "trivial"), cpu_per_request(r, "server", "predict_png")
+    ort_ms = r["inprocess"]["ort"]["results"][0]["batches"][0]["us_per_image_p50"] / 1000
+    best = trivial / (trivial + ort_ms)
+    return f"""**What the CNN itself allows.** At 32 connections the trivial endpoint costs {trivial:.3f} ms of
+server CPU per request and `/predict` PNG {png:.3f} ms. One inference of the CNN alone, in-process with
+no HTTP, takes {ort_ms:.3f} ms (onnxruntime, 1 thread, batch 1). Even if parsing, preprocessing, JSON and
+logging cost nothing, a `/predict` request would cost at least {trivial:.3f} + {ort_ms:.3f} ms, so on a
+CPU-bound machine its throughput can reach at most **{best:.2f} ×** the trivial endpoint's. The rest of
+the measured cost, {png - trivial - ort_ms:.3f} ms per request, is the server's own Python work
+(multipart parsing, PNG decoding, preprocessing, JSON, logging, metrics); the profile below shows where
+it goes."""
 
 
 def load_section(r: dict) -> str:
@@ -80,20 +102,19 @@ def load_section(r: dict) -> str:
             lat = run["latency_ms"]
             rows.append([label, run["connections"], f"{run['rps']:,.0f}", f"{lat['p50']:.2f}", f"{lat['p90']:.2f}",
                          f"{lat['p99']:.2f}", run["errors"], f"{run['rps'] / trivial[run['connections']]:.2f}",
-                         f"{run['wrk_cpu_share']:.0%}", f"{run['server_cpu_share']:.0%}"])
-    wrk_max = max(row for row in (float(x[8].rstrip('%')) for x in rows))
-    server_at_max = [x for x in rows if float(x[8].rstrip('%')) == wrk_max][0]
+                         f"{run['wrk_cpu_share']:.0%}", f"{run['server_cpu_share']:.0%}",
+                         f"{run['server_cpu_ms_per_request']:.3f}"])
+    verdict = wrk_verdict(r)
     return f"""## Throughput and latency
 
 {table(["app / request", "connections", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "× trivial",
-        "wrk CPU", "server CPU"], rows)}
+        "wrk CPU", "server CPU", "server CPU ms/req"], rows)}
 
 "× trivial" is the efficiency: this row's requests per second over the trivial endpoint's at the
-same concurrency. CPU columns are shares of one core over the run ({r['machine']['cores']} cores = 200 %).
+same concurrency. CPU columns are shares of one core over the run ({r['machine']['cores']} cores = 200 %);
+"server CPU ms/req" is the CPU time of the server's processes per answered request.
 
-**Is wrk the bottleneck?** No: wrk used at most {wrk_max:.0f} % of one core (on "{server_at_max[0]}" at
-{server_at_max[1]} connections, where the server used {server_at_max[9]}), so the server's processes had
-the rest of the machine.
+**Is wrk the bottleneck?** {verdict}
 
 ![throughput](benchmarks-throughput.png)
 
@@ -101,6 +122,21 @@ the rest of the machine.
 
 Bodies: {', '.join(f"{name} {s['request_bytes']:,} B" for name, s in r['server']['load'].items())}.
 """
+
+
+def wrk_verdict(r: dict) -> str:
+    """Whether the load generator could have limited the figures, from the CPU each side used."""
+    runs = [(label, run) for app, request, label in SERIES for run in r[app]["load"][request]["runs"]]
+    label, worst = max(runs, key=lambda pair: pair[1]["wrk_cpu_share"])
+    saturated = [run["server_cpu_share"] for _, run in runs if run["connections"] == max(r["method"]["concurrency"])]
+    cores = r["machine"]["cores"]
+    text = (f"wrk used at most {worst['wrk_cpu_share']:.0%} of one core (\"{label}\" at {worst['connections']} "
+            f"connections, {worst['rps']:,.0f} req/s, while the server used {worst['server_cpu_share']:.0%}); at "
+            f"{max(r['method']['concurrency'])} connections the server's processes used "
+            f"{min(saturated):.0%} to {max(saturated):.0%} of the {cores * 100} % the machine has.")
+    if worst["wrk_cpu_share"] < 0.25 and min(saturated) > 0.75 * cores:
+        return "No. " + text + " The server, not wrk, held the CPU."
+    return "Possibly: " + text + " Read the figures with that in mind."
 
 
 def inprocess_section(r: dict) -> str:
@@ -162,6 +198,30 @@ def soak_section(r: dict) -> str:
 """
 
 
+GENERIC_FRAMES = ("process ", "Thread.", "_worker (", "_WorkItem.run", "<module>", "_run_", "run (app/",
+                  "Arbiter.", "BaseApplication.", "Application.run", "Worker.init_process", "ThreadWorker.init_process",
+                  "ThreadWorker.run")
+
+
+def profile_section(r: dict) -> str:
+    p = r.get("profile")
+    if not p:
+        return "## Profile\n\npy-spy was not installed; no profile in this run.\n"
+    rows = [[f"`{name}`", f"{share:.1%}"] for name, share in p["inclusive"] if not name.startswith(GENERIC_FRAMES)][:20]
+    own = [[f"`{name}`", f"{share:.1%}"] for name, share in p["self"]][:12]
+    return f"""## Profile: where a worker's time goes under `/predict` PNG
+
+py-spy sampled both workers for {p['seconds']} s (only threads holding the GIL, i.e. Python work; time
+inside onnxruntime's C++ releases it) while wrk kept 32 connections busy ({p['load']['rps']:,.0f} req/s
+during the profile, slowed by the sampling). {p['samples']:,} samples; share of them in each function
+and everything it calls (`bench/profile.py`, raw stacks in `bench/out/`):
+
+{table(["function (inclusive)", "share"], rows)}
+
+{table(["function (self)", "share"], own)}
+"""
+
+
 def extras_section(r: dict) -> str:
     parts = []
     training = r.get("training")
@@ -190,5 +250,5 @@ No GPU was lent for this run, so there is no GPU figure.
 
 def render(r: dict, plots: list[str]) -> str:
     sections = [header(r), targets_section(r), method(r), load_section(r), inprocess_section(r),
-                footprint_section(r), soak_section(r), extras_section(r)]
+                profile_section(r), footprint_section(r), soak_section(r), extras_section(r)]
     return "\n".join(sections)

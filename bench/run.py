@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import bodies, footprint, report, soak  # noqa: E402
+from bench import bodies, footprint, profile, report, soak  # noqa: E402
 from bench.loadgen import run_wrk, send_many, wrk_version  # noqa: E402
 from bench.procs import Gunicorn, send, wait_idle  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
@@ -199,6 +199,42 @@ def sizes() -> dict:
     }
 
 
+def training_metrics(checkpoint: str) -> dict | None:
+    """The training run's metrics.json: beside the checkpoint, else committed in docs/, else the newest run."""
+    candidates = [Path(checkpoint).with_name("metrics.json")] if checkpoint else []
+    candidates += sorted((ROOT / "docs").glob("training*.json")) + sorted(
+        (ROOT / "runs").glob("*/metrics.json"), key=lambda p: -p.stat().st_mtime)
+    for path in candidates:
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(content, dict) and content.get("epochs") and "time_to_accuracy" in content:
+            return {"source": os.path.relpath(path, ROOT), **content}
+    return None
+
+
+def container_image() -> dict | None:
+    """What the container helper measured (make image-test writes docs/image-size.json)."""
+    path = ROOT / "docs" / "image-size.json"
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: v for k, v in content.items() if isinstance(v, (str, int, float, bool))} if isinstance(content, dict) else None
+
+
+def profile_server(args: argparse.Namespace, png: bodies.RequestSpec) -> dict | None:
+    """py-spy's view of the workers under /predict PNG load, when py-spy is installed."""
+    if not profile.PY_SPY.exists():
+        log.warning("no %s: skipping the profile", profile.PY_SPY)
+        return None
+    with server_app(args, png) as server:
+        server.wait_serving()
+        wait_idle(server, WORKERS)
+        return profile.profile(server, png, seconds=max(2, round(args.seconds)))
+
+
 def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     model_path = args.repository / args.model / max(
@@ -227,7 +263,10 @@ def run(args: argparse.Namespace) -> dict:
         server.wait_serving()
         wait_idle(server, WORKERS)
         results["soak"] = soak.soak(server, png, seconds=args.soak_seconds, warmup=args.soak_warmup, connections=32)
+    log.info("profile"); results["profile"] = profile_server(args, png)
     results["sizes"] = sizes()
+    results["training"] = training_metrics(args.checkpoint)
+    results["container_image"] = container_image()
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     return results
 
