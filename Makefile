@@ -49,6 +49,7 @@ test: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp $(DEV_VENV)/.system-stamp ## insta
 # serving install (the pinned training torch is the CUDA build): from TORCH_WHEELS when it holds
 # the wheel, else from PyTorch's CPU package index.
 BENCH_TORCH_VENV := .venv-bench-torch
+BENCH_TOOLS_VENV := .venv-bench-tools
 TORCH_WHEELS ?= /opt/wheels
 BENCH_ARGS ?=
 
@@ -60,14 +61,21 @@ $(BENCH_TORCH_VENV)/.stamp: bench/requirements-torch.txt
 		-r bench/requirements-torch.txt
 	touch $@
 
-bench: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp ## measure speed, footprint, soak against baselines; writes docs/benchmarks.md
+# py-spy for bench/profile.py, kept out of every serving install.
+$(BENCH_TOOLS_VENV)/.stamp: bench/requirements-tools.txt
+	rm -rf $(BENCH_TOOLS_VENV)
+	$(PYTHON) -m venv $(BENCH_TOOLS_VENV)
+	$(BENCH_TOOLS_VENV)/bin/pip install $(PIP_FLAGS) -r bench/requirements-tools.txt
+	touch $@
+
+bench: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOLS_VENV)/.stamp ## measure speed, footprint, soak against baselines; writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; \
 		else echo "make bench: please install wrk (Debian package wrk)" >&2; exit 1; fi; }
 	$(DEV_VENV)/bin/python -m bench.run $(BENCH_ARGS)
-	@for script in bench/photo_eval.py bench/batching.py; do \
-		if [ -f $$script ]; then echo "$(DEV_VENV)/bin/python $$script"; $(DEV_VENV)/bin/python $$script || exit 1; fi; \
+	@for name in photo_eval batching; do \
+		if [ -f bench/$$name.py ]; then echo "$(DEV_VENV)/bin/python -m bench.$$name"; $(DEV_VENV)/bin/python -m bench.$$name || exit 1; fi; \
 	done
 
 clean: ## remove virtual environments and caches (keeps data/ and runs/)
