@@ -11,7 +11,7 @@ DEV_VENV := .venv-dev
 PIP_FLAGS := --quiet --disable-pip-version-check --no-input
 PYTEST_ARGS ?=
 
-.PHONY: serve test train export bench clean help
+.PHONY: serve test train export bench clean help image image-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -31,15 +31,34 @@ $(DEV_VENV)/.stamp: requirements-serve.txt requirements-train.txt requirements-d
 serve: $(SERVE_VENV)/.stamp ## serve models/ with gunicorn on HOST:PORT (default 127.0.0.1:8000)
 	exec $(SERVE_VENV)/bin/python -m server
 
-# Debian packages the tests drive (a browser, nginx...): installed only when missing, and only as
-# root; elsewhere a line says what to install by hand.
-$(DEV_VENV)/.system-stamp: system-packages.txt $(DEV_VENV)/.stamp
-	@missing=$$(grep -v '^#' system-packages.txt | xargs -r -n1 sh -c 'dpkg -s "$$0" >/dev/null 2>&1 || echo "$$0"'); \
+# The production image (Containerfile), built by podman with chroot isolation so that no container
+# engine has to run. IMAGE_BASE=debian makes the base from Debian's packages and caches it
+# (deploy/image/debian-base.sh); any other value names a base image to pull, e.g. python:3.11-slim.
+# The smoke test lives outside pytest so that `make test` needs no container tools.
+IMAGE ?= localhost/mnist-serve:latest
+IMAGE_BASE ?= debian
+
+image: ## build the production image IMAGE on IMAGE_BASE (debian: made here from Debian's packages)
+	$(call install-debian-packages,deploy/image/packages.txt,image)
+	IMAGE=$(IMAGE) IMAGE_BASE=$(IMAGE_BASE) deploy/image/build.sh
+
+image-test: image $(DEV_VENV)/.stamp ## build the image, start it by chroot, smoke-test it, write docs/image-size.json
+	$(DEV_VENV)/bin/python tests/image/smoke.py $(IMAGE)
+
+# $(call install-debian-packages,LIST,TARGET): the Debian packages named in file LIST, one a line,
+# installed only when missing, and only as root; elsewhere a line says what to install by hand.
+define install-debian-packages
+	@missing=$$(grep -v '^#' $(1) | xargs -r -n1 sh -c 'dpkg -s "$$0" >/dev/null 2>&1 || echo "$$0"'); \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-		else echo "make test: please install these Debian packages: $$missing" >&2; exit 1; fi; \
+		else echo "make $(2): please install these Debian packages: $$missing" >&2; exit 1; fi; \
 	fi
+endef
+
+# Debian packages the tests drive (a browser, nginx...).
+$(DEV_VENV)/.system-stamp: system-packages.txt $(DEV_VENV)/.stamp
+	$(call install-debian-packages,system-packages.txt,test)
 	touch $@
 
 test: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp $(DEV_VENV)/.system-stamp ## install what the tests need and run them

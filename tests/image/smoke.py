@@ -1,0 +1,362 @@
+"""Smoke-test the production image without `podman run`: list it, start it by chroot, probe it, size it.
+
+`podman run` cannot start containers on every machine (no cgroups, no user namespaces), so this
+does by hand what a container runtime would: it creates a container from the image, mounts its
+root file system, mounts /proc and /dev there, and starts the image's own entrypoint with the
+image's own environment, working directory and user, through chroot, listening on 127.0.0.1.
+Then it asks /v2/health/ready, runs the image's HEALTHCHECK command, predicts real MNIST test
+digits through /predict, measures the workers' memory, stops gunicorn with SIGTERM (as `docker
+stop` does) and measures the image: uncompressed, and as `podman save | gzip` gives it. The
+figures go to docs/image-size.json and into docs/deploy.md between the image-size markers.
+
+Run by `make image-test`, outside pytest: `make test` stays free of container tools.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import requests
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+APP_DIR = "/srv/mnist"
+FORBIDDEN_NAMES = {"torch", "torchvision", "torchaudio", "training", "export"}
+FORBIDDEN_IN_VENV = {"pip", "setuptools"}  # nothing installs at run time
+COMPILERS = ("gcc", "cc", "c++", "g++", "clang", "ld", "as", "make")
+MIB = 1024 * 1024
+
+# Published image sizes of the big model servers (registry listings, compressed), for scale.
+BIG_SERVERS = [
+    {"name": "NVIDIA Triton Inference Server", "image": "nvcr.io/nvidia/tritonserver:<v>-py3", "compressed_gb": 10.0,
+     "note": "about 10 GB and more"},
+    {"name": "TorchServe, CPU", "image": "pytorch/torchserve:latest-cpu", "compressed_gb": 1.5,
+     "note": "1.5-2.4 GB by release"},
+    {"name": "MLServer, slim", "image": "seldonio/mlserver:<v>-slim", "compressed_gb": 0.9,
+     "note": "about 0.9 GB"},
+]
+SIZE_BEGIN = "<!-- image-size:begin (written by tests/image/smoke.py; do not edit) -->"
+SIZE_END = "<!-- image-size:end -->"
+
+
+def log(message: str) -> None:
+    print(f"image-test: {message}", file=sys.stderr, flush=True)
+
+
+def podman(*args: str, container: str = "podman") -> str:
+    """Run the container tool and return its stdout; raise with its stderr on failure."""
+    done = subprocess.run([container, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"image-test: {container} {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def inspect(image: str) -> dict:
+    return json.loads(podman("image", "inspect", image))[0]
+
+
+@contextlib.contextmanager
+def mounted_rootfs(image: str) -> Iterator[Path]:
+    """A fresh container's root file system, with /proc and /dev as a runtime would give them."""
+    container_id = podman("create", image)
+    mounts: list[Path] = []
+    try:
+        rootfs = Path(podman("mount", container_id))
+        for source, target, how in (("proc", rootfs / "proc", ["-t", "proc"]), ("/dev", rootfs / "dev", ["--bind"])):
+            subprocess.run(["mount", *how, source, str(target)], check=True)
+            mounts.append(target)
+        yield rootfs
+    finally:
+        for target in reversed(mounts):
+            subprocess.run(["umount", str(target)], check=False)
+        subprocess.run(["podman", "umount", container_id], capture_output=True)
+        subprocess.run(["podman", "rm", "--force", container_id], capture_output=True)
+
+
+def list_files(rootfs: Path) -> list[str]:
+    """Every path in the image, relative to its root (the kernel's /proc and /dev left out)."""
+    paths = []
+    for folder, dirs, files in os.walk(rootfs):
+        relative = Path(folder).relative_to(rootfs)
+        if relative.parts[:1] in (("proc",), ("dev",), ("sys",)):
+            dirs[:] = []
+            continue
+        paths.extend(str(relative / name) for name in dirs + files)
+    return paths
+
+
+def check_contents(rootfs: Path, paths: list[str]) -> dict:
+    """Fail unless the image holds the server and models only, with no torch, training code or tools."""
+    def names(path: str) -> set[str]:
+        return {part.split("-")[0].lower() for part in Path(path).parts}
+
+    bad = [p for p in paths if FORBIDDEN_NAMES & names(p)]
+    bad += [p for p in paths if p.startswith("opt/venv/") and FORBIDDEN_IN_VENV & names(p)]
+    bad += [p for p in paths if Path(p).parent.name in ("bin", "sbin") and Path(p).name in COMPILERS]
+    app = sorted(p.name for p in (rootfs / APP_DIR.lstrip("/")).iterdir())
+    site = sorted(p.name for p in rootfs.glob("opt/venv/lib/python3*/site-packages/*") if not p.name.endswith(".dist-info"))
+    log(f"{len(paths)} paths in the image; {APP_DIR}: {app}")
+    log(f"site-packages: {' '.join(site)}")
+    if bad:
+        raise SystemExit(f"image-test: the image holds what it must not: {bad[:20]}")
+    if app != ["models", "server"]:
+        raise SystemExit(f"image-test: {APP_DIR} should hold only models/ and server/, holds {app}")
+    if not any(name == "onnxruntime" for name in site) or not list(rootfs.glob("srv/mnist/models/*/*/model.onnx")):
+        raise SystemExit("image-test: no onnxruntime or no model in the image")
+    return {"paths": len(paths), "app_dir": app, "site_packages": site}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def chroot_command(rootfs: Path, config: dict, argv: list[str]) -> list[str]:
+    user = config.get("User") or "0:0"
+    workdir = config.get("WorkingDir") or "/"
+    return ["/usr/sbin/chroot", f"--userspec={user}", str(rootfs), "/usr/bin/env", "-C", workdir, *argv]
+
+
+def image_environment(config: dict, port: int) -> dict[str, str]:
+    env = dict(item.split("=", 1) for item in config.get("Env") or [])
+    env.update(HOST="127.0.0.1", PORT=str(port))  # loopback only: this is a test
+    return env
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float) -> float:
+    """Seconds until /v2/health/ready answers 200; fail if the server exits or takes too long."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if process.poll() is not None:
+            raise SystemExit(f"image-test: the server exited with {process.returncode} before it was ready")
+        with contextlib.suppress(requests.ConnectionError):
+            if requests.get(url + "/v2/health/ready", timeout=2).status_code == 200:
+                return time.monotonic() - start
+        time.sleep(0.2)
+    raise SystemExit(f"image-test: /v2/health/ready did not answer 200 within {timeout:.0f} s")
+
+
+def run_healthcheck(rootfs: Path, config: dict, healthcheck: dict, env: dict[str, str]) -> None:
+    test = healthcheck.get("Test") or []
+    if test[:1] != ["CMD"]:
+        raise SystemExit(f"image-test: expected an exec-form HEALTHCHECK, found {test}")
+    done = subprocess.run(chroot_command(rootfs, config, test[1:]), env=env, capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise SystemExit(f"image-test: the image's HEALTHCHECK failed: {done.stderr.strip()[-500:]}")
+    log("the image's HEALTHCHECK command passes")
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def predict_digits(url: str, sample: Path, count: int) -> tuple[int, int]:
+    """POST `count` real MNIST test digits as PNG uploads; return (right, asked)."""
+    with np.load(sample) as data:
+        images, labels = data["images"][:count], data["labels"][:count]
+    files = [("image", (f"digit-{i}.png", png_bytes(img), "image/png")) for i, img in enumerate(images)]
+    answer = requests.post(url + "/predict", files=files, timeout=60)
+    if answer.status_code != 200:
+        raise SystemExit(f"image-test: /predict answered {answer.status_code}: {answer.text[:300]}")
+    predicted = [p["label"] for p in answer.json()["predictions"]]
+    right = sum(p == str(label) for p, label in zip(predicted, labels))
+    log(f"/predict: {right}/{len(labels)} right; predicted {' '.join(predicted)}, true {' '.join(map(str, labels))}")
+    return right, len(labels)
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """RSS from /proc/PID/status and PSS (shared pages split between sharers) from smaps_rollup."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            fields["rss"] = int(line.split()[1])
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            fields["pss"] = int(line.split()[1])
+    return fields
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # the parent's pid is the 2nd field after the command, which may itself hold spaces
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def measure_memory(master: int) -> dict:
+    workers = children(master)
+    per_worker = [memory_kib(pid) for pid in workers]
+    result = {
+        "workers": len(workers),
+        "master_rss_mib": round(memory_kib(master)["rss"] / 1024, 1),
+        "worker_rss_mib": [round(m["rss"] / 1024, 1) for m in per_worker],
+        "worker_pss_mib": [round(m["pss"] / 1024, 1) for m in per_worker],
+    }
+    log(f"memory: master RSS {result['master_rss_mib']} MiB, workers RSS {result['worker_rss_mib']} MiB, "
+        f"PSS {result['worker_pss_mib']} MiB")
+    return result
+
+
+def stop(process: subprocess.Popen, timeout: float = 40) -> int:
+    """SIGTERM, as `docker stop` sends: gunicorn drains its workers and exits 0."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise SystemExit("image-test: the server did not stop within %d s of SIGTERM" % timeout)
+
+
+def serve_and_probe(rootfs: Path, info: dict, args: argparse.Namespace, log_path: Path) -> dict:
+    config = info["Config"]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = image_environment(config, port)
+    argv = (config.get("Entrypoint") or []) + (config.get("Cmd") or [])
+    with open(log_path, "wb") as server_log:
+        process = subprocess.Popen(chroot_command(rootfs, config, argv), env=env, stdout=server_log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            ready_s = wait_ready(url, process, args.ready_timeout)
+            log(f"ready on {url} as user {config.get('User')} after {ready_s:.1f} s")
+            run_healthcheck(rootfs, config, info.get("Healthcheck") or config.get("Healthcheck") or {}, env)
+            right, asked = predict_digits(url, args.sample, args.digits)
+            memory = measure_memory(process.pid)
+        except BaseException:
+            stop(process)
+            raise
+        code = stop(process)
+    tail = log_path.read_text(errors="replace")
+    if code != 0 or "Traceback" in tail:
+        raise SystemExit(f"image-test: the server exited with {code} or logged a traceback:\n{tail[-3000:]}")
+    if right < args.min_right:
+        raise SystemExit(f"image-test: only {right} of {asked} digits right (at least {args.min_right} expected)")
+    return {"ready_seconds": round(ready_s, 1), "digits_right": right, "digits_asked": asked, "memory": memory}
+
+
+def compressed_size(image: str) -> int:
+    """Bytes of `podman save IMAGE | gzip` (gzip's default level)."""
+    save = subprocess.Popen(["podman", "save", image], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    gzip = subprocess.Popen(["gzip", "-c"], stdin=save.stdout, stdout=subprocess.PIPE)
+    save.stdout.close()
+    total = sum(len(chunk) for chunk in iter(lambda: gzip.stdout.read(MIB), b""))
+    if gzip.wait() != 0 or save.wait() != 0:
+        raise SystemExit("image-test: podman save | gzip failed")
+    return total
+
+
+def measure_size(image: str, info: dict) -> dict:
+    base = info.get("Labels", {}) or {}
+    base_name = base.get("org.opencontainers.image.base.name", "")
+    size = {"size_bytes": info["Size"], "compressed_bytes": compressed_size(image), "base": base_name}
+    with contextlib.suppress(SystemExit):
+        size["base_size_bytes"] = inspect(base_name)["Size"] if base_name else None
+    slimmest = min(s["compressed_gb"] for s in BIG_SERVERS) * 1e9
+    size["fraction_of_slimmest_big_server"] = round(size["compressed_bytes"] / slimmest, 3)
+    log(f"size: {size['size_bytes'] / 1e6:.0f} MB uncompressed, {size['compressed_bytes'] / 1e6:.0f} MB "
+        f"compressed ({size['fraction_of_slimmest_big_server']:.2f} of the slimmest big server's image)")
+    return size
+
+
+def size_section(report: dict) -> str:
+    """The Markdown written between the image-size markers of docs/deploy.md."""
+    size, memory = report["size"], report["smoke"]["memory"]
+    base_mb = f"{size['base_size_bytes'] / 1e6:.0f} MB" if size.get("base_size_bytes") else "?"
+    rows = [
+        f"| **this image** (`{report['image']}`) | **{size['size_bytes'] / 1e6:.0f} MB** | "
+        f"**{size['compressed_bytes'] / 1e6:.0f} MB** |",
+        *(f"| {s['name']} (`{s['image']}`) | | {s['note']} |" for s in BIG_SERVERS),
+    ]
+    return "\n".join([
+        SIZE_BEGIN,
+        f"Measured by `make image-test` on {report['measured_at']} (podman {report['podman']}); raw figures in "
+        "[image-size.json](image-size.json).",
+        "",
+        "| image | uncompressed | compressed (`podman save \\| gzip`) |",
+        "|---|---:|---:|",
+        *rows,
+        "",
+        f"Base: `{size['base']}` ({base_mb} of the total). Compressed, the image is "
+        f"{size['fraction_of_slimmest_big_server']:.2f} of the slimmest big server's "
+        f"({min(s['compressed_gb'] for s in BIG_SERVERS)} GB); the aim is 0.1.",
+        "",
+        f"In the same run, the image served {report['smoke']['digits_right']} of {report['smoke']['digits_asked']} "
+        f"real MNIST test digits right; ready {report['smoke']['ready_seconds']} s after start; "
+        f"{memory['workers']} workers at {', '.join(map(str, memory['worker_rss_mib']))} MiB RSS "
+        f"({', '.join(map(str, memory['worker_pss_mib']))} MiB PSS) each, the gunicorn master "
+        f"{memory['master_rss_mib']} MiB.",
+        SIZE_END,
+    ])
+
+
+def write_reports(report: dict, json_path: Path, doc_path: Path) -> None:
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    if doc_path.exists():
+        text = doc_path.read_text()
+        if SIZE_BEGIN in text and SIZE_END in text:
+            head, rest = text.split(SIZE_BEGIN, 1)
+            doc_path.write_text(head + size_section(report) + rest.split(SIZE_END, 1)[1])
+    log(f"wrote {json_path} and the size section of {doc_path}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("image", help="image to test, e.g. localhost/mnist-serve:latest")
+    parser.add_argument("--sample", type=Path, default=ROOT / "tests/data/mnist_test_sample.npz",
+                        help="real MNIST test digits (arrays images, labels)")
+    parser.add_argument("--digits", type=int, default=20, help="digits to predict")
+    parser.add_argument("--min-right", type=int, default=19, help="fewest right answers that pass")
+    parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    parser.add_argument("--json", type=Path, default=ROOT / "docs/image-size.json", help="figures written here")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs/deploy.md", help="document whose size section is rewritten")
+    parser.add_argument("--no-write", action="store_true", help="check only; write no figures")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("image-test: needs root (it mounts the image and chroots into it)", file=sys.stderr)
+        return 1
+    info = inspect(args.image)
+    with mounted_rootfs(args.image) as rootfs:
+        contents = check_contents(rootfs, list_files(rootfs))
+        smoke = serve_and_probe(rootfs, info, args, Path("/tmp") / f"image-test-{os.getpid()}.log")
+    report = {
+        "image": args.image,
+        "image_id": info["Id"][:12],
+        "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "podman": podman("version", "--format", "{{.Client.Version}}"),
+        "size": measure_size(args.image, info),
+        "contents": contents,
+        "smoke": smoke,
+        "big_servers": BIG_SERVERS,
+    }
+    if not args.no_write:
+        write_reports(report, args.json, args.doc)
+    log("passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The plain route's files in deploy/: the systemd unit and the nginx site, checked by their own tools
+and used for real in front of a live gunicorn; and shipping a model version with a HUP."""
+from __future__ import annotations
+
+import io
+import os
+import re
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from server import config
+from tests.conftest import ROOT, LiveServer, free_port
+from tests.onnx_factory import write_classifier
+
+UNIT = ROOT / "deploy/systemd/mnist-serve.service"
+SITE = ROOT / "deploy/nginx/mnist-serve.conf"
+INSTALL_DIR = "/srv/mnist-serve"  # where the unit expects the checkout
+SAMPLE = ROOT / "tests/data/mnist_test_sample.npz"
+# Variables the unit sets that are not server settings, and why they are there.
+NON_SERVER_VARIABLES = {"PYTHONUNBUFFERED", "XDG_RUNTIME_DIR"}
+
+
+def unit_directives(text: str) -> list[tuple[str, str]]:
+    """(key, value) for every directive of a unit file, in order (keys repeat)."""
+    lines = [line.strip() for line in text.splitlines()]
+    return [tuple(line.split("=", 1)) for line in lines if "=" in line and not line.startswith(("#", ";"))]
+
+
+def unit_environment(text: str) -> dict[str, str]:
+    env = {}
+    for key, value in unit_directives(text):
+        if key == "Environment":
+            env.update(item.split("=", 1) for item in shlex.split(value))
+    return env
+
+
+def png_digit(index: int = 0) -> bytes:
+    with np.load(SAMPLE) as data:
+        image = data["images"][index]
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def systemd_verify(unit_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["systemd-analyze", "verify", str(unit_path)], capture_output=True, text=True, timeout=60)
+
+
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    # Pointed at this checkout, so that verify can check that the ExecStart binary exists.
+    text = UNIT.read_text().replace(INSTALL_DIR, str(ROOT))
+    unit = tmp_path / UNIT.name
+    unit.write_text(text)
+    verified = systemd_verify(unit)
+    complaints = [line for line in (verified.stdout + verified.stderr).splitlines() if UNIT.name in line]
+    assert verified.returncode == 0 and not complaints, verified.stdout + verified.stderr
+
+    # The same check catches a broken unit here: it is not a no-op on this machine.
+    broken = tmp_path / "broken" / UNIT.name
+    broken.parent.mkdir()
+    broken.write_text(text.replace(str(ROOT / ".venv-serve"), str(tmp_path / "missing")))
+    assert systemd_verify(broken).returncode != 0
+
+
+def test_unit_runs_the_server_with_server_settings() -> None:
+    text = UNIT.read_text()
+    directives = dict(unit_directives(text))
+    env = unit_environment(text)
+    unknown = set(env) - set(config.BY_NAME) - NON_SERVER_VARIABLES
+    assert not unknown, f"the unit sets variables the server does not read: {unknown}"
+    assert env["HOST"] == "127.0.0.1", "behind nginx, gunicorn listens on loopback only"
+    assert env["MODEL_REPOSITORY"].startswith(INSTALL_DIR + "/")
+    assert directives["WorkingDirectory"] == INSTALL_DIR
+    assert directives["ExecStart"] == f"{INSTALL_DIR}/.venv-serve/bin/python -m server"
+    assert directives["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert directives["User"] != "root"
+    upstream = re.search(r"upstream mnist_serve \{\s*server ([\d.]+):(\d+);", SITE.read_text())
+    assert upstream and upstream.groups() == (env["HOST"], env["PORT"]), "nginx must proxy to the unit's port"
+
+
+def test_nginx_limits_agree_with_the_server() -> None:
+    site = SITE.read_text()
+    body_mib = int(re.search(r"client_max_body_size (\d+)m;", site).group(1))
+    assert body_mib * 1024 * 1024 == config.BY_NAME["MAX_CONTENT_LENGTH"].default
+    read_timeout = int(re.search(r"proxy_read_timeout (\d+)s;", site).group(1))
+    gunicorn_timeout = int(re.search(r"^timeout = (\d+)", (ROOT / "server/gunicorn_conf.py").read_text(), re.M).group(1))
+    assert read_timeout > gunicorn_timeout, "nginx must wait longer than gunicorn lets a request run"
+
+
+@pytest.fixture
+def tls_certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, standing in for certbot's."""
+    cert, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
+
+
+def substitute(text: str, old: str, new: str, count: int) -> str:
+    assert text.count(old) == count, f"expected {count} x {old!r} in {SITE.name}"
+    return text.replace(old, new)
+
+
+def nginx_config(tmp_path: Path, upstream_port: int, http_port: int, https_port: int, cert: Path, key: Path) -> Path:
+    """The repo's site on loopback ports with a test certificate, inside a minimal nginx.conf."""
+    site = SITE.read_text()
+    site = substitute(site, "server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};", 1)
+    site = substitute(site, "listen 80;", f"listen 127.0.0.1:{http_port};", 1)
+    site = substitute(site, "listen 443 ssl http2;", f"listen 127.0.0.1:{https_port} ssl http2;", 1)
+    site = re.sub(r"\n\s*listen \[::\]:\d+[^;]*;", "", site)  # IPv6 may be off in test sandboxes
+    site = substitute(site, "/etc/letsencrypt/live/example.org/fullchain.pem", str(cert), 1)
+    site = substitute(site, "/etc/letsencrypt/live/example.org/privkey.pem", str(key), 1)
+    site = substitute(site, "/var/www/html", str(tmp_path), 1)
+    (tmp_path / "site.conf").write_text(site)
+    temp = "\n".join(f"    {kind}_temp_path {tmp_path / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    main = tmp_path / "nginx.conf"
+    main.write_text(
+        f"daemon off;\nworker_processes 1;\npid {tmp_path / 'nginx.pid'};\nerror_log {tmp_path / 'error.log'} info;\n"
+        + ("user root;\n" if os.geteuid() == 0 else "")
+        + "events { worker_connections 64; }\n"
+        f"http {{\n    access_log {tmp_path / 'access.log'};\n{temp}\n    include {tmp_path / 'site.conf'};\n}}\n"
+    )
+    return main
+
+
+def test_nginx_accepts_the_site(tmp_path: Path, tls_certificate) -> None:
+    conf = nginx_config(tmp_path, 8000, free_port(), free_port(), *tls_certificate)
+    checked = subprocess.run(["nginx", "-t", "-c", str(conf), "-p", str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0 and "test is successful" in checked.stderr, checked.stderr
+
+
+@pytest.fixture
+def nginx_in_front(tmp_path: Path, tls_certificate, live_server: LiveServer):
+    """nginx with the repo's site, TLS on a loopback port, proxying to a live gunicorn."""
+    http_port, https_port = free_port(), free_port()
+    conf = nginx_config(tmp_path, live_server.port, http_port, https_port, *tls_certificate)
+    with open(tmp_path / "nginx.stderr", "wb") as stderr:
+        process = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path)], stderr=stderr)
+    base = f"https://127.0.0.1:{https_port}"
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            requests.get(base + "/v2/health/live", verify=str(tls_certificate[0]), timeout=2)
+            break
+        except requests.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"nginx did not start: {(tmp_path / 'nginx.stderr').read_text()}")
+            time.sleep(0.1)
+    yield {"https": base, "http": f"http://127.0.0.1:{http_port}", "cert": str(tls_certificate[0]), "server": live_server}
+    process.send_signal(signal.SIGQUIT)  # graceful shutdown
+    process.wait(timeout=15)
+
+
+def test_nginx_proxies_tls_to_gunicorn(nginx_in_front) -> None:
+    https, cert = nginx_in_front["https"], nginx_in_front["cert"]
+    ready = requests.get(https + "/v2/health/ready", verify=cert, timeout=10)
+    assert ready.status_code == 200 and ready.json() == {"ready": True}
+    assert ready.headers["Strict-Transport-Security"].startswith("max-age=")
+    # nginx's $request_id (32 hex digits) reached the server, which answered with it: one id in both logs.
+    request_id = ready.headers["X-Request-Id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id), request_id
+    assert request_id in nginx_in_front["server"].log()
+
+    predicted = requests.post(https + "/predict", files={"image": ("digit.png", png_digit(), "image/png")}, verify=cert, timeout=30)
+    assert predicted.status_code == 200, predicted.text
+    assert len(predicted.json()["predictions"]) == 1
+
+
+def test_nginx_refuses_oversized_bodies_before_the_server(nginx_in_front) -> None:
+    too_big = b"\0" * (config.BY_NAME["MAX_CONTENT_LENGTH"].default + 1024 * 1024)
+    answer = requests.post(nginx_in_front["https"] + "/predict", data=too_big, headers={"Content-Type": "image/png"},
+                           verify=nginx_in_front["cert"], timeout=30)
+    assert answer.status_code == 413
+    assert "POST /predict" not in nginx_in_front["server"].log(), "the body should never have reached gunicorn"
+
+
+def test_plain_http_redirects_to_https(nginx_in_front) -> None:
+    answer = requests.get(nginx_in_front["http"] + "/v2/health/ready?x=1", allow_redirects=False, timeout=10)
+    assert answer.status_code == 301
+    assert answer.headers["Location"].startswith("https://") and answer.headers["Location"].endswith("/v2/health/ready?x=1")
+
+
+def test_new_model_version_ships_with_hup_and_no_failed_request(random_repository: Path, live_server_factory) -> None:
+    """docs/deploy.md's way: add <name>/<version+1>/, `systemctl reload` (SIGHUP); nothing fails."""
+    server = live_server_factory(random_repository, WORKERS=2, THREADS=2)
+    url = server.url + "/models/digits/predict"
+    body = png_digit()
+    versions: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                answer = requests.post(url, files={"image": ("d.png", body, "image/png")}, timeout=20)
+                if answer.status_code == 200:
+                    versions.append(answer.json()["version"])
+                else:
+                    failures.append(f"{answer.status_code} {answer.text[:200]}")
+            except requests.RequestException as error:
+                failures.append(repr(error))
+
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    for thread in clients:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        write_classifier(random_repository / "digits" / "2" / "model.onnx", labels=[str(i) for i in range(10)])
+        os.kill(server.process.pid, signal.SIGHUP)  # the pid is gunicorn's master: python -m server execs it
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and versions[-20:].count("2") < 20:
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=30)
+    assert not failures, failures[:5]
+    assert versions[0] == "1" and versions[-20:] == ["2"] * 20, versions[-30:]
+    assert "Handling signal: hup" in server.log()
