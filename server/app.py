@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 import uuid
 from typing import Any, Mapping
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 # Endpoints that answer without a token, so load balancers and orchestrators can probe them.
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -52,7 +54,9 @@ def get_repository() -> ModelRepository:
 
 
 def _start_request() -> None:
-    g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+    # A client's own request id is kept only when it is short and plain, so it cannot forge log lines.
+    sent_id = request.headers.get("X-Request-Id", "")
+    g.request_id = sent_id if REQUEST_ID.fullmatch(sent_id) else uuid.uuid4().hex[:16]
     g.started = time.perf_counter()
     token = current_app.config["API_TOKEN"]
     if token and request.path not in OPEN_PATHS:

@@ -244,3 +244,14 @@ def test_gunicorn_binds_localhost_by_default(tmp_path: Path) -> None:
 
 def test_gunicorn_listens_where_it_says(server) -> None:
     assert f"Listening at: http://127.0.0.1:{server.port}" in server.log()
+
+
+@pytest.mark.parametrize("sent", ["", "x" * 65, "a b", "id=1 GET /admin 200", "é"])
+def test_a_client_request_id_that_could_forge_log_lines_is_replaced(client, sent: str) -> None:
+    answer = client.get("/v2/health/live", headers={"X-Request-Id": sent})
+    assert answer.headers["X-Request-Id"] != sent and len(answer.headers["X-Request-Id"]) == 16
+
+
+def test_a_plain_client_request_id_is_kept(client) -> None:
+    answer = client.get("/v2/health/live", headers={"X-Request-Id": "req-42.a_b"})
+    assert answer.headers["X-Request-Id"] == "req-42.a_b"
