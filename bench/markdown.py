@@ -121,7 +121,14 @@ same concurrency. CPU columns are shares of one core over the run ({r['machine']
 ![latency](benchmarks-latency.png)
 
 Bodies: {', '.join(f"{name} {s['request_bytes']:,} B" for name, s in r['server']['load'].items())}.
+Answers to the digit (a {r['method']['digit_label']}): {answers(r)}.
 """
+
+
+def answers(r: dict) -> str:
+    """The label each image-API series answered its checked request with."""
+    return ", ".join(f"{label} → {r[app]['load'][request]['label']}" for app, request, label in SERIES
+                     if r[app]["load"][request]["label"] is not None)
 
 
 def wrk_verdict(r: dict) -> str:
@@ -162,6 +169,9 @@ def footprint_section(r: dict) -> str:
         ["PSS per worker after them", kib_mb(pss(server["rss_after_kib"])), kib_mb(pss(torch["rss_after_kib"]))],
         ["cold start to first /predict (median)", f"{server['cold_start_s_median']:.2f} s", f"{torch['cold_start_s_median']:.2f} s"],
         ["cold starts measured", ", ".join(f"{x:.2f}" for x in server["cold_start_s"]), ", ".join(f"{x:.2f}" for x in torch["cold_start_s"])],
+        ["RSS per worker at the end of the load runs", kib_mb(mean_worker_kib(server["rss_end_kib"])),
+         kib_mb(mean_worker_kib(torch["rss_end_kib"]))],
+        ["requests served by then", f"{server['requests_served']:,}", f"{torch['requests_served']:,}"],
         [f"time for the {r['method']['rss_requests']:,} requests", f"{server['rss_load']['seconds']} s ({server['rss_load']['failures']} failed)",
          f"{torch['rss_load']['seconds']} s ({torch['rss_load']['failures']} failed)"],
     ]

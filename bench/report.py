@@ -102,6 +102,7 @@ def plot_footprint(results: dict, path: Path) -> None:
     for ax, (title, values) in zip(axes, panels):
         bars = ax.bar(["onnxruntime\nserver", "torch\nbaseline"], values, color=["tab:green", "tab:red"])
         ax.bar_label(bars, fmt="%.3g")
+        ax.margins(y=0.15)
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -141,3 +142,20 @@ def write(results: dict, out: Path) -> None:
     for name, plot in PLOTS.items():
         plot(results, out / name)
     (out / "benchmarks.md").write_text(render(results, list(PLOTS)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render the document and plots again from a run's benchmarks.json (the figures stay the run's)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("results", type=Path, nargs="?", default=Path("docs/benchmarks.json"))
+    args = parser.parse_args(argv)
+    write(json.loads(args.results.read_text()), args.results.parent)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

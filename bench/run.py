@@ -177,6 +177,9 @@ def bench_app(make, specs: list[bodies.RequestSpec], args: argparse.Namespace, m
             result["rss_load"] = send_many(server.port, specs[0], args.rss_requests, concurrency=8)
             result["rss_after_kib"] = server.worker_memory()
         result["load"] = load_series(server, specs, args)
+        result["rss_end_kib"] = server.worker_memory()
+        result["requests_served"] = (args.rss_requests if memory else 0) + sum(
+            run["requests"] for series in result["load"].values() for run in series["runs"])
         result["log_errors"] = sum(" ERROR " in line for line in server.log_path.read_text(errors="replace").splitlines())
     return result
 
