@@ -1,4 +1,16 @@
 """Slim Flask + onnxruntime model server. It never imports torch, `training` or `export`."""
-from .app import create_app
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazily, so that gunicorn's master (which reads server.config) never loads Flask or
+    # onnxruntime: workers are forked from a small, single-purpose process and load them themselves.
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

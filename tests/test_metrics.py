@@ -58,6 +58,8 @@ def test_requests_are_counted_by_route_rule_method_and_status(repository: Path) 
     assert client.post("/models/mnist/predict", data=DIGIT_PNG, content_type="image/png").status_code == 200
     assert client.post("/models/mnist/predict", data=b"x", content_type="text/plain").status_code == 415
     assert client.get("/no/such/path/12345").status_code == 404
+    tensor = {"name": "input", "shape": [3, 1, 28, 28], "datatype": "FP32", "data": [0.0] * (3 * 784)}
+    assert client.post("/v2/models/mnist/infer", json={"inputs": [tensor]}).status_code == 200
     after = scrape(client)
 
     def delta(name: str, **labels: str) -> float:
@@ -69,8 +71,10 @@ def test_requests_are_counted_by_route_rule_method_and_status(repository: Path) 
     assert delta("http_requests_total", route="<unmatched>", method="GET", status="404") == 1
     assert delta("http_request_duration_seconds_count", route=route, method="POST") == 2
     assert delta("http_request_duration_seconds_sum", route=route, method="POST") > 0
-    assert delta("model_inference_duration_seconds_count", model="mnist", version="1") == 1
-    assert delta("model_batch_size_sum", model="mnist", version="1") == 1
+    assert delta("http_requests_total", route="/v2/models/<name>/infer", method="POST", status="200") == 1
+    # Both APIs run the model through OnnxModel.run, which records every run and its rows.
+    assert delta("model_inference_duration_seconds_count", model="mnist", version="1") == 2
+    assert delta("model_batch_size_sum", model="mnist", version="1") == 1 + 3
     page = client.get("/metrics").get_data(as_text=True)
     assert "/no/such/path" not in page and "/models/mnist/predict" not in page  # raw paths never become labels
 
@@ -130,7 +134,7 @@ def test_gunicorn_workers_are_summed_and_a_dead_workers_counts_remain(live_serve
     assert victim not in worker_pids(server.process.pid)
 
     server.stop()
-    assert not metrics_dir.exists()  # the temporary folder goes with gunicorn
+    assert not metrics_dir.exists(), server.log()[-3000:]  # the temporary folder goes with gunicorn
 
 
 def test_an_operator_metrics_folder_is_cleared_at_start_and_kept(live_server_factory, repository: Path, tmp_path: Path) -> None:
