@@ -37,8 +37,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MODEL_POLL_SECONDS", 0.0, float, "rescan the repository this often for new, changed or removed versions; 0 = off"),
     Setting("MODEL_SYNC_DIR", "", str, "folder where workers tell each other of model loads; empty = a temporary one per gunicorn"),
     Setting("MAX_BATCH_SIZE", 8, int, "dynamic batching: most rows in one run (a model's max_batch_size metadata wins); 1 = off"),
-    Setting("MAX_BATCH_DELAY_US", 2000, int, "dynamic batching: longest wait for more requests, in microseconds"),
-    Setting("BATCH_MIN_INFERENCE_MS", 10.0, float, "batch only models whose single run takes at least this long (unless their metadata says)"),
+    # Measured in docs/batching.md: no wait (requests that arrive during a run form the next batch),
+    # and only for models slow enough that runs overlap arrivals (the digit model is not).
+    Setting("MAX_BATCH_DELAY_US", 0, int, "dynamic batching: longest wait for more requests, in microseconds"),
+    Setting("BATCH_MIN_INFERENCE_MS", 5.0, float, "batch only models whose single run takes at least this long (unless their metadata says)"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

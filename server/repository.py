@@ -94,7 +94,7 @@ class ModelRepository:
         # Replaced, never mutated, once serving (copy-on-write under _reload_lock): a request
         # that read it keeps a consistent view and its model object, even across a reload.
         self.models: dict[str, dict[str, OnnxModel]] = {}
-        self.failures: dict[tuple[str, str], Failure] = {}
+        self.failures: dict[tuple[str, str], Failure] = {}  # replaced like `models`, never mutated
         self.unloaded: set[str] = set()  # unloaded by request: polling leaves them alone
         self._stamps: dict[tuple[str, str], tuple[int, int]] = {}  # file stamp of the last attempt
         self._reload_lock = threading.RLock()
@@ -122,10 +122,10 @@ class ModelRepository:
             reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
             kept = " (the versions already loaded keep serving)" if kept_serving else ""
             log.error("model %s version %s failed to load from %s: %s%s", name, version, path, reason, kept)
-            self.failures[(name, version)] = Failure(name, version, reason, kept_serving)
+            self.failures = {**self.failures, (name, version): Failure(name, version, reason, kept_serving)}
             metrics.LOAD_FAILURES.labels(name, version).inc()
             return None
-        self.failures.pop((name, version), None)
+        self.failures = {key: f for key, f in self.failures.items() if key != (name, version)}
         log.info("loaded model %s version %s from %s", name, version, path)
         return model
 
@@ -202,9 +202,8 @@ class ModelRepository:
 
     def _forget(self, name: str, keep: set[str]) -> None:
         """Drop failures and file stamps of `name`'s versions not in `keep`."""
-        for table in (self.failures, self._stamps):
-            for key in [key for key in table if key[0] == name and key[1] not in keep]:
-                del table[key]
+        self.failures = {key: f for key, f in self.failures.items() if key[0] != name or key[1] in keep}
+        self._stamps = {key: s for key, s in self._stamps.items() if key[0] != name or key[1] in keep}
 
     def _switch(self, name: str, versions: dict[str, OnnxModel]) -> None:
         """Serve exactly `versions` of `name` from now on: one reference swap, atomic for readers."""

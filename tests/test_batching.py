@@ -1,6 +1,7 @@
 """Dynamic batching: concurrent requests share one onnxruntime run, each gets exactly its own rows."""
 from __future__ import annotations
 
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,6 +11,7 @@ import onnx
 import pytest
 import requests
 
+from server import config
 from server.batching import Batcher, BatchPolicy
 from server.model import OnnxModel
 from tests.onnx_factory import write_classifier
@@ -114,6 +116,11 @@ def test_batch_policy_comes_from_metadata_then_defaults(tmp_path, metadata, defa
     assert model.batch_policy.enabled is enabled and (model._batcher is not None) is enabled
 
 
+def test_default_settings_leave_a_digit_sized_model_unbatched(tmp_path) -> None:
+    model = loaded(classifier(tmp_path), config.batch_defaults(config.from_environment({})))
+    assert model.warmup_ms < config.BY_NAME["BATCH_MIN_INFERENCE_MS"].default and not model.batch_policy.enabled
+
+
 def test_a_model_with_a_fixed_batch_dimension_is_not_batched(tmp_path) -> None:
     model = loaded(classifier(tmp_path, {"max_batch_size": "8"}, input_shape=(1, 1, 28, 28)))
     assert not model.batchable and not model.batch_policy.enabled
@@ -131,6 +138,10 @@ def test_batched_answers_over_http_match_onnxruntime(tmp_path, live_server_facto
         return requests.post(server.url + "/v2/models/m/infer", json=body, timeout=30).json()
 
     answers = predict_together(infer, inputs)
+    metrics = requests.get(server.url + "/metrics", timeout=10).text
+    total_rows, runs = (float(re.search(rf'^model_batch_size_{kind}{{model="m",version="1"}} (\S+)$', metrics, re.M).group(1))
+                  for kind in ("sum", "count"))
+    assert total_rows == sum(len(r["input"]) for r in inputs) and runs < len(inputs)  # some runs held several requests
     reference = loaded(path)
     for request, answer in zip(inputs, answers):
         got = np.array(answer["outputs"][0]["data"], np.float32).reshape(-1, 10)

@@ -14,7 +14,9 @@ import numpy as np
 import onnx
 import pytest
 import requests
+import tritonclient.http as triton
 from onnx import TensorProto, helper
+from tritonclient.utils import InferenceServerException
 
 from server import create_app
 from server.model_sync import ModelSync
@@ -209,6 +211,26 @@ def test_workers_repeat_each_others_loads_through_the_sync_folder(repo, tmp_path
     late.load_all()
     ModelSync(late, tmp_path / "sync").check()
     assert "mnist" not in late.models
+
+
+@pytest.mark.slow
+def test_tritonclient_drives_the_repository_extension_with_the_token(repo, live_server_factory) -> None:
+    server = live_server_factory(repo, API_TOKEN="s3cret")
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    token = {"Authorization": "Bearer s3cret"}
+    try:
+        assert "model_repository" in client.get_server_metadata(headers=token)["extensions"]
+        with pytest.raises(InferenceServerException, match="bearer token"):
+            client.load_model("mnist")
+        add_version(repo, "2", seed=2)
+        client.load_model("mnist", headers=token)
+        assert [(row["version"], row["state"]) for row in client.get_model_repository_index(headers=token)] == [
+            ("1", "READY"), ("2", "READY")]
+        assert client.is_model_ready("mnist", "1", headers=token) and client.is_model_ready("mnist", headers=token)
+        client.unload_model("mnist", headers=token)
+        assert not client.is_model_ready("mnist", headers=token)
+    finally:
+        client.close()
 
 
 class Traffic:

@@ -92,8 +92,9 @@ def _require_admin() -> None:
     config = current_app.config
     if config["API_TOKEN"]:
         return  # the app already checked the bearer token
-    socket = request.environ.get("gunicorn.socket")
-    local_address = socket.getsockname()[0] if socket is not None else "127.0.0.1"
+    socket = request.environ.get("gunicorn.socket")  # absent under Flask's test client
+    local = socket.getsockname() if socket is not None else ("127.0.0.1",)
+    local_address = local[0] if isinstance(local, tuple) else "localhost"  # a str: a unix socket
     proxied = [header for header in PROXY_HEADERS if header in request.headers]
     if _is_loopback(config["HOST"]) and _is_loopback(local_address) and not proxied:
         return
