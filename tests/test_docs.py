@@ -9,7 +9,10 @@ from tests.conftest import ROOT
 SECURITY = (ROOT / "docs" / "security.md").read_text()
 
 
-@pytest.mark.parametrize("name", [s.name for s in config.SETTINGS if s.name.startswith("MAX_C") or s.name.startswith("MAX_IM")])
+REQUEST_LIMITS = ("MAX_CONTENT_LENGTH", "MAX_IMAGE_PIXELS", "MAX_IMAGES_PER_REQUEST")
+
+
+@pytest.mark.parametrize("name", REQUEST_LIMITS)
 def test_every_request_limit_is_documented_with_its_default(name: str) -> None:
     row = next((line for line in SECURITY.splitlines() if line.startswith(f"| `{name}`")), None)
     assert row is not None, f"docs/security.md has no row for {name}"
