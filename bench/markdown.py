@@ -232,6 +232,20 @@ and everything it calls (`bench/profile.py`, raw stacks in `bench/out/`):
 """
 
 
+def ab_section(r: dict) -> str:
+    experiments = r.get("ab") or {}
+    if not experiments:
+        return ""
+    rows = [[e["name"], e["request"], e["connections"], f"`{e['before']}`", e["after"],
+             f"{e['result_before']['rps']:,.0f} → {e['result_after']['rps']:,.0f} ({e['rps_change']:+.0%})",
+             f"{e['result_before']['cpu_ms_per_request']:.3f} → {e['result_after']['cpu_ms_per_request']:.3f} "
+             f"({e['cpu_change']:+.0%})", e["date"]] for e in experiments.values()]
+    return ("## Changes the profile led to: before and after\n\n`bench/ab.py` runs the same request against the "
+            "server at two revisions, alternating, medians of its rounds ([benchmarks-ab.json](benchmarks-ab.json)).\n\n"
+            + table(["change", "request", "connections", "before", "after", "req/s", "CPU ms/request", "measured"], rows)
+            + "\n")
+
+
 def extras_section(r: dict) -> str:
     parts = []
     training = r.get("training")
@@ -260,5 +274,5 @@ No GPU was lent for this run, so there is no GPU figure.
 
 def render(r: dict, plots: list[str]) -> str:
     sections = [header(r), targets_section(r), method(r), load_section(r), inprocess_section(r),
-                profile_section(r), footprint_section(r), soak_section(r), extras_section(r)]
+                profile_section(r), ab_section(r), footprint_section(r), soak_section(r), extras_section(r)]
     return "\n".join(sections)

@@ -85,6 +85,7 @@ class Gunicorn:
     probe: RequestSpec
     env: dict[str, str] = field(default_factory=dict)
     log_dir: Path = ROOT / "bench" / "out"
+    cwd: Path = ROOT
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     started_at: float = 0.0
@@ -97,7 +98,7 @@ class Gunicorn:
         self._log = open(self.log_path, "ab")
         self.started_at = time.perf_counter()
         self.process = subprocess.Popen(
-            self.argv, cwd=ROOT, env=environ, stdout=self._log, stderr=subprocess.STDOUT,
+            self.argv, cwd=self.cwd, env=environ, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         return self

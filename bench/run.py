@@ -270,6 +270,8 @@ def run(args: argparse.Namespace) -> dict:
     results["sizes"] = sizes()
     results["training"] = training_metrics(args.checkpoint)
     results["container_image"] = container_image()
+    ab_path = args.out / "benchmarks-ab.json"
+    results["ab"] = json.loads(ab_path.read_text()) if ab_path.exists() else {}
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     return results
 
