@@ -241,8 +241,9 @@ def test_tritonclient_drives_the_repository_extension_with_the_token(repo, live_
 class Traffic:
     """Client threads sending v2 inferences until stopped, each answer timed and kept."""
 
-    def __init__(self, url: str, threads: int = 8, limit_seconds: float = 20.0) -> None:
+    def __init__(self, url: str, threads: int = 8, limit_seconds: float = 20.0, limit_requests: int = 20_000) -> None:
         self.url, self.deadline = url + "/v2/models/mnist/infer", time.monotonic() + limit_seconds
+        self.limit_requests = limit_requests
         self.answers: list[tuple[float, int, str]] = []  # (monotonic time, status, model_version)
         self.errors: list[str] = []
         self.stop = threading.Event()
@@ -250,7 +251,7 @@ class Traffic:
 
     def _send(self) -> None:
         with requests.Session() as session:
-            while not self.stop.is_set() and time.monotonic() < self.deadline:
+            while not self.stop.is_set() and time.monotonic() < self.deadline and len(self.answers) < self.limit_requests:
                 try:
                     response = session.post(self.url, json=ZERO_DIGIT, timeout=10)
                     version = response.json().get("model_version", "") if response.status_code == 200 else response.text
