@@ -24,6 +24,13 @@ def wrk_version() -> str:
     return (done.stdout + done.stderr).splitlines()[0].strip()
 
 
+def machine_busy_seconds() -> float:
+    """CPU time all cores of the machine have spent busy since boot (from /proc/stat)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def children_cpu_seconds() -> float:
     """CPU time of every child process this process has waited for, so far."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -62,6 +69,7 @@ def run_wrk(
     ]
     server_before = server_cpu() if server_cpu else 0.0
     wrk_before = children_cpu_seconds()
+    busy_before = machine_busy_seconds()
     started = time.perf_counter()
     try:
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
@@ -69,10 +77,15 @@ def run_wrk(
         os.unlink(body_file.name)
     wall = time.perf_counter() - started
     wrk_cpu = children_cpu_seconds() - wrk_before
+    busy = machine_busy_seconds() - busy_before
     server_used = server_cpu() - server_before if server_cpu else None
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
-    return summarize(parse_wrk(done.stdout), connections, wall, wrk_cpu, server_used)
+    result = summarize(parse_wrk(done.stdout), connections, wall, wrk_cpu, server_used)
+    if server_used is not None:
+        # What else ran on the machine meanwhile (other processes, the kernel): it competed for the cores.
+        result["other_cpu_share"] = round(max(0.0, busy - wrk_cpu - server_used) / wall, 3)
+    return result
 
 
 def parse_wrk(stdout: str) -> dict:

@@ -141,6 +141,9 @@ def wrk_verdict(r: dict) -> str:
             f"connections, {worst['rps']:,.0f} req/s, while the server used {worst['server_cpu_share']:.0%}); at "
             f"{max(r['method']['concurrency'])} connections the server's processes used "
             f"{min(saturated):.0%} to {max(saturated):.0%} of the {cores * 100} % the machine has.")
+    others = sorted(run.get("other_cpu_share", 0.0) for _, run in runs)
+    text += (f" Everything else on the machine (other processes, the kernel) used a median {others[len(others) // 2]:.0%} "
+             f"and at most {others[-1]:.0%} of one core during a run.")
     if worst["wrk_cpu_share"] < 0.25 and min(saturated) > 0.75 * cores:
         return "No. " + text + " The server, not wrk, held the CPU."
     return "Possibly: " + text + " Read the figures with that in mind."
