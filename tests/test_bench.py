@@ -120,3 +120,24 @@ def test_bounded_soak_loses_nothing_and_holds_memory(random_repository):
     assert result["failed_requests"] == 0 and result["workers_replaced"] == []
     assert result["rss_growth"] <= 0.10
     assert done.returncode == 0, done.stderr
+
+
+def test_profile_summary_counts_each_function_once_per_stack():
+    from bench.profile import summarize
+
+    raw = ("process 1;handle (gunicorn/workers/gthread.py);f (a/x.py);f (a/x.py) 3\n"
+           "process 1;handle (gunicorn/workers/gthread.py);g (a/y.py) 1\n")
+    result = summarize(raw, top=10)
+    assert result["samples"] == 4
+    assert dict(result["inclusive"])["f (a/x.py)"] == 0.75  # recursion counted once per sample
+    assert dict(result["self"]) == {"f (a/x.py)": 0.75, "g (a/y.py)": 0.25}
+
+
+def test_ab_extracts_a_revisions_server_package(tmp_path):
+    from bench.ab import extract, short_hash
+
+    tree = extract("HEAD", tmp_path / "before")
+    committed = subprocess.run(["git", "show", "HEAD:server/config.py"], cwd=ROOT, capture_output=True,
+                               check=True).stdout
+    assert (tree / "server" / "config.py").read_bytes() == committed
+    assert len(short_hash("HEAD")) >= 7
