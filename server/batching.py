@@ -81,9 +81,12 @@ class Batcher:
                 if request.done:
                     break
                 self._leading = True
+            batch: list[_Request] = []
             try:
-                self._run_batch(self._collect())
+                batch = self._collect()
+                self._run_batch(batch)
             finally:
+                self._abandon(batch)
                 with self._cond:
                     self._leading = False
                     self._cond.notify_all()
@@ -95,11 +98,13 @@ class Batcher:
         """Wait up to the delay for a full batch, then take the oldest requests that fit together."""
         deadline = time.monotonic() + self.policy.max_delay_us / 1e6
         with self._cond:
-            while sum(r.rows for r in self._queue) < self.policy.max_batch_size:
+            while self._queue and sum(r.rows for r in self._queue) < self.policy.max_batch_size:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
+            if not self._queue:
+                return []
             first = self._queue[0]
             batch, rows = [], 0
             for request in list(self._queue):
@@ -114,6 +119,8 @@ class Batcher:
         """Run the batch as one call and split the outputs; on any trouble run each alone."""
         total = sum(r.rows for r in batch)
         try:
+            if not batch:
+                return
             if len(batch) == 1:
                 self._finish(batch[0], outputs=self._run(batch[0].inputs))
                 return
@@ -137,6 +144,13 @@ class Batcher:
             start = end
         self.batches += 1
         self.batched_requests += len(batch)
+
+    def _abandon(self, batch: list[_Request]) -> None:
+        """Answer any request of the batch left unanswered (the leader was interrupted), so no
+        thread waits forever."""
+        for request in batch:
+            if not request.done:
+                self._finish(request, error=RuntimeError("the batch this request was in was interrupted"))
 
     def _run_alone(self, request: _Request) -> None:
         try:

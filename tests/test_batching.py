@@ -86,10 +86,24 @@ def test_one_bad_request_fails_alone(tmp_path) -> None:
     assert [isinstance(o, ValueError) for o in outcomes] == [False] * 4 + [True]
 
 
-def _outcome(call, arrays):
+class Interrupted(BaseException):
+    """Stands for what `except Exception` does not catch (a worker being torn down)."""
+
+
+def test_an_interrupted_leader_leaves_no_request_waiting(tmp_path) -> None:
+    def run_interrupted(arrays):
+        raise Interrupted()
+
+    batcher = Batcher(run_interrupted, BatchPolicy(4, WAIT_US))
+    outcomes = predict_together(lambda arrays: _outcome(batcher.predict, arrays, BaseException), [rows(1, s) for s in range(4)])
+    kinds = sorted(type(o).__name__ for o in outcomes)
+    assert kinds == ["Interrupted", "RuntimeError", "RuntimeError", "RuntimeError"]
+
+
+def _outcome(call, arrays, kind: type[BaseException] = ValueError):
     try:
         return call(arrays)
-    except ValueError as err:
+    except kind as err:
         return err
 
 
