@@ -76,9 +76,15 @@ def _warn(message: str) -> None:
     log.warning("%s", message)
 
 
-def file_stamp(path: Path) -> tuple[int, int]:
-    """(modification time in ns, size): changes when a model file is replaced or rewritten."""
-    stat = path.stat()
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(modification time in ns, size): changes when a model file is replaced or rewritten.
+
+    None when the file has gone (removed between the scan and now).
+    """
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
     return stat.st_mtime_ns, stat.st_size
 
 
@@ -96,7 +102,7 @@ class ModelRepository:
         self.models: dict[str, dict[str, OnnxModel]] = {}
         self.failures: dict[tuple[str, str], Failure] = {}  # replaced like `models`, never mutated
         self.unloaded: set[str] = set()  # unloaded by request: polling leaves them alone
-        self._stamps: dict[tuple[str, str], tuple[int, int]] = {}  # file stamp of the last attempt
+        self._stamps: dict[tuple[str, str], tuple[int, int] | None] = {}  # file stamp at the last attempt
         self._reload_lock = threading.RLock()
         self._warned: set[str] = set()
 
