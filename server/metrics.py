@@ -6,6 +6,7 @@ that variable (Flask's test client, `flask run`) the process's own registry is s
 """
 from __future__ import annotations
 
+import glob
 import os
 import time
 
@@ -75,12 +76,36 @@ def observe_inference(model: str, version: str, batch_size: int, seconds: float)
     BATCH_SIZE.labels(model, version).observe(batch_size)
 
 
+class WorkerFilesCollector:
+    """prometheus-client's multiprocess collector, minus the files it cannot read yet.
+
+    A worker creates its file empty and sizes it just after; a scrape in between (or a worker
+    killed in between, leaving the empty file for good) would make the whole scrape fail
+    (prometheus/client_python#1199). Empty files hold no samples, so they are skipped.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self):
+        files = [path for path in glob.glob(os.path.join(self.path, "*.db")) if _has_data(path)]
+        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
+
+
+def _has_data(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except FileNotFoundError:  # a dead worker's live gauges, removed since the glob
+        return False
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
     """Every metric in Prometheus' text format, summed over all gunicorn workers when there are several."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        registry.register(WorkerFilesCollector(folder))
     else:
         registry = REGISTRY
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)
