@@ -16,10 +16,13 @@ _METRICS_DIR = _Path(_os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 # Workers tell each other of model loads and unloads through a file in this folder (see
 # server/model_sync.py and docs/models.md); a fresh temporary one unless the operator names one.
-_OWN_SYNC_DIR = not _os.environ.get("MODEL_SYNC_DIR")
-if _OWN_SYNC_DIR:
-    _os.environ["MODEL_SYNC_DIR"] = _tempfile.mkdtemp(prefix="mnist-serve-models-")
+_SYNC_PREFIX = "mnist-serve-models-"
+if not _os.environ.get("MODEL_SYNC_DIR"):
+    _os.environ["MODEL_SYNC_DIR"] = _tempfile.mkdtemp(prefix=_SYNC_PREFIX)
 _SYNC_DIR = _Path(_os.environ["MODEL_SYNC_DIR"])
+# gunicorn reads this file again on HUP, when the folder is already in the environment: recognise
+# our own by its name, so it is still removed at exit (and its state survives the HUP).
+_OWN_SYNC_DIR = _SYNC_DIR.name.startswith(_SYNC_PREFIX) and _SYNC_DIR.parent == _Path(_tempfile.gettempdir())
 
 from server.config import from_environment as _from_environment  # noqa: E402 (after the env is set)
 
@@ -60,6 +63,7 @@ def on_starting(server):
     # Loads and unloads of an earlier run are stale too: a restart serves what is on disk.
     _SYNC_DIR.mkdir(parents=True, exist_ok=True)
     (_SYNC_DIR / "models.json").unlink(missing_ok=True)
+    server.log.info("workers share model loads and unloads through %s", _SYNC_DIR)
 
 
 def child_exit(server, worker):

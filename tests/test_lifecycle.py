@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -301,6 +302,25 @@ def test_switch_under_load_in_two_workers_loses_no_request(repo, live_server_fac
     assert wait_until(lambda: rejections() >= 2) and rejections() == 2  # one line per worker
     assert requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 200
     assert "Traceback" not in server.log()
+
+
+@pytest.mark.slow
+def test_unloads_survive_a_hup_and_the_sync_folder_goes_at_exit(repo, live_server_factory) -> None:
+    server = live_server_factory(repo, WORKERS=2)
+    sync_dir = Path(re.search(r"workers share model loads and unloads through (\S+)", server.log()).group(1))
+    assert requests.post(server.url + "/v2/repository/models/mnist/unload", timeout=10).status_code == 200
+
+    def statuses() -> set[int]:  # fresh connections, so both workers answer
+        return {requests.post(server.url + "/v2/models/mnist/infer", json=ZERO_DIGIT, timeout=10).status_code
+                for _ in range(10)}
+
+    assert wait_until(lambda: statuses() == {503})
+    os.kill(server.process.pid, signal.SIGHUP)
+    assert wait_until(lambda: server.log().count("Booting worker") == 4)
+    assert wait_until(lambda: len(re.findall(r"another worker did unload of model mnist", server.log())) >= 3)
+    assert statuses() == {503}
+    server.stop()
+    assert not sync_dir.exists()
 
 
 @pytest.mark.slow
