@@ -26,7 +26,8 @@ SITE = ROOT / "deploy/nginx/mnist-serve.conf"
 INSTALL_DIR = "/srv/mnist-serve"  # where the unit expects the checkout
 SAMPLE = ROOT / "tests/data/mnist_test_sample.npz"
 # Variables the unit sets that are not server settings, and why they are there.
-NON_SERVER_VARIABLES = {"PYTHONUNBUFFERED", "XDG_RUNTIME_DIR"}
+NON_SERVER_VARIABLES = {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "XDG_RUNTIME_DIR", "PATH"}
+CONTAINERFILE = ROOT / "Containerfile"
 
 
 def unit_directives(text: str) -> list[tuple[str, str]]:
@@ -85,6 +86,26 @@ def test_unit_runs_the_server_with_server_settings() -> None:
     assert directives["User"] != "root"
     upstream = re.search(r"upstream mnist_serve \{\s*server ([\d.]+):(\d+);", SITE.read_text())
     assert upstream and upstream.groups() == (env["HOST"], env["PORT"]), "nginx must proxy to the unit's port"
+
+
+def containerfile_environment() -> dict[str, str]:
+    """The variables of the Containerfile's ENV instruction (continued over several lines)."""
+    text = CONTAINERFILE.read_text().replace("\\\n", " ")
+    env_line = next(line for line in text.splitlines() if line.startswith("ENV "))
+    return dict(item.split("=", 1) for item in shlex.split(env_line[4:]))
+
+
+def test_image_environment_is_make_serves_but_for_host() -> None:
+    env = containerfile_environment()
+    unknown = set(env) - set(config.BY_NAME) - NON_SERVER_VARIABLES
+    assert not unknown, f"the image sets variables the server does not read: {unknown}"
+    defaults = {name: str(config.BY_NAME[name].default) for name in env if name in config.BY_NAME}
+    differing = {name for name in defaults if env[name] != defaults[name]}
+    # HOST: 127.0.0.1 inside a container is unreachable through a published port.
+    # MODEL_REPOSITORY: absolute, where the image keeps the models.
+    assert differing == {"HOST", "MODEL_REPOSITORY"}, differing
+    assert env["HOST"] == "0.0.0.0" and env["MODEL_REPOSITORY"] == "/srv/mnist/models"
+    assert re.search(r"^EXPOSE " + env["PORT"] + "$", CONTAINERFILE.read_text(), re.M)
 
 
 def test_nginx_limits_agree_with_the_server() -> None:
