@@ -371,6 +371,7 @@ ERRORS = [
     pytest.param("/predict", raw(b"<a/>", "application/xml"), 415, "application/json", id="xml"),
     # JSON bodies
     pytest.param("/predict", raw(b"{not json", "application/json"), 400, "not valid JSON", id="bad-json"),
+    pytest.param("/predict", raw(b"", "application/json"), 400, "not valid JSON", id="json-empty-body"),
     pytest.param("/predict", raw(b'{"image": "\xff"}', "application/json"), 400, "not valid JSON", id="not-utf8"),
     pytest.param("/predict", raw(b"[" * 50_000 + b"]" * 50_000, "application/json"), 400, "not valid JSON", id="deep-nesting"),
     pytest.param("/predict", {"json": [1, 2]}, 400, "received a JSON array", id="json-array"),
@@ -410,6 +411,7 @@ ERRORS = [
     pytest.param("/predict", {"form": {"image": "text"}}, 400, "it came as a text field", id="multipart-text-field"),
     pytest.param("/predict", {"form": {"picture": "x"}}, 400, "received fields: ['picture']", id="multipart-no-file"),
     pytest.param("/predict", files(b""), 400, "the image is empty", id="multipart-empty-file"),
+    pytest.param("/predict", raw(DIGIT_PNG, "multipart/form-data"), 400, "no file in field 'image'", id="multipart-no-boundary"),
     pytest.param("/predict", files(*[DIGIT_PNG] * 5), 413, "received 5 images", id="multipart-too-many"),
     pytest.param("/predict", files(DIGIT_PNG, b"junk"), 400, "image 2 of 2: could not decode", id="multipart-second-bad"),
     pytest.param("/predict", files(DIGIT_PNG, return_input="maybe"), 400, "return_input='maybe'", id="multipart-return-input"),
