@@ -2,24 +2,21 @@
 and used for real in front of a live gunicorn; and shipping a model version with a HUP."""
 from __future__ import annotations
 
-import io
 import os
 import re
 import shlex
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from PIL import Image
 
 from server import config
 from tests.conftest import ROOT, LiveServer, free_port
-from tests.onnx_factory import write_classifier
+from tests.image.smoke import digit_bodies, png_bytes, ship_new_version
 
 UNIT = ROOT / "deploy/systemd/mnist-serve.service"
 SITE = ROOT / "deploy/nginx/mnist-serve.conf"
@@ -46,10 +43,7 @@ def unit_environment(text: str) -> dict[str, str]:
 
 def png_digit(index: int = 0) -> bytes:
     with np.load(SAMPLE) as data:
-        image = data["images"][index]
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
+        return png_bytes(data["images"][index])
 
 
 def systemd_verify(unit_path: Path) -> subprocess.CompletedProcess:
@@ -216,40 +210,11 @@ def test_plain_http_redirects_to_https(nginx_in_front) -> None:
 
 
 def test_new_model_version_ships_with_hup_and_no_failed_request(random_repository: Path, live_server_factory) -> None:
-    """docs/deploy.md's way: add <name>/<version+1>/, `systemctl reload` (SIGHUP); nothing fails."""
+    """docs/deploy.md's way: rename <name>/<version+1>/ into place, `systemctl reload` (SIGHUP)."""
     server = live_server_factory(random_repository, WORKERS=2, THREADS=2)
-    url = server.url + "/models/digits/predict"
-    body = png_digit()
-    versions: list[str] = []
-    failures: list[str] = []
-    stop = threading.Event()
-
-    def client() -> None:
-        while not stop.is_set():
-            try:
-                answer = requests.post(url, files={"image": ("d.png", body, "image/png")}, timeout=20)
-                if answer.status_code == 200:
-                    versions.append(answer.json()["version"])
-                else:
-                    failures.append(f"{answer.status_code} {answer.text[:200]}")
-            except requests.RequestException as error:
-                failures.append(repr(error))
-
-    clients = [threading.Thread(target=client) for _ in range(4)]
-    for thread in clients:
-        thread.start()
-    try:
-        time.sleep(1.0)
-        write_classifier(random_repository / "digits" / "2" / "model.onnx", labels=[str(i) for i in range(10)])
-        os.kill(server.process.pid, signal.SIGHUP)  # the pid is gunicorn's master: python -m server execs it
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and versions[-20:].count("2") < 20:
-            time.sleep(0.2)
-        time.sleep(0.5)
-    finally:
-        stop.set()
-        for thread in clients:
-            thread.join(timeout=30)
-    assert not failures, failures[:5]
-    assert versions[0] == "1" and versions[-20:] == ["2"] * 20, versions[-30:]
+    # The pid is gunicorn's master: python -m server execs it. ship_new_version raises on any failure.
+    shipped = ship_new_version(random_repository, random_repository.parent, server.url, server.process.pid,
+                               digit_bodies(SAMPLE))
+    assert (shipped["from_version"], shipped["to_version"], shipped["failures"]) == ("1", "2", 0)
     assert "Handling signal: hup" in server.log()
+    assert "was sent SIG" not in server.log(), "old workers must drain and exit by themselves"

@@ -5,9 +5,10 @@ does by hand what a container runtime would: it creates a container from the ima
 root file system, mounts /proc and /dev there, and starts the image's own entrypoint with the
 image's own environment, working directory and user, through chroot, listening on 127.0.0.1.
 Then it asks /v2/health/ready, runs the image's HEALTHCHECK command, predicts real MNIST test
-digits through /predict, measures the workers' memory, stops gunicorn with SIGTERM (as `docker
-stop` does) and measures the image: uncompressed, and as `podman save | gzip` gives it. The
-figures go to docs/image-size.json and into docs/deploy.md between the image-size markers.
+digits through /predict, sends a bounded load and measures the workers' memory, ships a new model
+version with a HUP while clients keep uploading, stops gunicorn with SIGTERM (as `docker stop`
+does) and measures the image: uncompressed, and as `podman save | gzip` gives it. The figures go
+to docs/image-size.json and into docs/deploy.md between the image-size markers.
 
 Run by `make image-test`, outside pytest: `make test` stays free of container tools.
 """
@@ -18,15 +19,17 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import requests
@@ -53,6 +56,10 @@ SIZE_BEGIN = "<!-- image-size:begin (written by tests/image/smoke.py; do not edi
 SIZE_END = "<!-- image-size:end -->"
 
 
+class ImageTestFailure(Exception):
+    """What the image got wrong, in one message."""
+
+
 def log(message: str) -> None:
     print(f"image-test: {message}", file=sys.stderr, flush=True)
 
@@ -61,7 +68,7 @@ def podman(*args: str, container: str = "podman") -> str:
     """Run the container tool and return its stdout; raise with its stderr on failure."""
     done = subprocess.run([container, *args], capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"image-test: {container} {' '.join(args)} failed: {done.stderr.strip()}")
+        raise ImageTestFailure(f"{container} {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout.strip()
 
 
@@ -112,11 +119,11 @@ def check_contents(rootfs: Path, paths: list[str]) -> dict:
     log(f"{len(paths)} paths in the image; {APP_DIR}: {app}")
     log(f"site-packages: {' '.join(site)}")
     if bad:
-        raise SystemExit(f"image-test: the image holds what it must not: {bad[:20]}")
+        raise ImageTestFailure(f"the image holds what it must not: {bad[:20]}")
     if app != ["models", "server"]:
-        raise SystemExit(f"image-test: {APP_DIR} should hold only models/ and server/, holds {app}")
+        raise ImageTestFailure(f"{APP_DIR} should hold only models/ and server/, holds {app}")
     if not any(name == "onnxruntime" for name in site) or not list(rootfs.glob("srv/mnist/models/*/*/model.onnx")):
-        raise SystemExit("image-test: no onnxruntime or no model in the image")
+        raise ImageTestFailure("no onnxruntime or no model in the image")
     return {"paths": len(paths), "app_dir": app, "site_packages": site}
 
 
@@ -143,21 +150,21 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if process.poll() is not None:
-            raise SystemExit(f"image-test: the server exited with {process.returncode} before it was ready")
+            raise ImageTestFailure(f"the server exited with {process.returncode} before it was ready")
         with contextlib.suppress(requests.ConnectionError):
             if requests.get(url + "/v2/health/ready", timeout=2).status_code == 200:
                 return time.monotonic() - start
         time.sleep(0.2)
-    raise SystemExit(f"image-test: /v2/health/ready did not answer 200 within {timeout:.0f} s")
+    raise ImageTestFailure(f"/v2/health/ready did not answer 200 within {timeout:.0f} s")
 
 
 def run_healthcheck(rootfs: Path, config: dict, healthcheck: dict, env: dict[str, str]) -> None:
     test = healthcheck.get("Test") or []
     if test[:1] != ["CMD"]:
-        raise SystemExit(f"image-test: expected an exec-form HEALTHCHECK, found {test}")
+        raise ImageTestFailure(f"expected an exec-form HEALTHCHECK, found {test}")
     done = subprocess.run(chroot_command(rootfs, config, test[1:]), env=env, capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
-        raise SystemExit(f"image-test: the image's HEALTHCHECK failed: {done.stderr.strip()[-500:]}")
+        raise ImageTestFailure(f"the image's HEALTHCHECK failed: {done.stderr.strip()[-500:]}")
     log("the image's HEALTHCHECK command passes")
 
 
@@ -174,31 +181,85 @@ def predict_digits(url: str, sample: Path, count: int) -> tuple[int, int]:
     files = [("image", (f"digit-{i}.png", png_bytes(img), "image/png")) for i, img in enumerate(images)]
     answer = requests.post(url + "/predict", files=files, timeout=60)
     if answer.status_code != 200:
-        raise SystemExit(f"image-test: /predict answered {answer.status_code}: {answer.text[:300]}")
+        raise ImageTestFailure(f"/predict answered {answer.status_code}: {answer.text[:300]}")
     predicted = [p["label"] for p in answer.json()["predictions"]]
     right = sum(p == str(label) for p, label in zip(predicted, labels))
     log(f"/predict: {right}/{len(labels)} right; predicted {' '.join(predicted)}, true {' '.join(map(str, labels))}")
     return right, len(labels)
 
 
-def send_load(url: str, sample: Path, requests_total: int, clients: int = 4) -> None:
-    """Bounded load before measuring memory: single-digit PNG uploads from a few threads; all must pass."""
+def digit_bodies(sample: Path, count: int = 50) -> list[bytes]:
     with np.load(sample) as data:
-        bodies = [png_bytes(image) for image in data["images"][:50]]
+        return [png_bytes(image) for image in data["images"][:count]]
+
+
+def upload_until(url: str, bodies: list[bytes], done: Callable[[list[str]], bool], clients: int = 4,
+                 timeout: float = 120) -> tuple[list[str], list[str]]:
+    """PNG uploads from `clients` threads until done(versions answered so far) or the timeout.
+
+    Returns the version of every answer, in order, and every failure.
+    """
+    versions: list[str] = []
     failures: list[str] = []
+    deadline = time.monotonic() + timeout
 
     def client(offset: int) -> None:
         with requests.Session() as session:
-            for i in range(offset, requests_total, clients):
-                answer = session.post(url + "/predict", files={"image": ("d.png", bodies[i % len(bodies)], "image/png")}, timeout=30)
-                if answer.status_code != 200:
-                    failures.append(f"{answer.status_code} {answer.text[:200]}")
+            i = offset
+            while not done(versions) and time.monotonic() < deadline:
+                try:
+                    answer = session.post(url, files={"image": ("d.png", bodies[i % len(bodies)], "image/png")}, timeout=30)
+                    if answer.status_code == 200:
+                        versions.append(answer.json()["version"])
+                    else:
+                        failures.append(f"{answer.status_code} {answer.text[:200]}")
+                except requests.RequestException as error:
+                    failures.append(repr(error))
+                i += clients
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
-    if failures:
-        raise SystemExit(f"image-test: {len(failures)} of {requests_total} requests failed under load: {failures[:3]}")
-    log(f"{requests_total} /predict requests from {clients} clients, none failed")
+    return versions, failures
+
+
+def send_load(url: str, bodies: list[bytes], total: int) -> None:
+    """Bounded load before measuring memory; every request must pass."""
+    versions, failures = upload_until(url + "/predict", bodies, lambda answered: len(answered) >= total)
+    if failures or len(versions) < total:
+        raise ImageTestFailure(f"{len(failures)} failed, {len(versions)} of {total} answered: {failures[:3]}")
+    log(f"{len(versions)} /predict uploads from 4 clients, none failed")
+
+
+def ship_new_version(models: Path, staging_dir: Path, url: str, master: int, bodies: list[bytes]) -> dict:
+    """docs/deploy.md's way: copy the latest version as the next one into `staging_dir` (on the
+    repository's file system), rename it into place, then HUP gunicorn's master (`systemctl reload`,
+    `docker kill --signal HUP`). Clients upload throughout: none may fail, and the answers must
+    move from the old version to the new one."""
+    name = "mnist" if (models / "mnist").is_dir() else sorted(p.parent.parent.name for p in models.glob("*/*/model.onnx"))[0]
+    old = max(int(v.name) for v in (models / name).iterdir() if v.name.isdigit())
+    staging = staging_dir / f"{name}-{old + 1}"
+    staging.mkdir(mode=0o755)
+    shutil.copy2(models / name / str(old) / "model.onnx", staging / "model.onnx")
+    staging.rename(models / name / str(old + 1))
+    new = str(old + 1)
+
+    hup_sent = threading.Event()
+    hup_lock = threading.Lock()  # the clients' threads all call this: one HUP only
+
+    def hup_once_then_wait_for_new(answered: list[str]) -> bool:
+        with hup_lock:
+            if len(answered) >= 50 and not hup_sent.is_set():
+                os.kill(master, signal.SIGHUP)
+                hup_sent.set()
+        return answered[-40:] == [new] * 40
+
+    versions, failures = upload_until(f"{url}/models/{name}/predict", bodies, hup_once_then_wait_for_new)
+    switched = versions[-40:] == [new] * 40
+    if failures or not switched or versions[0] != str(old):
+        raise ImageTestFailure(f"HUP to version {new}: {len(failures)} failed {failures[:3]}; "
+                         f"first answer from version {versions[:1]}, last ones {versions[-5:]}")
+    log(f"version {new} of {name} shipped with HUP: {len(versions)} answers during the switch, none failed")
+    return {"model": name, "from_version": str(old), "to_version": new, "answers": len(versions), "failures": 0}
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -245,7 +306,7 @@ def stop(process: subprocess.Popen, timeout: float = 40) -> int:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        raise SystemExit("image-test: the server did not stop within %d s of SIGTERM" % timeout)
+        raise ImageTestFailure("the server did not stop within %d s of SIGTERM" % timeout)
 
 
 def serve_and_probe(rootfs: Path, info: dict, args: argparse.Namespace, log_path: Path) -> dict:
@@ -262,8 +323,10 @@ def serve_and_probe(rootfs: Path, info: dict, args: argparse.Namespace, log_path
             log(f"ready on {url} as user {config.get('User')} after {ready_s:.1f} s")
             run_healthcheck(rootfs, config, info.get("Healthcheck") or config.get("Healthcheck") or {}, env)
             right, asked = predict_digits(url, args.sample, args.digits)
-            send_load(url, args.sample, args.load_requests)
+            bodies = digit_bodies(args.sample)
+            send_load(url, bodies, args.load_requests)
             memory = measure_memory(process.pid)
+            hup = ship_new_version(rootfs / APP_DIR.lstrip("/") / "models", rootfs / "tmp", url, process.pid, bodies)
         except BaseException:
             stop(process)
             raise
@@ -272,12 +335,12 @@ def serve_and_probe(rootfs: Path, info: dict, args: argparse.Namespace, log_path
     # A clean stop: every worker drained and exited by itself, none was killed or aborted.
     unclean = [marker for marker in ("Traceback", "was sent SIG", "terminate called", "WORKER TIMEOUT") if marker in tail]
     if code != 0 or unclean:
-        raise SystemExit(f"image-test: the server exited with {code}, its log shows {unclean}:\n{tail[-3000:]}")
+        raise ImageTestFailure(f"the server exited with {code}, its log shows {unclean}:\n{tail[-3000:]}")
     if right < args.min_right:
-        raise SystemExit(f"image-test: only {right} of {asked} digits right (at least {args.min_right} expected)")
+        raise ImageTestFailure(f"only {right} of {asked} digits right (at least {args.min_right} expected)")
     return {"ready_seconds": round(ready_s, 1), "digits_right": right, "digits_asked": asked,
             "load_requests": args.load_requests, "workers": env.get("WORKERS"), "threads": env.get("THREADS"),
-            "memory": memory}
+            "memory": memory, "hup": hup}
 
 
 def compressed_size(image: str) -> int:
@@ -287,7 +350,7 @@ def compressed_size(image: str) -> int:
     save.stdout.close()
     total = sum(len(chunk) for chunk in iter(lambda: gzip.stdout.read(MIB), b""))
     if gzip.wait() != 0 or save.wait() != 0:
-        raise SystemExit("image-test: podman save | gzip failed")
+        raise ImageTestFailure("podman save | gzip failed")
     return total
 
 
@@ -295,7 +358,7 @@ def measure_size(image: str, info: dict) -> dict:
     base = info.get("Labels", {}) or {}
     base_name = base.get("org.opencontainers.image.base.name", "")
     size = {"size_bytes": info["Size"], "compressed_bytes": compressed_size(image), "base": base_name}
-    with contextlib.suppress(SystemExit):
+    with contextlib.suppress(ImageTestFailure):
         size["base_size_bytes"] = inspect(base_name)["Size"] if base_name else None
     slimmest = min(s["compressed_gb"] for s in BIG_SERVERS) * 1e9
     size["fraction_of_slimmest_big_server"] = round(size["compressed_bytes"] / slimmest, 3)
@@ -346,6 +409,10 @@ def size_section(report: dict) -> str:
         f"Leaving {RESERVED_MIB} MiB of a 1 GiB box to the kernel, sshd, journald and nginx, "
         f"**{workers_in_1gb(memory)} workers** of this size would fit in memory; the CPU, not memory, "
         "sets the number (below).",
+        "",
+        f"Then version {smoke['hup']['to_version']} of `{smoke['hup']['model']}` was renamed into the "
+        f"image's repository and gunicorn sent a HUP while 4 clients kept uploading: "
+        f"{smoke['hup']['answers']} answers, none failed, the last 40 from the new version.",
         SIZE_END,
     ])
 
@@ -381,11 +448,24 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("image-test: needs root (it mounts the image and chroots into it)", file=sys.stderr)
         return 1
+    try:
+        report = check_image(args)
+    except ImageTestFailure as failure:
+        print(f"image-test: {failure}", file=sys.stderr)
+        return 1
+    if not args.no_write:
+        write_reports(report, args.json, args.doc)
+    log("passed")
+    return 0
+
+
+def check_image(args: argparse.Namespace) -> dict:
+    """Every check of the module docstring, in order; the figures for the reports."""
     info = inspect(args.image)
     with mounted_rootfs(args.image) as rootfs:
         contents = check_contents(rootfs, list_files(rootfs))
         smoke = serve_and_probe(rootfs, info, args, Path("/tmp") / f"image-test-{os.getpid()}.log")
-    report = {
+    return {
         "image": args.image,
         "image_id": info["Id"][:12],
         "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -395,10 +475,6 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": smoke,
         "big_servers": BIG_SERVERS,
     }
-    if not args.no_write:
-        write_reports(report, args.json, args.doc)
-    log("passed")
-    return 0
 
 
 if __name__ == "__main__":
