@@ -276,7 +276,7 @@ class Traffic:
 
 @pytest.mark.slow
 def test_switch_under_load_in_two_workers_loses_no_request(repo, live_server_factory) -> None:
-    server = live_server_factory(repo, WORKERS=2, THREADS=4)
+    server = two_workers(live_server_factory, repo, THREADS=4)
     settle = 3.0  # the other worker sees the announcement within 0.5 s, then loads and warms
     with Traffic(server.url) as traffic:
         time.sleep(1.0)
@@ -306,7 +306,7 @@ def test_switch_under_load_in_two_workers_loses_no_request(repo, live_server_fac
 
 @pytest.mark.slow
 def test_unloads_survive_a_hup_and_the_sync_folder_goes_at_exit(repo, live_server_factory) -> None:
-    server = live_server_factory(repo, WORKERS=2)
+    server = two_workers(live_server_factory, repo)
     sync_dir = Path(re.search(r"workers share model loads and unloads through (\S+)", server.log()).group(1))
     assert requests.post(server.url + "/v2/repository/models/mnist/unload", timeout=10).status_code == 200
 
@@ -325,11 +325,18 @@ def test_unloads_survive_a_hup_and_the_sync_folder_goes_at_exit(repo, live_serve
 
 @pytest.mark.slow
 def test_poll_mode_switches_every_worker(repo, live_server_factory) -> None:
-    server = live_server_factory(repo, WORKERS=2, MODEL_POLL_SECONDS="0.5")
+    server = two_workers(live_server_factory, repo, MODEL_POLL_SECONDS="0.5")
     add_version(repo, "2", seed=2)
     assert wait_until(lambda: len(switched_workers(server.log())) == 2), server.log()[-3000:]
     answers = [requests.post(server.url + "/v2/models/mnist/infer", json=ZERO_DIGIT, timeout=10) for _ in range(8)]
     assert {a.json()["model_version"] for a in answers} == {"2"}
+
+
+def two_workers(live_server_factory, repo: Path, **env: str):
+    """A real gunicorn with two workers, returned once both have loaded `mnist` (not just one)."""
+    server = live_server_factory(repo, WORKERS=2, **env)
+    assert wait_until(lambda: server.log().count("loaded model mnist version 1") == 2), server.log()
+    return server
 
 
 def wait_until(condition, timeout: float = 15.0) -> bool:
