@@ -104,7 +104,8 @@ def read_idx(path: Path) -> np.ndarray:
     expected = offset + int(np.prod(shape, dtype=np.int64))
     if len(raw) != expected:
         raise DataError(f"{path}: {len(raw)} bytes, expected {expected} for shape {shape}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
+    # bytearray: a writable buffer, so torch.from_numpy can share it without a warning
+    return np.frombuffer(bytearray(raw), dtype=np.uint8, offset=offset).reshape(shape)
 
 
 def find_raw_file(directory: Path, name: str) -> Path | None:

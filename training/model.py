@@ -1,0 +1,70 @@
+"""The digit CNN: a small VGG-style network with BatchNorm, normalisation inside the model."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+# MNIST's training-set pixel mean and standard deviation, for pixels in [0, 1].
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the CNN: conv widths per stage (2x2 max-pool between stages), head, classes."""
+
+    stages: tuple[tuple[int, ...], ...] = ((32, 32), (64, 64), (128, 128))
+    dropout: float = 0.1
+    num_classes: int = 10
+    image_size: int = 28
+    mean: float = MNIST_MEAN
+    std: float = MNIST_STD
+
+    def to_dict(self) -> dict:
+        """Plain types only, so a checkpoint loads with torch.load(weights_only=True)."""
+        return {**asdict(self), "stages": [list(stage) for stage in self.stages]}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        """Inverse of to_dict; unknown keys are an error rather than silently ignored."""
+        values = dict(values)
+        values["stages"] = tuple(tuple(int(c) for c in stage) for stage in values.get("stages", cls.stages))
+        return cls(**values)
+
+
+def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    """3x3 same-padding convolution, BatchNorm (so no conv bias), ReLU."""
+    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+
+
+class DigitNet(nn.Module):
+    """Input float32 [N, 1, 28, 28] in [0, 1] (white digit on black); output logits [N, classes]."""
+
+    def __init__(self, config: ModelConfig = ModelConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.register_buffer("mean", torch.tensor(config.mean))
+        self.register_buffer("std", torch.tensor(config.std))
+        layers: list[nn.Module] = []
+        channels = 1
+        for index, stage in enumerate(config.stages):
+            if index:
+                layers.append(nn.MaxPool2d(2))
+            for width in stage:
+                layers += conv_bn_relu(channels, width)
+                channels = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Dropout(config.dropout), nn.Linear(channels, config.num_classes))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Logits for raw [0, 1] pixels; the normalisation lives here so exports take raw pixels."""
+        return self.head(self.features((pixels - self.mean) / self.std))
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,63 @@
+"""PNG plots of a run: training curves, confusion matrix, misclassified test images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(epochs: list[dict], path: Path) -> None:
+    """Training loss, and training / evaluation accuracy, per epoch."""
+    x = [row["epoch"] for row in epochs]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_ax.plot(x, [row["train_loss"] for row in epochs], marker="o", label="train")
+    loss_ax.plot(x, [row["eval_loss"] for row in epochs], marker="o", label="eval")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    acc_ax.plot(x, [100 * row["train_accuracy"] for row in epochs], marker="o", label="train (augmented)")
+    acc_ax.plot(x, [100 * row["eval_accuracy"] for row in epochs], marker="o", label="eval")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy", ylim=(97, 100))
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(labels: np.ndarray, predictions: np.ndarray, path: Path, classes: int = 10) -> None:
+    """Counts of (true, predicted) pairs; the off-diagonal cells are the errors."""
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    ax.imshow(np.log1p(matrix), cmap="Blues")
+    for (row, col), count in np.ndenumerate(matrix):
+        if count:
+            ax.text(col, row, str(count), ha="center", va="center", fontsize=7,
+                    color="white" if row == col else "black")
+    ax.set(xlabel="predicted", ylabel="true", xticks=range(classes), yticks=range(classes),
+           title=f"confusion matrix ({int((labels != predictions).sum())} errors)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_misclassified(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, path: Path,
+                       limit: int = 100) -> None:
+    """A grid of the misclassified images titled `true→predicted`."""
+    wrong = np.flatnonzero(labels != predictions)[:limit]
+    columns = 10
+    rows = max(1, -(-len(wrong) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.25), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, index in zip(axes.flat, wrong):
+        ax.imshow(images[index], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{labels[index]}→{predictions[index]}", fontsize=8)
+    fig.suptitle(f"misclassified test images (true→predicted), {len(wrong)} shown")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
