@@ -11,7 +11,7 @@ DEV_VENV := .venv-dev
 PIP_FLAGS := --quiet --disable-pip-version-check --no-input
 PYTEST_ARGS ?=
 
-.PHONY: serve test train export bench clean help image image-test
+.PHONY: serve test train export bench bench-photos clean help image image-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -96,6 +96,9 @@ bench: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENC
 	@for name in photo_eval batching; do \
 		if [ -f bench/$$name.py ]; then echo "$(DEV_VENV)/bin/python -m bench.$$name"; $(DEV_VENV)/bin/python -m bench.$$name || exit 1; fi; \
 	done
+
+bench-photos: $(DEV_VENV)/.stamp ## accuracy of the image preprocessing on generated photos, scans, canvases; writes docs/preprocessing.md
+	$(DEV_VENV)/bin/python -m bench.photo_eval $(PHOTO_EVAL_ARGS)
 
 clean: ## remove virtual environments and caches (keeps data/ and runs/)
 	rm -rf $(SERVE_VENV) $(DEV_VENV) .pytest_cache .hypothesis

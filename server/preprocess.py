@@ -145,7 +145,7 @@ def mnist_digit(image: Image.Image) -> np.ndarray:
     gray = shrink(gray, WORK_SIDE)
     ink = ink_against_paper(gray if has_light_paper(gray) else 1 - gray)
     digit = select_digit(remove_ruled_lines(ink))
-    return fit_to_mnist_box(digit)
+    return fit_to_mnist_box(normalise_stroke_width(digit))
 
 
 def has_light_paper(gray: np.ndarray) -> bool:
@@ -371,6 +371,39 @@ class Components:
         for run in np.nonzero(np.isin(self.label, labels))[0].tolist():
             mask[self.row[run], self.start[run]:self.end[run]] = True
         return mask
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """Mean width in pixels of the strokes in a boolean mask: twice the area over the outline."""
+    padded = np.pad(mask, 1)
+    inner = mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return 2 * int(np.count_nonzero(mask)) / max(int(np.count_nonzero(mask & ~inner)), 1)
+
+
+def normalise_stroke_width(ink: np.ndarray, least: float = 1.8, most: float = 4.0,
+                           target: float = 2.6) -> np.ndarray:
+    """Widen or narrow strokes that would come out under `least` or over `most` pixels wide in the
+    20x20 box to `target`, MNIST's median.
+
+    A fine pen on a big digit would otherwise shrink to a faint hairline, a marker to a blob.
+    """
+    mask = ink > 0.5
+    rows = np.nonzero(mask.any(axis=1))[0]
+    cols = np.nonzero(mask.any(axis=0))[0]
+    if rows.size == 0:
+        return ink
+    scale = BOX_SIDE / max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+    width = stroke_width(mask) * scale
+    if least <= width <= most:
+        return ink
+    window = 2 * round(abs(target - width) / scale / 2) + 1
+    if window == 1:
+        return ink
+    if width < least:
+        return _filter2d(ink, window, np.maximum)
+    thinner = _filter2d(ink, window, np.minimum)
+    # A blob is not a thick stroke: keep it when narrowing would wipe most of it out.
+    return thinner if np.count_nonzero(thinner > 0.5) > np.count_nonzero(mask) // 3 else ink
 
 
 def fit_to_mnist_box(ink: np.ndarray) -> np.ndarray:
