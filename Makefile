@@ -100,5 +100,19 @@ bench: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENC
 bench-photos: $(DEV_VENV)/.stamp ## accuracy of the image preprocessing on generated photos, scans, canvases; writes docs/preprocessing.md
 	$(DEV_VENV)/bin/python -m bench.photo_eval $(PHOTO_EVAL_ARGS)
 
+# Training and export. TRAIN_ARGS passes options (TRAIN_ARGS=--fast, --epochs 20, --device cuda...).
+TRAIN_ARGS ?=
+NAME ?= mnist
+VERSION ?=
+CHECKPOINT ?= $(shell ls -t runs/*/model.pt 2>/dev/null | head -n1)
+
+train: $(DEV_VENV)/.stamp ## train the default recipe (MNIST fetched into data/ if missing) into runs/<UTC time>/
+	$(DEV_VENV)/bin/python -m training.train $(TRAIN_ARGS)
+
+export: $(DEV_VENV)/.stamp ## export VERSION=n [CHECKPOINT=runs/<run>/model.pt, default newest] [NAME=mnist] to models/
+	@[ -n "$(VERSION)" ] || { echo "make export: say which version to write, e.g. make export VERSION=2" >&2; exit 2; }
+	@[ -n "$(CHECKPOINT)" ] || { echo "make export: no runs/*/model.pt; run make train or pass CHECKPOINT=" >&2; exit 2; }
+	$(DEV_VENV)/bin/python -m export --checkpoint $(CHECKPOINT) --name $(NAME) --version $(VERSION) --repo $(MODEL_REPOSITORY)
+
 clean: ## remove virtual environments and caches (keeps data/ and runs/)
 	rm -rf $(SERVE_VENV) $(DEV_VENV) .pytest_cache .hypothesis
