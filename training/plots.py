@@ -46,18 +46,20 @@ def plot_confusion(labels: np.ndarray, predictions: np.ndarray, path: Path, clas
 
 
 def plot_misclassified(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, path: Path,
-                       limit: int = 100) -> None:
-    """A grid of the misclassified images titled `true→predicted`."""
+                       limit: int = 100, columns: int = 10) -> None:
+    """The misclassified images in one mosaic, each captioned `true→predicted`."""
     wrong = np.flatnonzero(labels != predictions)[:limit]
-    columns = 10
     rows = max(1, -(-len(wrong) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.25), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, index in zip(axes.flat, wrong):
-        ax.imshow(images[index], cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"{labels[index]}→{predictions[index]}", fontsize=8)
-    fig.suptitle(f"misclassified test images (true→predicted), {len(wrong)} shown")
+    size = images.shape[-1] + 2  # one image plus a 2-pixel gap
+    mosaic = np.zeros((rows * size, columns * size), dtype=np.uint8)
+    fig, ax = plt.subplots(figsize=(columns * 0.9, rows * 1.0 + 0.6))
+    for slot, index in enumerate(wrong):
+        top, left = (slot // columns) * size, (slot % columns) * size
+        mosaic[top:top + size - 2, left:left + size - 2] = images[index]
+        ax.text(left, top + 0.5, f"{labels[index]}→{predictions[index]}", color="yellow", fontsize=7, va="top")
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255)
+    ax.axis("off")
+    ax.set_title(f"misclassified test images (true→predicted), {len(wrong)} shown")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
