@@ -43,7 +43,7 @@ image: ## build the production image IMAGE on IMAGE_BASE (debian: made here from
 	IMAGE=$(IMAGE) IMAGE_BASE=$(IMAGE_BASE) deploy/image/build.sh
 
 image-test: image $(DEV_VENV)/.stamp ## build the image, start it by chroot, smoke-test it, write docs/image-size.json
-	$(DEV_VENV)/bin/python tests/image/smoke.py $(IMAGE)
+	$(DEV_VENV)/bin/python -m tests.image.smoke $(IMAGE)
 
 # $(call install-debian-packages,LIST,TARGET): the Debian packages named in file LIST, one a line,
 # installed only when missing, and only as root; elsewhere a line says what to install by hand.

@@ -1,12 +1,10 @@
-"""Smoke-test the production image without `podman run`: list it, start it by chroot, probe it, size it.
+"""Smoke-test the production image: list it, start it, probe it, size it.
 
-`podman run` cannot start containers on every machine (no cgroups, no user namespaces), so this
-does by hand what a container runtime would: it creates a container from the image, mounts its
-root file system, mounts /proc and /dev there, and starts the image's own entrypoint with the
-image's own environment, working directory and user, through chroot, listening on 127.0.0.1.
-Then it asks /v2/health/ready, runs the image's HEALTHCHECK command, predicts real MNIST test
-digits through /predict, sends a bounded load and measures the workers' memory, ships a new model
-version with a HUP while clients keep uploading, stops gunicorn with SIGTERM (as `docker stop`
+It starts the image as a container (`podman run`, published on 127.0.0.1), or, where no container
+can start, through chroot with the image's own settings (tests/image/runners.py). Then it lists
+every file of the image, asks /v2/health/ready, runs the image's HEALTHCHECK, predicts real MNIST
+test digits through /predict, sends a bounded load and measures the workers' memory, ships a new
+model version with a HUP while clients keep uploading, stops it with SIGTERM (as `docker stop`
 does) and measures the image: uncompressed, and as `podman save | gzip` gives it. The figures go
 to docs/image-size.json and into docs/deploy.md between the image-size markers.
 
@@ -21,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,12 +26,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Union
 
 import numpy as np
 import requests
 from PIL import Image
 
+from tests.image.runners import ChrootedImage, ImageTestFailure, PodmanContainer, inspect, log, podman, start_image
+
+Runner = Union[PodmanContainer, ChrootedImage]
 ROOT = Path(__file__).resolve().parents[2]
 APP_DIR = "/srv/mnist"
 FORBIDDEN_NAMES = {"torch", "torchvision", "torchaudio", "training", "export"}
@@ -54,44 +54,6 @@ BIG_SERVERS = [
 RESERVED_MIB = 250  # a small Debian VPS: kernel, sshd, journald, nginx, some page cache
 SIZE_BEGIN = "<!-- image-size:begin (written by tests/image/smoke.py; do not edit) -->"
 SIZE_END = "<!-- image-size:end -->"
-
-
-class ImageTestFailure(Exception):
-    """What the image got wrong, in one message."""
-
-
-def log(message: str) -> None:
-    print(f"image-test: {message}", file=sys.stderr, flush=True)
-
-
-def podman(*args: str, container: str = "podman") -> str:
-    """Run the container tool and return its stdout; raise with its stderr on failure."""
-    done = subprocess.run([container, *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise ImageTestFailure(f"{container} {' '.join(args)} failed: {done.stderr.strip()}")
-    return done.stdout.strip()
-
-
-def inspect(image: str) -> dict:
-    return json.loads(podman("image", "inspect", image))[0]
-
-
-@contextlib.contextmanager
-def mounted_rootfs(image: str) -> Iterator[Path]:
-    """A fresh container's root file system, with /proc and /dev as a runtime would give them."""
-    container_id = podman("create", image)
-    mounts: list[Path] = []
-    try:
-        rootfs = Path(podman("mount", container_id))
-        for source, target, how in (("proc", rootfs / "proc", ["-t", "proc"]), ("/dev", rootfs / "dev", ["--bind"])):
-            subprocess.run(["mount", *how, source, str(target)], check=True)
-            mounts.append(target)
-        yield rootfs
-    finally:
-        for target in reversed(mounts):
-            subprocess.run(["umount", str(target)], check=False)
-        subprocess.run(["podman", "umount", container_id], capture_output=True)
-        subprocess.run(["podman", "rm", "--force", container_id], capture_output=True)
 
 
 def list_files(rootfs: Path) -> list[str]:
@@ -127,45 +89,17 @@ def check_contents(rootfs: Path, paths: list[str]) -> dict:
     return {"paths": len(paths), "app_dir": app, "site_packages": site}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def chroot_command(rootfs: Path, config: dict, argv: list[str]) -> list[str]:
-    user = config.get("User") or "0:0"
-    workdir = config.get("WorkingDir") or "/"
-    return ["/usr/sbin/chroot", f"--userspec={user}", str(rootfs), "/usr/bin/env", "-C", workdir, *argv]
-
-
-def image_environment(config: dict, port: int) -> dict[str, str]:
-    env = dict(item.split("=", 1) for item in config.get("Env") or [])
-    env.update(HOST="127.0.0.1", PORT=str(port))  # loopback only: this is a test
-    return env
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout: float) -> float:
+def wait_ready(url: str, image: Runner, timeout: float) -> float:
     """Seconds until /v2/health/ready answers 200; fail if the server exits or takes too long."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
-        if process.poll() is not None:
-            raise ImageTestFailure(f"the server exited with {process.returncode} before it was ready")
+        if not image.alive():
+            raise ImageTestFailure(f"the server exited before it was ready:\n{image.logs()[-3000:]}")
         with contextlib.suppress(requests.ConnectionError):
             if requests.get(url + "/v2/health/ready", timeout=2).status_code == 200:
                 return time.monotonic() - start
         time.sleep(0.2)
-    raise ImageTestFailure(f"/v2/health/ready did not answer 200 within {timeout:.0f} s")
-
-
-def run_healthcheck(rootfs: Path, config: dict, healthcheck: dict, env: dict[str, str]) -> None:
-    test = healthcheck.get("Test") or []
-    if test[:1] != ["CMD"]:
-        raise ImageTestFailure(f"expected an exec-form HEALTHCHECK, found {test}")
-    done = subprocess.run(chroot_command(rootfs, config, test[1:]), env=env, capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        raise ImageTestFailure(f"the image's HEALTHCHECK failed: {done.stderr.strip()[-500:]}")
-    log("the image's HEALTHCHECK command passes")
+    raise ImageTestFailure(f"/v2/health/ready did not answer 200 within {timeout:.0f} s:\n{image.logs()[-3000:]}")
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -298,49 +232,31 @@ def measure_memory(master: int) -> dict:
     return result
 
 
-def stop(process: subprocess.Popen, timeout: float = 40) -> int:
-    """SIGTERM, as `docker stop` sends: gunicorn drains its workers and exits 0."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        raise ImageTestFailure("the server did not stop within %d s of SIGTERM" % timeout)
-
-
-def serve_and_probe(rootfs: Path, info: dict, args: argparse.Namespace, log_path: Path) -> dict:
-    config = info["Config"]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = image_environment(config, port)
-    argv = (config.get("Entrypoint") or []) + (config.get("Cmd") or [])
-    with open(log_path, "wb") as server_log:
-        process = subprocess.Popen(chroot_command(rootfs, config, argv), env=env, stdout=server_log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            ready_s = wait_ready(url, process, args.ready_timeout)
-            log(f"ready on {url} as user {config.get('User')} after {ready_s:.1f} s")
-            run_healthcheck(rootfs, config, info.get("Healthcheck") or config.get("Healthcheck") or {}, env)
-            right, asked = predict_digits(url, args.sample, args.digits)
-            bodies = digit_bodies(args.sample)
-            send_load(url, bodies, args.load_requests)
-            memory = measure_memory(process.pid)
-            hup = ship_new_version(rootfs / APP_DIR.lstrip("/") / "models", rootfs / "tmp", url, process.pid, bodies)
-        except BaseException:
-            stop(process)
-            raise
-        code = stop(process)
-    tail = log_path.read_text(errors="replace")
+def probe(image: Runner, args: argparse.Namespace) -> dict:
+    """Readiness, HEALTHCHECK, real digits, load, memory, a HUP to a new version, a clean stop."""
+    ready_s = wait_ready(image.url, image, args.ready_timeout)
+    log(f"started by {image.how}, ready on {image.url} after {ready_s:.1f} s")
+    image.healthcheck()
+    log("the image's HEALTHCHECK command passes")
+    right, asked = predict_digits(image.url, args.sample, args.digits)
+    bodies = digit_bodies(args.sample)
+    send_load(image.url, bodies, args.load_requests)
+    memory = measure_memory(image.master_pid)
+    hup = ship_new_version(image.rootfs / APP_DIR.lstrip("/") / "models", image.rootfs / "tmp", image.url,
+                           image.master_pid, bodies)
+    code = image.stop()
+    logs = image.logs()
     # A clean stop: every worker drained and exited by itself, none was killed or aborted.
-    unclean = [marker for marker in ("Traceback", "was sent SIG", "terminate called", "WORKER TIMEOUT") if marker in tail]
+    unclean = [marker for marker in ("Traceback", "was sent SIG", "terminate called", "WORKER TIMEOUT") if marker in logs]
     if code != 0 or unclean:
-        raise ImageTestFailure(f"the server exited with {code}, its log shows {unclean}:\n{tail[-3000:]}")
+        raise ImageTestFailure(f"the server exited with {code}, its log shows {unclean}:\n{logs[-3000:]}")
+    log("SIGTERM: gunicorn drained its workers and exited 0")
     if right < args.min_right:
         raise ImageTestFailure(f"only {right} of {asked} digits right (at least {args.min_right} expected)")
-    return {"ready_seconds": round(ready_s, 1), "digits_right": right, "digits_asked": asked,
-            "load_requests": args.load_requests, "workers": env.get("WORKERS"), "threads": env.get("THREADS"),
-            "memory": memory, "hup": hup}
+    config_env = dict(item.split("=", 1) for item in args.info["Config"].get("Env") or [])
+    return {"started_by": image.how, "ready_seconds": round(ready_s, 1), "digits_right": right, "digits_asked": asked,
+            "load_requests": args.load_requests, "workers": config_env.get("WORKERS"),
+            "threads": config_env.get("THREADS"), "memory": memory, "hup": hup}
 
 
 def compressed_size(image: str) -> int:
@@ -359,7 +275,7 @@ def measure_size(image: str, info: dict) -> dict:
     base_name = base.get("org.opencontainers.image.base.name", "")
     size = {"size_bytes": info["Size"], "compressed_bytes": compressed_size(image), "base": base_name}
     with contextlib.suppress(ImageTestFailure):
-        size["base_size_bytes"] = inspect(base_name)["Size"] if base_name else None
+        size["base_size_bytes"] = inspect("image", base_name)["Size"] if base_name else None
     slimmest = min(s["compressed_gb"] for s in BIG_SERVERS) * 1e9
     size["fraction_of_slimmest_big_server"] = round(size["compressed_bytes"] / slimmest, 3)
     log(f"size: {size['size_bytes'] / 1e6:.0f} MB uncompressed, {size['compressed_bytes'] / 1e6:.0f} MB "
@@ -393,8 +309,8 @@ def size_section(report: dict) -> str:
         f"Base: {base}. Compressed, the image is **{size['fraction_of_slimmest_big_server']:.3f}** of the "
         f"slimmest big server's image ({slimmest} GB); the aim was 0.1.",
         "",
-        f"The same run started the image ({smoke['workers']} workers x {smoke['threads']} threads, its "
-        f"defaults), which answered "
+        f"The same run started the image by {smoke['started_by']} ({smoke['workers']} workers x "
+        f"{smoke['threads']} threads, its defaults), which answered "
         f"{smoke['digits_right']} of {smoke['digits_asked']} real MNIST test digits right, was ready "
         f"{smoke['ready_seconds']} s after start, and then served {smoke['load_requests']} PNG uploads "
         f"from 4 clients. Memory after that, as `ps` reports it (VmRSS) and as PSS (shared pages "
@@ -439,6 +355,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for readiness")
     parser.add_argument("--json", type=Path, default=ROOT / "docs/image-size.json", help="figures written here")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs/deploy.md", help="document whose size section is rewritten")
+    parser.add_argument("--runner", choices=("auto", "podman", "chroot"), default="auto",
+                        help="start the image with podman run, through chroot, or podman run if it can")
     parser.add_argument("--no-write", action="store_true", help="check only; write no figures")
     return parser.parse_args(argv)
 
@@ -461,10 +379,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_image(args: argparse.Namespace) -> dict:
     """Every check of the module docstring, in order; the figures for the reports."""
-    info = inspect(args.image)
-    with mounted_rootfs(args.image) as rootfs:
-        contents = check_contents(rootfs, list_files(rootfs))
-        smoke = serve_and_probe(rootfs, info, args, Path("/tmp") / f"image-test-{os.getpid()}.log")
+    info = args.info = inspect("image", args.image)
+    image = start_image(args.image, info, args.runner)
+    try:
+        contents = check_contents(image.rootfs, list_files(image.rootfs))
+        smoke = probe(image, args)
+    finally:
+        image.remove()
     return {
         "image": args.image,
         "image_id": info["Id"][:12],
