@@ -35,6 +35,12 @@ from PIL import Image
 from tests.image.runners import ChrootedImage, ImageTestFailure, PodmanContainer, inspect, log, podman, start_image
 
 Runner = Union[PodmanContainer, ChrootedImage]
+PASSED: list[str] = []  # the checks passed so far, counted on the closing line
+
+
+def passed(message: str) -> None:
+    PASSED.append(message)
+    log(message)
 ROOT = Path(__file__).resolve().parents[2]
 APP_DIR = "/srv/mnist"
 FORBIDDEN_NAMES = {"torch", "torchvision", "torchaudio", "training", "export"}
@@ -86,6 +92,7 @@ def check_contents(rootfs: Path, paths: list[str]) -> dict:
         raise ImageTestFailure(f"{APP_DIR} should hold only models/ and server/, holds {app}")
     if not any(name == "onnxruntime" for name in site) or not list(rootfs.glob("srv/mnist/models/*/*/model.onnx")):
         raise ImageTestFailure("no onnxruntime or no model in the image")
+    passed("contents: no torch, training, export, pip or compiler; the server, the models and onnxruntime")
     return {"paths": len(paths), "app_dir": app, "site_packages": site}
 
 
@@ -161,7 +168,7 @@ def send_load(url: str, bodies: list[bytes], total: int) -> None:
     versions, failures = upload_until(url + "/predict", bodies, lambda answered: len(answered) >= total)
     if failures or len(versions) < total:
         raise ImageTestFailure(f"{len(failures)} failed, {len(versions)} of {total} answered: {failures[:3]}")
-    log(f"{len(versions)} /predict uploads from 4 clients, none failed")
+    passed(f"{len(versions)} /predict uploads from 4 clients, none failed")
 
 
 def ship_new_version(models: Path, staging_dir: Path, url: str, master: int, bodies: list[bytes]) -> dict:
@@ -192,7 +199,7 @@ def ship_new_version(models: Path, staging_dir: Path, url: str, master: int, bod
     if failures or not switched or versions[0] != str(old):
         raise ImageTestFailure(f"HUP to version {new}: {len(failures)} failed {failures[:3]}; "
                          f"first answer from version {versions[:1]}, last ones {versions[-5:]}")
-    log(f"version {new} of {name} shipped with HUP: {len(versions)} answers during the switch, none failed")
+    passed(f"version {new} of {name} shipped with HUP: {len(versions)} answers during the switch, none failed")
     return {"model": name, "from_version": str(old), "to_version": new, "answers": len(versions), "failures": 0}
 
 
@@ -235,9 +242,9 @@ def measure_memory(master: int) -> dict:
 def probe(image: Runner, args: argparse.Namespace) -> dict:
     """Readiness, HEALTHCHECK, real digits, load, memory, a HUP to a new version, a clean stop."""
     ready_s = wait_ready(image.url, image, args.ready_timeout)
-    log(f"started by {image.how}, ready on {image.url} after {ready_s:.1f} s")
+    passed(f"started by {image.how}, ready on {image.url} after {ready_s:.1f} s")
     image.healthcheck()
-    log("the image's HEALTHCHECK command passes")
+    passed("the image's HEALTHCHECK passes")
     right, asked = predict_digits(image.url, args.sample, args.digits)
     bodies = digit_bodies(args.sample)
     send_load(image.url, bodies, args.load_requests)
@@ -250,9 +257,10 @@ def probe(image: Runner, args: argparse.Namespace) -> dict:
     unclean = [marker for marker in ("Traceback", "was sent SIG", "terminate called", "WORKER TIMEOUT") if marker in logs]
     if code != 0 or unclean:
         raise ImageTestFailure(f"the server exited with {code}, its log shows {unclean}:\n{logs[-3000:]}")
-    log("SIGTERM: gunicorn drained its workers and exited 0")
+    passed("SIGTERM: gunicorn drained its workers and exited 0")
     if right < args.min_right:
         raise ImageTestFailure(f"only {right} of {asked} digits right (at least {args.min_right} expected)")
+    passed(f"{right} of {asked} real MNIST test digits right (at least {args.min_right} expected)")
     config_env = dict(item.split("=", 1) for item in args.info["Config"].get("Env") or [])
     return {"started_by": image.how, "ready_seconds": round(ready_s, 1), "digits_right": right, "digits_asked": asked,
             "load_requests": args.load_requests, "workers": config_env.get("WORKERS"),
@@ -370,10 +378,11 @@ def main(argv: list[str] | None = None) -> int:
         report = check_image(args)
     except ImageTestFailure as failure:
         print(f"image-test: {failure}", file=sys.stderr)
+        print(f"image-test: {len(PASSED)} passed, 1 failed", flush=True)
         return 1
     if not args.no_write:
         write_reports(report, args.json, args.doc)
-    log("passed")
+    print(f"image-test: {len(PASSED)} passed, 0 failed", flush=True)
     return 0
 
 
