@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from bench.bodies import RequestSpec
@@ -112,6 +113,22 @@ def write_digit_cnn(path: Path) -> Path:
     x = build.add("MaxPool", [build.conv(x, 32, 64, 3)], kernel_shape=[2, 2], strides=[2, 2])
     build.classifier_head(x, 64, 10)
     return build.save(path, ["N", 1, 28, 28], 10, {"labels": json.dumps([str(i) for i in range(10)])})
+
+
+def single_run_ms(path: Path, shape: tuple[int, ...], runs: int = 10) -> float:
+    """Median time of one batch-1 run in-process, one onnxruntime thread: what BATCH_MIN_INFERENCE_MS
+    is compared with (the server takes the best of its three warm-up runs)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"input": np.random.default_rng(0).random(shape, dtype=np.float32)}
+    session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - started) * 1000)
+    return round(float(np.median(times)), 2)
 
 
 def infer_request(model: str, shape: tuple[int, ...]) -> RequestSpec:
@@ -239,7 +256,10 @@ def render(results: dict) -> str:
                 vs = [_ratio(s.get(key)) for key in ("throughput_ratio", "p99_ratio")]
                 lines.append(f"| {model['model']} | {shape} | {connections} | {mode} | {s['rps']} | {s['p50_ms']} | "
                              f"{s['p99_ms']} | {s['rows_per_run']} | {vs[0]} | {vs[1]} | {s['errors']} |")
-    lines += ["", f"Digit model: {results['models_source']}. Raw figures, every run: `docs/batching.json`.", ""]
+    lines += ["", "One batch-1 run in-process with one onnxruntime thread (median of 10), the time "
+              "`BATCH_MIN_INFERENCE_MS` is compared with: "
+              + ", ".join(f"{m['model']} {m['single_run_ms']} ms" for m in results["models"] if "single_run_ms" in m) + ".",
+              "", f"Digit model: {results['models_source']}. Raw figures, every run: `docs/batching.json`.", ""]
     return "\n".join(lines)
 
 
@@ -295,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 write_digit_cnn(path)
             shape = (1, 3, 224, 224) if name == "resnet18" else (1, 1, 28, 28)
-            results["models"].append(measure_model(name, repository, shape, args))
+            measured = measure_model(name, repository, shape, args)
+            measured["single_run_ms"] = single_run_ms(path, shape)
+            results["models"].append(measured)
     results["models_source"] = ("the committed models/mnist/1" if COMMITTED_DIGITS.is_file() else
                                 "a random-weight stand-in of its size (two 3x3 convolutions), none being committed yet")
     args.out.parent.mkdir(parents=True, exist_ok=True)
