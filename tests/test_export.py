@@ -1,0 +1,150 @@
+"""export: a random-weight checkpoint through every check into a tmp repository; the committed model."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from export import ExportResult, export_checkpoint, main, quantize
+from export.onnx_export import ExportError, check_parity, session, to_onnx
+from tests.mnist_fixture import ROOT, real_test_sample, write_fake_mnist
+from training.checkpoint import save_checkpoint
+from training.data import sha256_file
+from training.model import DigitNet, ModelConfig
+
+COMMITTED = ROOT / "models" / "mnist"
+TEST_SLICE = ROOT / "tests" / "data" / "mnist_test_2000.npz"
+
+
+@dataclass
+class Exported:
+    """One random-weight export shared by the tests of this module."""
+
+    result: ExportResult
+    checkpoint: Path
+    repo: Path
+    data_dir: Path
+
+
+def random_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A checkpoint of an untrained, small DigitNet with the fields training writes."""
+    torch.manual_seed(seed)
+    model = DigitNet(ModelConfig(stages=((8,), (16,))))
+    save_checkpoint(path, model, args={"epochs": 0, "seed": seed}, epoch=0, data_sha256={"fake": "0" * 64},
+                    dataset_sha256="0" * 64, test_accuracy=None, training_s=0.0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    root = tmp_path_factory.mktemp("export")
+    write_fake_mnist(root / "data")
+    checkpoint = random_checkpoint(root / "model.pt")
+    result = export_checkpoint(checkpoint, "digits", 3, root / "models", root / "data", parity_images=70)
+    return Exported(result, checkpoint, root / "models", root / "data")
+
+
+def test_random_weight_export_runs_at_batch_1_and_5(exported: Exported) -> None:
+    path = exported.repo / "digits" / "3" / "model.onnx"
+    assert exported.result.path == path
+    runtime = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (graph_input,), (graph_output,) = runtime.get_inputs(), runtime.get_outputs()
+    assert (graph_input.name, graph_input.type, graph_input.shape) == ("input", "tensor(float)", ["N", 1, 28, 28])
+    assert (graph_output.name, graph_output.shape) == ("probabilities", ["N", 10])
+    images, _ = real_test_sample()
+    for batch in (1, 5):
+        pixels = (images[:batch, None] / 255).astype(np.float32)
+        (probabilities,) = runtime.run(None, {"input": pixels})
+        assert probabilities.shape == (batch, 10)
+        np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
+    assert exported.result.parity["class_mismatches"] == 0
+    assert exported.result.parity["max_abs_diff"] <= 1e-5
+    assert exported.result.parity["batch_sizes"] == [1, 7, 64] and exported.result.parity["images"] == 70
+
+
+def test_file_is_self_contained_and_self_describing(exported: Exported) -> None:
+    path = exported.result.path
+    assert [p.name for p in path.parent.iterdir()] == ["model.onnx"]  # no external .data file
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["labels"]) == [str(d) for d in range(10)]
+    assert meta["preprocessing"] == "mnist-digit" and meta["output_kind"] == "probabilities"
+    assert meta["checkpoint_sha256"] == sha256_file(exported.checkpoint)
+    assert meta["training_data_sha256"] == "0" * 64
+    assert 0 <= float(meta["test_accuracy"]) <= 1 and json.loads(meta["parity"])["images"] == 70
+    assert json.loads(meta["model_config"])["stages"] == [[8], [16]]
+
+
+def test_model_card_lists_the_file_hash(exported: Exported) -> None:
+    card = exported.result.card.read_text()
+    assert exported.result.card == exported.repo / "digits" / "README.md"
+    assert sha256_file(exported.result.path) in card and "## Version 3" in card
+
+
+def test_existing_version_is_not_overwritten_without_force(exported: Exported) -> None:
+    before = exported.result.path.read_bytes()
+    with pytest.raises(ExportError, match="already exists; pass --force"):
+        export_checkpoint(exported.checkpoint, "digits", 3, exported.repo, exported.data_dir)
+    assert exported.result.path.read_bytes() == before
+
+
+def test_corrupted_checkpoint_is_one_clear_error_and_writes_nothing(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    checkpoint = random_checkpoint(tmp_path / "model.pt")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:2000])
+    code = main(["--checkpoint", str(checkpoint), "--repo", str(tmp_path / "models"), "--data-dir",
+                 str(tmp_path / "no-data")])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert re.match(rf"error: {re.escape(str(checkpoint))}: not a readable PyTorch checkpoint .*nothing written", err)
+    assert not (tmp_path / "models").exists()
+
+
+def test_parity_check_refuses_a_graph_that_differs_from_the_network() -> None:
+    torch.manual_seed(0)
+    network, other = DigitNet(ModelConfig(stages=((4,),))).eval(), DigitNet(ModelConfig(stages=((4,),))).eval()
+    runtime = session(to_onnx(other).SerializeToString())
+    images, _ = real_test_sample()
+    with pytest.raises(ExportError, match="onnxruntime disagrees with PyTorch"):
+        check_parity(runtime, network, (images[:8, None] / 255).astype(np.float32), batch_sizes=(1,))
+
+
+@pytest.mark.skipif(not (COMMITTED / "1" / "model.onnx").exists(), reason="models/mnist/1 not committed yet")
+def test_committed_model_matches_its_card_and_classifies_the_test_slice() -> None:
+    path = COMMITTED / "1" / "model.onnx"
+    assert sha256_file(path) in (COMMITTED / "README.md").read_text()
+    runtime = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with np.load(TEST_SLICE) as data:
+        images, labels = data["images"], data["labels"]
+    assert len(labels) == 2000
+    (probabilities,) = runtime.run(["probabilities"], {"input": (images[:, None] / 255).astype(np.float32)})
+    accuracy = float((probabilities.argmax(1) == labels).mean())
+    assert accuracy >= 0.99, accuracy
+    meta = runtime.get_modelmeta().custom_metadata_map
+    assert float(meta["test_accuracy"]) >= 0.996 and meta["preprocessing"] == "mnist-digit"
+
+
+def test_int8_variant_runs_and_ships_only_when_faster_and_as_accurate(exported: Exported) -> None:
+    model = onnx.load(str(exported.result.path))
+    images, labels = real_test_sample()
+    pixels = (images[:, None] / 255).astype(np.float32)
+    int8 = quantize.quantize(model, pixels[:64])
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in int8.graph.node}
+    (probabilities,) = session(int8.SerializeToString()).run(["probabilities"], {"input": pixels[:5]})
+    assert probabilities.shape == (5, 10)
+    measured = quantize.measure(model, int8, pixels, labels)
+    assert set(measured.latency_ms["int8"]) == {1, 64} and "batch 64: fp32" in measured.describe()
+    fast = {"fp32": {1: 1.0, 64: 10.0}, "int8": {1: 0.5, 64: 12.0}}
+    slow = {"fp32": {1: 1.0, 64: 10.0}, "int8": {1: 1.5, 64: 12.0}}
+    assert quantize.Int8Measurement(0.9960, 0.9950, fast).ship
+    assert not quantize.Int8Measurement(0.9960, 0.9948, fast).ship  # loses 0.12 pt
+    assert not quantize.Int8Measurement(0.9960, 0.9960, slow).ship
