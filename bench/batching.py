@@ -284,6 +284,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="MAX_BATCH_SIZE with batching on")
     parser.add_argument("--delays-us", type=int, nargs="+", default=[0, 2000], help="MAX_BATCH_DELAY_US of each batching server")
     parser.add_argument("--models", default="resnet18,mnist", help="comma-separated: resnet18, mnist")
+    parser.add_argument("--digit-model", type=Path, default=COMMITTED_DIGITS,
+                        help="the digit model's ONNX file; a random-weight stand-in when it does not exist")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "batching.json", help="JSON results")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "batching.md", help="Markdown report")
     args = parser.parse_args(argv)
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     results = {
         "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "args": vars(args) | {"out": str(args.out), "doc": str(args.doc)},
+        "args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
         "machine": machine(),
         "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "models": [],
@@ -309,16 +311,17 @@ def main(argv: list[str] | None = None) -> int:
             path = repository / name / "1" / "model.onnx"
             if name == "resnet18":
                 write_resnet18(path)
-            elif COMMITTED_DIGITS.is_file():
+            elif args.digit_model.is_file():
                 path.parent.mkdir(parents=True)
-                path.write_bytes(COMMITTED_DIGITS.read_bytes())
+                path.write_bytes(args.digit_model.read_bytes())
             else:
                 write_digit_cnn(path)
             shape = (1, 3, 224, 224) if name == "resnet18" else (1, 1, 28, 28)
             measured = measure_model(name, repository, shape, args)
             measured["single_run_ms"] = single_run_ms(path, shape)
             results["models"].append(measured)
-    results["models_source"] = ("the committed models/mnist/1" if COMMITTED_DIGITS.is_file() else
+    results["models_source"] = (f"{args.digit_model} ({args.digit_model.stat().st_size / 1e6:.1f} MB)"
+                                if args.digit_model.is_file() else
                                 "a random-weight stand-in of its size (two 3x3 convolutions), none being committed yet")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
