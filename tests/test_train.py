@@ -61,9 +61,10 @@ def test_limit_run_trains_and_records_test_accuracy(fake_data: Path, tmp_path: P
 
 
 def test_validation_split_keeps_the_test_set_untouched(fake_data: Path, tmp_path: Path) -> None:
-    summary = run_training(fake_data, tmp_path, "--validation", "1000", "--dry-run", *TINY)
+    summary = run_training(fake_data, tmp_path, "--validation", "1000", "--dry-run", "--precision", "fp32", *TINY)
     content = load_checkpoint(tmp_path / "model.pt")
     assert summary["eval_set"] == "validation" and content["test_accuracy"] is None
+    assert summary["precision"] == "float32" and content["precision"] == "float32"
     assert content["validation_accuracy"] is not None
 
 

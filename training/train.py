@@ -30,6 +30,13 @@ ACCURACY_MILESTONES = (0.99, 0.995, 0.996)
 EVAL_BATCH = 1000
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (the container's share, where the OS says)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def parse_stages(text: str) -> tuple[tuple[int, ...], ...]:
     """`32,32:64,64` → ((32, 32), (64, 64)); argparse turns a ValueError into a usage error."""
     stages = tuple(tuple(int(width) for width in stage.split(",")) for stage in text.split(":"))
@@ -60,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="training matmul precision; auto = bf16 autocast where the hardware has it "
                              "(evaluation always runs in fp32)")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+    parser.add_argument("--threads", type=int, default=usable_cpus(),
                         help="CPU threads for torch")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (helps on GPU)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="MNIST root")
