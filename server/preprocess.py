@@ -207,7 +207,10 @@ def shrink(gray: np.ndarray, side: int) -> np.ndarray:
 def ink_against_paper(gray: np.ndarray) -> np.ndarray:
     """How much darker than the local paper each pixel is, relative to the paper (0..1)."""
     paper = paper_brightness(gray)
-    return np.clip((paper - gray) / np.maximum(paper, 0.1), 0, 1).astype(np.float32)
+    darker = paper - gray
+    # Under 3 % of full scale is noise, whatever the paper: near-black "paper" would magnify it.
+    darker[darker < 0.03] = 0
+    return np.clip(darker / np.maximum(paper, 0.1), 0, 1).astype(np.float32)
 
 
 def paper_brightness(gray: np.ndarray, grid: int = 96) -> np.ndarray:
@@ -220,7 +223,9 @@ def paper_brightness(gray: np.ndarray, grid: int = 96) -> np.ndarray:
     step = max(1, math.ceil(max(height, width) / grid))
     coarse = _block_reduce(gray, step, np.mean)
     window = max(3, max(coarse.shape) // 4) | 1
-    closed = _filter2d(_filter2d(coarse, window, np.maximum), window, np.minimum)
+    # Odd reflection continues a gradient past the frame's edge, so the closing follows it there.
+    odd = {"mode": "reflect", "reflect_type": "odd"}
+    closed = _filter2d(_filter2d(coarse, window, np.maximum, **odd), window, np.minimum, **odd)
     return closed if step == 1 else _upsample(closed, gray.shape)
 
 
@@ -239,18 +244,19 @@ def _upsample(coarse: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(coarse.astype(np.float32), "F").resize(shape[::-1], Image.Resampling.BILINEAR))
 
 
-def _filter2d(array: np.ndarray, window: int, combine: np.ufunc) -> np.ndarray:
+def _filter2d(array: np.ndarray, window: int, combine: np.ufunc, **pad) -> np.ndarray:
     """Separable `combine` (np.maximum, np.minimum or np.add) over a window x window square.
 
-    Edges are repeated; np.add gives the window's sum. Shifted slices keep it fast for the small
+    Edges are repeated unless `pad` gives np.pad other options; np.add gives the window's sum. Shifted slices keep it fast for the small
     windows and coarse grids it is used on.
     """
     half = window // 2
     array = array.astype(np.float32)
+    pad_options = pad
     for axis in (0, 1):
         pad = [(0, 0), (0, 0)]
         pad[axis] = (half, half)
-        padded = np.pad(array, pad, mode="edge")
+        padded = np.pad(array, pad, **(pad_options or {"mode": "edge"}))
         length = array.shape[axis]
         result = padded.take(range(0, length), axis=axis)
         for shift in range(1, window):
@@ -259,17 +265,46 @@ def _filter2d(array: np.ndarray, window: int, combine: np.ufunc) -> np.ndarray:
     return array
 
 
-def remove_ruled_lines(ink: np.ndarray, cover: float = 0.2) -> np.ndarray:
-    """Subtract ink that runs across (nearly) the whole width or height: ruled and squared lines.
+def _filter1d(array: np.ndarray, window: int, combine: np.ufunc) -> np.ndarray:
+    """`combine` (np.maximum or np.minimum) over a window along the last axis, edges repeated."""
+    half = window // 2
+    padded = np.pad(array, ((0, 0), (half, half)), mode="edge")
+    return combine.reduce([padded[:, i:i + array.shape[1]] for i in range(window)])
 
-    A row's `cover` quantile is the ink level that 1 - cover of the row reaches; a digit's own
-    horizontal stroke spans much less than that, a printed line much more.
+
+def remove_ruled_lines(ink: np.ndarray) -> np.ndarray:
+    """Subtract ruled and squared lines: ink running across the whole width (or height)."""
+    ink = _remove_horizontal_lines(ink)
+    return _remove_horizontal_lines(ink.T).T.copy()
+
+
+def _remove_horizontal_lines(ink: np.ndarray, strip: int = 48, cover: float = 0.4, reach: int = 2) -> np.ndarray:
+    """Subtract, strip by strip, the ink level that 1 - `cover` of a row reaches in its strip
+    and in the `reach` strips on either side (a row or two up or down, for a slight tilt).
+
+    A printed line crosses every strip; a digit's horizontal stroke covers at most a few, so
+    its strips' neighbours further out leave it alone. Strips `strip` pixels wide let a line
+    tilted by a degree or so still cover most of a strip's row.
     """
+    height, width = ink.shape
+    count = round(width / strip)
+    if count < 2 * reach + 1:  # too narrow to tell a line from a stroke: not a photo of a page
+        return ink
+    bounds = np.linspace(0, width, count + 1).astype(int)
     # Every other pixel estimates a quantile as well, at half the cost.
-    rows = np.quantile(ink[:, ::2], cover, axis=1, keepdims=True)
-    ink = np.clip(ink - rows, 0, 1)
-    cols = np.quantile(ink[::2], cover, axis=0, keepdims=True)
-    return np.clip(ink - cols, 0, 1).astype(np.float32)
+    level = np.stack([np.quantile(ink[:, a:b:2], cover, axis=1) for a, b in zip(bounds[:-1], bounds[1:])])
+    nearby = _filter1d(level, 5, np.maximum)
+    common = level
+    strips = np.arange(count)
+    for shift in range(1, reach + 1):
+        before = np.clip(np.abs(strips - shift), 0, count - 1)  # reflected at the frame's edges
+        after = np.clip(count - 1 - np.abs(count - 1 - strips - shift), 0, count - 1)
+        common = np.minimum(common, np.minimum(nearby[before], nearby[after]))
+    # Printed lines are thin: keep only peaks a few rows wide (a white top-hat along the rows),
+    # not the plateau a big digit's thick horizontal stroke makes.
+    common = common - _filter1d(_filter1d(common, 7, np.minimum), 7, np.maximum)
+    lines = np.repeat(common, np.diff(bounds), axis=0).T
+    return np.clip(ink - lines, 0, 1).astype(np.float32)
 
 
 def select_digit(ink: np.ndarray) -> np.ndarray:
@@ -313,6 +348,11 @@ class Components:
         self.bottom = self._extreme(np.maximum, self.row, count, -1)
         self.left = self._extreme(np.minimum, self.start, count, mask.shape[1])
         self.right = self._extreme(np.maximum, self.end - 1, count, -1)
+        height, width = mask.shape
+        # Pixels on the frame's border: along the top and bottom rows, and run ends at the sides.
+        on_border = np.where((self.row == 0) | (self.row == height - 1), self.end - self.start, 0)
+        on_border += (self.start == 0).astype(np.int64) + (self.end == width).astype(np.int64)
+        self.border = np.bincount(self.label, on_border, count)
 
     def _label(self) -> np.ndarray:
         """Union runs that touch a run of the row above (8-connectivity); return a label per run."""
@@ -347,10 +387,11 @@ class Components:
     def digit(self) -> np.ndarray:
         """Labels of the digit: the heaviest component away from the frame edge, and its neighbours."""
         height, width = self.shape
-        at_edge = (self.top == 0) | (self.left == 0) | (self.bottom == height - 1) | (self.right == width - 1)
+        at_edge = self.border > 0
         # Paper edges, shadows' rims and the table touch the frame; a digit seldom does, and
-        # when it does it is the only ink there is.
+        # when it does, a stroke's end touches it, not a tenth of the frame's side.
         long = ((self.bottom - self.top) > height / 2) | ((self.right - self.left) > width / 2)
+        long |= self.border > min(height, width) / 10
         score = self.mass * np.where(at_edge, np.where(long, 0.0, 0.2), 1.0)
         main = int(np.argmax(score))
         keep = {main}
