@@ -1,7 +1,7 @@
 """docs/benchmarks.md from one run's results: every figure in it comes from benchmarks.json."""
 from __future__ import annotations
 
-from bench.report import MB, SERIES, mean_worker_kib
+from bench.report import MB, mean_worker_kib, series
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -97,7 +97,7 @@ it goes."""
 def load_section(r: dict) -> str:
     trivial = {run["connections"]: run["rps"] for run in r["trivial"]["load"]["trivial"]["runs"]}
     rows = []
-    for app, request, label in SERIES:
+    for app, request, label in series(r):
         for run in r[app]["load"][request]["runs"]:
             lat = run["latency_ms"]
             rows.append([label, run["connections"], f"{run['rps']:,.0f}", f"{lat['p50']:.2f}", f"{lat['p90']:.2f}",
@@ -127,13 +127,13 @@ Answers to the digit (a {r['method']['digit_label']}): {answers(r)}.
 
 def answers(r: dict) -> str:
     """The label each image-API series answered its checked request with."""
-    return ", ".join(f"{label} → {r[app]['load'][request]['label']}" for app, request, label in SERIES
+    return ", ".join(f"{label} → {r[app]['load'][request]['label']}" for app, request, label in series(r)
                      if r[app]["load"][request]["label"] is not None)
 
 
 def wrk_verdict(r: dict) -> str:
     """Whether the load generator could have limited the figures, from the CPU each side used."""
-    runs = [(label, run) for app, request, label in SERIES for run in r[app]["load"][request]["runs"]]
+    runs = [(label, run) for app, request, label in series(r) for run in r[app]["load"][request]["runs"]]
     label, worst = max(runs, key=lambda pair: pair[1]["wrk_cpu_share"])
     saturated = [run["server_cpu_share"] for _, run in runs if run["connections"] == max(r["method"]["concurrency"])]
     cores = r["machine"]["cores"]
@@ -151,7 +151,9 @@ def wrk_verdict(r: dict) -> str:
 
 def inprocess_section(r: dict) -> str:
     rows = []
-    for engine, label in (("ort", "onnxruntime (server.model.OnnxModel)"), ("torch", "PyTorch (DigitNet)")):
+    engines = (("ort", "onnxruntime (server.model.OnnxModel)"), ("ort_int8", "onnxruntime, int8 model"),
+               ("torch", "PyTorch (DigitNet)"))
+    for engine, label in [(e, label) for e, label in engines if e in r["inprocess"]]:
         for by_threads in r["inprocess"][engine]["results"]:
             for b in by_threads["batches"]:
                 rows.append([label, by_threads["threads"], b["batch"], f"{b['us_per_image_p50']:,.1f}",

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 MB = 1e6
-SERIES = (  # (app, request, label in tables and plots)
+BASE_SERIES = (  # (app, request, label in tables and plots)
     ("trivial", "trivial", "trivial constant JSON"),
     ("server", "predict_png", "server /predict PNG"),
     ("server", "predict_pixels", "server /predict pixels"),
@@ -19,6 +19,14 @@ SERIES = (  # (app, request, label in tables and plots)
     ("torch", "predict_png", "torch /predict PNG"),
     ("torch", "predict_pixels", "torch /predict pixels"),
 )
+
+
+def series(results: dict) -> list[tuple[str, str, str]]:
+    """The measured series, with the int8 model's when the repository held one."""
+    found = list(BASE_SERIES)
+    if "predict_png_int8" in results["server"]["load"]:
+        found.insert(5, ("server", "predict_png_int8", "server /predict PNG, int8 model"))
+    return found
 
 
 def peak_rps(results: dict, app: str, request: str) -> float:
@@ -54,10 +62,11 @@ def targets(results: dict) -> list[dict]:
 def plot_throughput(results: dict, path: Path) -> None:
     concurrency = results["method"]["concurrency"]
     fig, ax = plt.subplots(figsize=(10, 4.8))
-    width = 0.8 / len(SERIES)
-    for index, (app, request, label) in enumerate(SERIES):
+    measured = series(results)
+    width = 0.8 / len(measured)
+    for index, (app, request, label) in enumerate(measured):
         rps = [run["rps"] for run in results[app]["load"][request]["runs"]]
-        ax.bar([c + (index - len(SERIES) / 2 + 0.5) * width for c in range(len(concurrency))], rps, width, label=label)
+        ax.bar([c + (index - len(measured) / 2 + 0.5) * width for c in range(len(concurrency))], rps, width, label=label)
     ax.set_xticks(range(len(concurrency)), [f"{c} connections" for c in concurrency])
     ax.set_ylabel("requests per second")
     ax.set_title(f"Throughput under wrk, {results['machine']['cores']} cores, {results['method']['seconds']:g} s per bar")
@@ -72,12 +81,13 @@ def plot_latency(results: dict, path: Path) -> None:
     concurrency = results["method"]["concurrency"]
     fig, axes = plt.subplots(1, len(concurrency), figsize=(12, 4.4), sharey=True)
     for ax, position in zip(axes, range(len(concurrency))):
-        labels = [label for _, _, label in SERIES]
+        measured = series(results)
+        labels = [label for _, _, label in measured]
         for percentile, marker in (("p50", "o"), ("p90", "s"), ("p99", "^")):
             values = [results[app]["load"][request]["runs"][position]["latency_ms"][percentile]
-                      for app, request, _ in SERIES]
-            ax.scatter(values, range(len(SERIES)), marker=marker, label=percentile)
-        ax.set_yticks(range(len(SERIES)), labels, fontsize=8)
+                      for app, request, _ in measured]
+            ax.scatter(values, range(len(measured)), marker=marker, label=percentile)
+        ax.set_yticks(range(len(measured)), labels, fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel("latency (ms, log scale)")
         ax.set_title(f"{concurrency[position]} connections")

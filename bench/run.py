@@ -8,6 +8,7 @@ and torch in-process with no HTTP; environment sizes, RSS per worker and cold st
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -184,13 +185,24 @@ def bench_app(make, specs: list[bodies.RequestSpec], args: argparse.Namespace, m
     return result
 
 
-def inprocess(args: argparse.Namespace, model_path: Path) -> dict:
+def inprocess(args: argparse.Namespace, model_path: Path, int8_path: Path | None) -> dict:
     common = ["-m", "bench.inprocess", "--seconds", str(args.inprocess_seconds)]
-    ort_run = subprocess.run([str(SERVE_VENV / "bin" / "python"), *common, "--engine", "ort", "--model", str(model_path)],
-                             cwd=ROOT, capture_output=True, text=True, check=True)
-    torch_run = subprocess.run([str(TORCH_VENV / "bin" / "python"), *common, "--engine", "torch",
-                                "--checkpoint", args.checkpoint], cwd=ROOT, capture_output=True, text=True, check=True)
-    return {"ort": json.loads(ort_run.stdout), "torch": json.loads(torch_run.stdout)}
+    runs = {"ort": [SERVE_VENV, "--engine", "ort", "--model", str(model_path)],
+            "torch": [TORCH_VENV, "--engine", "torch", "--checkpoint", args.checkpoint]}
+    if int8_path:
+        runs["ort_int8"] = [SERVE_VENV, "--engine", "ort", "--model", str(int8_path)]
+    results = {}
+    for name, (venv, *options) in runs.items():
+        done = subprocess.run([str(venv / "bin" / "python"), *common, *options], cwd=ROOT, capture_output=True,
+                              text=True, check=True)
+        results[name] = json.loads(done.stdout)
+    return results
+
+
+def newest_model(repository: Path, name: str) -> Path | None:
+    """`<repository>/<name>/<highest version>/model.onnx`, or None when there is none."""
+    versions = [p.name for p in (repository / name).glob("*") if p.name.isdigit() and (p / "model.onnx").is_file()]
+    return repository / name / max(versions, key=int) / "model.onnx" if versions else None
 
 
 def sizes() -> dict:
@@ -240,13 +252,17 @@ def profile_server(args: argparse.Namespace, png: bodies.RequestSpec) -> dict | 
 
 def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
-    model_path = args.repository / args.model / max(
-        (p.name for p in (args.repository / args.model).iterdir() if p.name.isdigit()), key=int) / "model.onnx"
+    model_path = newest_model(args.repository, args.model)
+    if model_path is None:
+        raise SystemExit(f"error: no {args.repository}/{args.model}/<version>/model.onnx to benchmark")
+    int8_path = newest_model(args.repository, f"{args.model}-int8")
     model = model_info(model_path)
     args.checkpoint = find_checkpoint(args.checkpoint, model)
     specs = bodies.server_requests(args.model, model["input"], model["output"])
     png, pixels = specs[0], specs[1]
     image, label = bodies.mnist_digit()
+    if int8_path:
+        specs.append(dataclasses.replace(png, name="predict_png_int8", path=f"/models/{args.model}-int8/predict"))
     results = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
         "versions": {"serve": venv_versions(SERVE_VENV), "torch_baseline": venv_versions(TORCH_VENV),
@@ -255,9 +271,9 @@ def run(args: argparse.Namespace) -> dict:
         "method": {"seconds": args.seconds, "warmup": args.warmup, "concurrency": list(CONCURRENCY),
                    "rss_requests": args.rss_requests, "cold_starts": args.cold_starts, "wrk_threads": 1,
                    "digit_label": label, "quick": args.quick},
-        "model": model, "torch_checkpoint": os.path.relpath(args.checkpoint, ROOT) if args.checkpoint else None,
+        "model": model, "int8_model": model_info(int8_path) if int8_path else None, "torch_checkpoint": os.path.relpath(args.checkpoint, ROOT) if args.checkpoint else None,
     }
-    log.info("in-process compute"); results["inprocess"] = inprocess(args, model_path)
+    log.info("in-process compute"); results["inprocess"] = inprocess(args, model_path, int8_path)
     log.info("trivial app"); results["trivial"] = bench_app(lambda: trivial_app(args), [bodies.trivial()], args, memory=False)
     log.info("this server"); results["server"] = bench_app(lambda: server_app(args, png), specs, args)
     log.info("torch baseline"); results["torch"] = bench_app(lambda: torch_app(args, png), [png, pixels], args)
