@@ -244,24 +244,23 @@ def _upsample(coarse: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(coarse.astype(np.float32), "F").resize(shape[::-1], Image.Resampling.BILINEAR))
 
 
-def _filter2d(array: np.ndarray, window: int, combine: np.ufunc, **pad) -> np.ndarray:
+def _filter2d(array: np.ndarray, window: int, combine: np.ufunc, **padding) -> np.ndarray:
     """Separable `combine` (np.maximum, np.minimum or np.add) over a window x window square.
 
-    Edges are repeated unless `pad` gives np.pad other options; np.add gives the window's sum. Shifted slices keep it fast for the small
-    windows and coarse grids it is used on.
+    Edges are repeated unless `padding` gives other np.pad options; np.add gives the window's
+    sum. Shifted slices keep it fast for the small windows and coarse grids it is used on.
     """
     half = window // 2
     array = array.astype(np.float32)
-    pad_options = pad
+    padding = padding or {"mode": "edge"}
     for axis in (0, 1):
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (half, half)
-        padded = np.pad(array, pad, **(pad_options or {"mode": "edge"}))
+        widths = [(0, 0), (0, 0)]
+        widths[axis] = (half, half)
+        padded = np.pad(array, widths, **padding)
         length = array.shape[axis]
-        result = padded.take(range(0, length), axis=axis)
+        array = padded[(slice(None),) * axis + (slice(0, length),)].copy()
         for shift in range(1, window):
-            result = combine(result, padded.take(range(shift, shift + length), axis=axis))
-        array = result
+            combine(array, padded[(slice(None),) * axis + (slice(shift, shift + length),)], out=array)
     return array
 
 
@@ -269,7 +268,10 @@ def _filter1d(array: np.ndarray, window: int, combine: np.ufunc) -> np.ndarray:
     """`combine` (np.maximum or np.minimum) over a window along the last axis, edges repeated."""
     half = window // 2
     padded = np.pad(array, ((0, 0), (half, half)), mode="edge")
-    return combine.reduce([padded[:, i:i + array.shape[1]] for i in range(window)])
+    result = padded[:, :array.shape[1]].copy()
+    for shift in range(1, window):
+        combine(result, padded[:, shift:shift + array.shape[1]], out=result)
+    return result
 
 
 def remove_ruled_lines(ink: np.ndarray) -> np.ndarray:
@@ -396,13 +398,19 @@ class Components:
         main = int(np.argmax(score))
         keep = {main}
         box = [self.top[main], self.left[main], self.bottom[main], self.right[main]]
-        for _ in range(2):
+        for _ in range(4):
             size = max(box[2] - box[0], box[3] - box[1]) + 1
             gap = np.maximum.reduce([
                 box[0] - self.bottom, self.top - box[2], box[1] - self.right, self.left - box[3],
             ])
-            near = (gap <= 0.3 * size) & (self.mass >= 0.08 * self.mass[main])
+            # A detached bar or loop may lie a little apart; a broken fine stroke's pieces are
+            # light but close. Specks are both light and apart.
+            share = self.mass / self.mass[main]
+            near = ((gap <= 0.3 * size) & (share >= 0.08)) | ((gap <= 0.12 * size) & (share >= 0.015))
             near &= (at_edge <= at_edge[main]) & (long <= long[main])
+            near[list(keep)] = False
+            if not near.any():
+                break
             for label in np.nonzero(near)[0].tolist():
                 keep.add(label)
                 box = [min(box[0], self.top[label]), min(box[1], self.left[label]),
