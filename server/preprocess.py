@@ -105,6 +105,19 @@ def _nested_shape(value: object, shape: tuple[int, int]) -> list:
 # --------------------------------------------------------------------------- grayscale
 
 
+def reduce_large(image: Image.Image, side: int = WORK_SIDE) -> Image.Image:
+    """Shrink by an integer factor (box average) to at least 2 x `side`, still in Pillow's 8-bit
+    modes: a 25-megapixel RGBA upload never becomes a gigabyte of float arrays."""
+    factor = max(image.size) // (2 * side)
+    if factor < 2:
+        return image
+    if image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        transparent = "A" in image.mode or "transparency" in image.info
+        image = image.convert("RGBA" if transparent else "I" if image.mode.startswith("I;16") else "RGB")
+    return image.reduce(factor)
+
+
+
 def to_grayscale(image: Image.Image) -> np.ndarray:
     """Luminance of any Pillow mode as float32 in [0, 1] (1 = white); transparency is composited."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
@@ -142,7 +155,7 @@ def _composite(image: Image.Image) -> np.ndarray:
 
 def mnist_digit(image: Image.Image) -> np.ndarray:
     """Any image of one digit -> float32 (28, 28) in [0, 1], white digit on black, as MNIST."""
-    gray = to_grayscale(image)
+    gray = to_grayscale(reduce_large(image))
     if is_mnist_like(gray):
         return gray
     gray = shrink(gray, WORK_SIDE)
