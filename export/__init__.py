@@ -18,6 +18,7 @@ import torch
 from export import card, quantize
 from export.onnx_export import (PARITY_IMAGES, ExportError, check_parity, check_structure, labels_json,
                                 onnx_accuracy, session, set_metadata, to_onnx)
+from training import train
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.data import DEFAULT_DATA_DIR, DataError, ensure_mnist, load_mnist, sha256_file
 from training.model import parameter_count
@@ -25,7 +26,7 @@ from training.model import parameter_count
 log = logging.getLogger(__name__)
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "rotation", "scale",
-               "shift", "no_augment", "seed", "precision", "fast", "limit", "validation")
+               "shift", "no_augment", "seed", "precision", "threads", "fast", "limit", "validation")
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,27 @@ class ExportResult:
     card: Path
 
 
-def base_metadata(content: dict, checkpoint: Path, network: torch.nn.Module) -> dict[str, str]:
+def training_command(args: dict) -> str:
+    """The `python -m training.train` command line that differs from the defaults as this run did."""
+    defaults = train.plain_args(train.parse_args([]))
+    flags = []
+    for key, value in args.items():
+        default = defaults.get(key)
+        if key in ("out", "data_dir") or key not in defaults or json.dumps(value) == json.dumps(default):
+            continue
+        if isinstance(value, bool):
+            flags.append(f"--{key.replace('_', '-')}")
+        elif key == "stages":
+            flags.append("--stages " + ":".join(",".join(str(w) for w in stage) for stage in value))
+        else:
+            flags.append(f"--{key.replace('_', '-')} {value}")
+    return " ".join(["python -m training.train", *flags])
+
+
+def base_metadata(content: dict, checkpoint: Path, network: torch.nn.Module, export_command: str) -> dict[str, str]:
     """What the server needs (labels, preprocessing, output kind) and where the model came from."""
     classes = network.config.num_classes
     args = content.get("args", {})
-    command = (f"make train  # = python -m training.train (seed {args.get('seed')})\n"
-               f"python -m export --checkpoint runs/<run>/model.pt --name <name> --version <version> --repo models/")
     return {
         "labels": labels_json(classes),
         "preprocessing": "mnist-digit",
@@ -63,7 +79,7 @@ def base_metadata(content: dict, checkpoint: Path, network: torch.nn.Module) -> 
         "torch_test_accuracy": str(content.get("test_accuracy")),
         "torch_version": str(content["torch_version"]),
         "onnxruntime_version": ort.__version__,
-        "reproduce": command,
+        "reproduce": f"{training_command(args)}\n{export_command}",
     }
 
 
@@ -108,7 +124,8 @@ def export_checkpoint(checkpoint: Path, name: str, version: int, repo: Path, dat
     mnist = load_mnist(data_dir)
     test = mnist.test
     model = to_onnx(network)
-    metadata = base_metadata(content, checkpoint, network)
+    command = f"python -m export --checkpoint {checkpoint} --name {name} --version {version} --repo {repo}"
+    metadata = base_metadata(content, checkpoint, network, command + (" --int8" if int8 else ""))
     set_metadata(model, metadata)
     size, classes = network.config.image_size, network.config.num_classes
     check_structure(model, size, classes)

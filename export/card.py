@@ -42,17 +42,20 @@ def version_section(name: str, version: str, path: Path, meta: dict[str, str]) -
         f"- architecture: {meta.get('architecture', 'n/a')}; stages {config.get('stages')}, dropout "
         f"{config.get('dropout')}; **{meta.get('parameters', 'n/a')} parameters**; input normalised "
         f"inside the graph (mean {config.get('mean')}, std {config.get('std')})",
-        f"- training: {recipe}; {args.get('epochs', '?')} epochs on {meta.get('train_images', '?')} images, "
-        f"{float(meta.get('training_seconds', 'nan')):.0f} s on {meta.get('training_device', '?')} "
-        f"({meta.get('training_precision', '?')} autocast, torch {meta.get('torch_version', '?')})",
+        f"- training: {recipe}; {meta.get('epochs_trained', '?')} epochs on {meta.get('train_images', '?')} images, "
+        f"{float(meta.get('training_seconds') or 'nan'):.0f} s on {meta.get('training_device', '?')} "
+        f"(--threads {args.get('threads', '?')}, "
+        f"{meta.get('training_precision', '?')} autocast, torch {meta.get('torch_version', '?')})",
         f"- data: MNIST via `python -m training.data`, dataset sha256 `{meta.get('training_data_sha256')}`"
         f" (per file: {meta.get('training_data_files', 'n/a')})",
         f"- checkpoint sha256 `{meta.get('checkpoint_sha256')}`",
-        f"- parity, onnxruntime {meta.get('onnxruntime_version', '?')} vs PyTorch: {parity.get('images')} test "
+        f"- parity{' (of the fp32 model this was quantized from)' if meta.get('quantization') else ''}, onnxruntime {meta.get('onnxruntime_version', '?')} vs PyTorch: {parity.get('images')} test "
         f"images at batch sizes {parity.get('batch_sizes')}: {parity.get('class_mismatches')} different classes,"
         f" max abs difference of probabilities {parity.get('max_abs_diff', float('nan')):.2e}",
         f"- ONNX opset {meta.get('opset')}, exported {meta.get('exported_at')}",
     ]
+    if meta.get("quantization"):
+        lines.append(f"- quantized: {meta['quantization']}")
     if meta.get("int8_measurement"):
         lines.append(f"- int8 (QDQ) variant, measured: {meta['int8_measurement']}")
     lines += ["", "Reproduce:", "", "```sh", meta.get("reproduce", ""), "```", ""]
