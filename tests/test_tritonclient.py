@@ -10,7 +10,8 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import LiveServer
 from tests.v2_repository import (
-    COMMITTED_MNIST, DIGIT_LABELS, OTHER, V2_ONNX_TYPES, mnist_sample, run_directly, sample_values, write_repository,
+    COMMITTED_MNIST, COMMITTED_REPOSITORY, DIGIT_LABELS, OTHER, V2_ONNX_TYPES, committed_digit_models, mnist_sample,
+    run_directly, sample_values, write_repository,
 )
 
 
@@ -162,16 +163,18 @@ def test_bearer_token_travels_in_the_client_headers(repository):
 
 
 @pytest.mark.skipif(not COMMITTED_MNIST.exists(), reason="models/mnist/1/model.onnx is not committed yet")
-def test_committed_model_reads_real_digits():
-    server = LiveServer(COMMITTED_MNIST.parents[2]).start()
+def test_committed_models_read_real_digits():
+    server = LiveServer(COMMITTED_REPOSITORY).start()
+    connection = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
     try:
-        connection = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
-        assert connection.is_model_ready("mnist", "1")
         images, labels = mnist_sample(50)
-        result = connection.infer("mnist", [infer_input("input", images, "FP32", True)], model_version="1")
-        probabilities = result.as_numpy("probabilities")
-        np.testing.assert_allclose(probabilities, run_directly(COMMITTED_MNIST, {"input": images})["probabilities"], rtol=1e-6, atol=1e-7)
-        assert (probabilities.argmax(axis=1) == labels).sum() >= 49
-        connection.close()
+        for name, version, path in committed_digit_models():
+            assert connection.is_model_ready(name, version)
+            result = connection.infer(name, [infer_input("input", images, "FP32", True)], model_version=version)
+            probabilities = result.as_numpy("probabilities")
+            expected = run_directly(path, {"input": images})["probabilities"]
+            np.testing.assert_allclose(probabilities, expected, rtol=1e-6, atol=1e-7, err_msg=f"{name}/{version}")
+            assert (probabilities.argmax(axis=1) == labels).sum() >= 49, f"{name}/{version}"
     finally:
+        connection.close()
         server.stop()

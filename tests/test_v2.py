@@ -20,8 +20,8 @@ from server.errors import ApiError
 from server.model import TensorSpec
 from tests.conftest import LiveServer
 from tests.v2_repository import (
-    COMMITTED_MNIST, DIGIT_LABELS, NUMPY_TYPES, OTHER, V2_ONNX_TYPES, binary_request, decode_response, mnist_sample,
-    run_directly, sample_values, write_repository,
+    COMMITTED_MNIST, COMMITTED_REPOSITORY, DIGIT_LABELS, NUMPY_TYPES, OTHER, V2_ONNX_TYPES, binary_request,
+    committed_digit_models, decode_response, mnist_sample, run_directly, sample_values, write_repository,
 )
 
 DATATYPES = list(V2_ONNX_TYPES)
@@ -566,16 +566,18 @@ def test_decoding_any_request_gives_arrays_or_a_client_error(case):
 
 @needs_committed_model
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
-def test_committed_model_over_v2(binary):
-    client = create_app({"TESTING": True, "MODEL_REPOSITORY": str(COMMITTED_MNIST.parents[2])}).test_client()
+@pytest.mark.parametrize("name, version, path", [pytest.param(*m, id=f"{m[0]}/{m[1]}") for m in committed_digit_models()])
+def test_committed_models_over_v2(name, version, path, binary):
+    """Every committed digit model through v2, as onnxruntime computes it, and right on real digits."""
+    client = create_app({"TESTING": True, "MODEL_REPOSITORY": str(COMMITTED_REPOSITORY)}).test_client()
     images, labels = mnist_sample(50)
     if binary:
         tensor, raw = binary_tensor("input", images, "FP32")
         body, headers = binary_request({"inputs": [tensor], "parameters": {"binary_data_output": True}}, [raw])
     else:
         body, headers = json.dumps({"inputs": [json_tensor("input", images, "FP32", nested=True)]}).encode(), {}
-    status, answer_headers, answer = post(client, "/v2/models/mnist/versions/1/infer", body, headers)
+    status, answer_headers, answer = post(client, f"/v2/models/{name}/versions/{version}/infer", body, headers)
     assert status == 200
     probabilities = decode_response(answer, answer_headers.get("Inference-Header-Content-Length"))["probabilities"]
-    np.testing.assert_allclose(probabilities, run_directly(COMMITTED_MNIST, {"input": images})["probabilities"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(probabilities, run_directly(path, {"input": images})["probabilities"], rtol=1e-6, atol=1e-7)
     assert (probabilities.argmax(axis=1) == labels).sum() >= 49

@@ -12,7 +12,8 @@ from onnx import TensorProto, helper
 from tests.onnx_factory import write_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMITTED_MNIST = ROOT / "models" / "mnist" / "1" / "model.onnx"
+COMMITTED_REPOSITORY = ROOT / "models"
+COMMITTED_MNIST = COMMITTED_REPOSITORY / "mnist" / "1" / "model.onnx"
 DIGIT_LABELS = [str(i) for i in range(10)]
 
 # ONNX element types by v2 datatype name: the identity model has one input and output per type.
@@ -132,3 +133,13 @@ def mnist_sample(count: int = 50) -> tuple[np.ndarray, np.ndarray]:
     with np.load(ROOT / "tests" / "data" / "mnist_test_sample.npz") as sample:
         images, labels = sample["images"][:count], sample["labels"][:count]
     return (images.astype(np.float32) / 255.0)[:, None], labels
+
+
+def committed_digit_models() -> list[tuple[str, str, Path]]:
+    """(name, version, path) of every committed model whose preprocessing preset is `mnist-digit`."""
+    found = []
+    for path in sorted(COMMITTED_REPOSITORY.glob("*/*/model.onnx")):
+        metadata = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
+        if metadata.get("preprocessing") == "mnist-digit":
+            found.append((path.parent.parent.name, path.parent.name, path))
+    return found
