@@ -129,10 +129,6 @@ def predict_all(caller, form: str, images: np.ndarray, path: str = "/predict", b
 # --------------------------------------------------------------------------- the committed model
 
 
-# TEMPORARY until the trained model is committed (then this marker goes: the tests must run).
-needs_committed = pytest.mark.skipif(not COMMITTED_MNIST.exists(), reason="models/mnist/1/model.onnx not committed yet")
-
-
 @pytest.fixture(scope="module")
 def committed_repo(tmp_path_factory) -> Path:
     """The committed mnist model beside a second, random-weight image classifier."""
@@ -158,7 +154,6 @@ def committed_caller(request, committed_repo: Path):
     return HttpCaller(request.getfixturevalue("committed_server").url)
 
 
-@needs_committed
 @pytest.mark.parametrize("form", sorted(FORMS))
 def test_committed_model_reads_real_mnist_digits_in_every_form(committed_caller, form: str) -> None:
     predictions = predict_all(committed_caller, form, DIGIT_IMAGES, batch=50)
@@ -172,7 +167,6 @@ def test_committed_model_reads_real_mnist_digits_in_every_form(committed_caller,
         assert sum(prediction["probabilities"]) == pytest.approx(1, abs=1e-4)
 
 
-@needs_committed
 def test_committed_model_answer_has_the_documented_shape(committed_caller) -> None:
     answer = committed_caller.post("/predict", body=png(DIGIT_IMAGES[0]), content_type="image/png")
     assert answer.status == 200
@@ -184,7 +178,6 @@ def test_committed_model_answer_has_the_documented_shape(committed_caller) -> No
     assert prediction["label"] == str(DIGIT_LABELS[0]) and len(prediction["probabilities"]) == 10
 
 
-@needs_committed
 def test_committed_server_also_serves_a_second_model(committed_caller) -> None:
     answer = committed_caller.post("/models/letters/predict", json={"image": b64(png(DIGIT_IMAGES[0]))})
     assert answer.status == 200, answer.text
