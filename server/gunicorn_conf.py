@@ -5,24 +5,26 @@ import shutil as _shutil
 import tempfile as _tempfile
 from pathlib import Path as _Path
 
+
+def _own_temp_dir(variable: str, prefix: str) -> tuple[_Path, bool]:
+    """The folder named by `variable`, or a fresh temporary one put there; and whether it is ours.
+
+    gunicorn reads this file again on HUP, when the folder is already in the environment: ours is
+    recognised by its name, so it is still removed at exit (and its content survives the HUP).
+    """
+    if not _os.environ.get(variable):
+        _os.environ[variable] = _tempfile.mkdtemp(prefix=prefix)
+    folder = _Path(_os.environ[variable])
+    return folder, folder.name.startswith(prefix) and folder.parent == _Path(_tempfile.gettempdir())
+
+
 # /metrics adds up every worker's samples (prometheus-client's multiprocess mode). The folder must
 # be in the environment before anything imports prometheus_client, so it is chosen here, in the
-# master, before the server package is imported; workers inherit it. Unless the operator names
-# one, it is a fresh temporary folder, removed when gunicorn exits.
-_OWN_METRICS_DIR = not _os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-if _OWN_METRICS_DIR:
-    _os.environ["PROMETHEUS_MULTIPROC_DIR"] = _tempfile.mkdtemp(prefix="mnist-serve-metrics-")
-_METRICS_DIR = _Path(_os.environ["PROMETHEUS_MULTIPROC_DIR"])
-
+# master, before the server package is imported; workers inherit it.
+_METRICS_DIR, _OWN_METRICS_DIR = _own_temp_dir("PROMETHEUS_MULTIPROC_DIR", "mnist-serve-metrics-")
 # Workers tell each other of model loads and unloads through a file in this folder (see
-# server/model_sync.py and docs/models.md); a fresh temporary one unless the operator names one.
-_SYNC_PREFIX = "mnist-serve-models-"
-if not _os.environ.get("MODEL_SYNC_DIR"):
-    _os.environ["MODEL_SYNC_DIR"] = _tempfile.mkdtemp(prefix=_SYNC_PREFIX)
-_SYNC_DIR = _Path(_os.environ["MODEL_SYNC_DIR"])
-# gunicorn reads this file again on HUP, when the folder is already in the environment: recognise
-# our own by its name, so it is still removed at exit (and its state survives the HUP).
-_OWN_SYNC_DIR = _SYNC_DIR.name.startswith(_SYNC_PREFIX) and _SYNC_DIR.parent == _Path(_tempfile.gettempdir())
+# server/model_sync.py and docs/models.md).
+_SYNC_DIR, _OWN_SYNC_DIR = _own_temp_dir("MODEL_SYNC_DIR", "mnist-serve-models-")
 
 from server.config import from_environment as _from_environment  # noqa: E402 (after the env is set)
 
@@ -39,6 +41,9 @@ timeout = 30
 graceful_timeout = 20
 keepalive = 5
 limit_request_line = 8190
+# gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl) shared by
+# every gunicorn that user runs; the server needs none, and HUP/TERM do the same by signal.
+control_socket_disable = True
 accesslog = None  # the app logs one line per request itself, with its request id
 loglevel = _settings["LOG_LEVEL"]
 logconfig_dict = {

@@ -308,6 +308,7 @@ def test_switch_under_load_in_two_workers_loses_no_request(repo, live_server_fac
 def test_unloads_survive_a_hup_and_the_sync_folder_goes_at_exit(repo, live_server_factory) -> None:
     server = two_workers(live_server_factory, repo)
     sync_dir = Path(re.search(r"workers share model loads and unloads through (\S+)", server.log()).group(1))
+    metrics_dir = Path(re.search(r"metrics of all workers are gathered in (\S+)", server.log()).group(1))
     assert requests.post(server.url + "/v2/repository/models/mnist/unload", timeout=10).status_code == 200
 
     def statuses() -> set[int]:  # fresh connections, so both workers answer
@@ -320,7 +321,7 @@ def test_unloads_survive_a_hup_and_the_sync_folder_goes_at_exit(repo, live_serve
     assert wait_until(lambda: len(re.findall(r"another worker did unload of model mnist", server.log())) >= 3)
     assert statuses() == {503}
     server.stop()
-    assert not sync_dir.exists()
+    assert not sync_dir.exists() and not metrics_dir.exists()
 
 
 @pytest.mark.slow
