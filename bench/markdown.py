@@ -259,11 +259,15 @@ def extras_section(r: dict) -> str:
                 for e in training["epochs"]]
         reach = ", ".join(f"{k} %: " + (f"epoch {v['epoch']}, {v['seconds']:.0f} s" if v else "not reached")
                           for k, v in training["time_to_accuracy"].items())
+        speeds = [e["train_images_per_s"] for e in training["epochs"]]
+        spread = ("; a spread that wide points at other work sharing the cores during that run, and the fastest "
+                  "epochs are the closest to this CPU's own speed") if max(speeds) > 1.5 * min(speeds) else ""
         parts.append(f"""## Training speed (from `{training['source']}`)
 
-{training.get('device', '?')}, {training.get('precision', '?')}, {training.get('threads', '?')} threads,
+Device {training.get('device', '?')}, precision {training.get('precision', '?')}, threads: {training.get('threads', '?')},
 torch {training.get('torch_version', '?')}; {training.get('train_images', 0):,} training images, evaluated on
 {training.get('eval_images', 0):,} {training.get('eval_set', '')} images. Time to accuracy: {reach}.
+Training speed ranged from {min(speeds):,.0f} to {max(speeds):,.0f} images/s per epoch{spread}.
 No GPU was lent for this run, so there is no GPU figure.
 
 {table(["epoch", "train images/s", "epoch s", "eval accuracy"], rows)}
