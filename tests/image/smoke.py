@@ -93,7 +93,8 @@ def check_contents(rootfs: Path, paths: list[str]) -> dict:
     if not any(name == "onnxruntime" for name in site) or not list(rootfs.glob("srv/mnist/models/*/*/model.onnx")):
         raise ImageTestFailure("no onnxruntime or no model in the image")
     passed("contents: no torch, training, export, pip or compiler; the server, the models and onnxruntime")
-    return {"paths": len(paths), "app_dir": app, "site_packages": site}
+    models = sorted(f"{m.parent.parent.name}/{m.parent.name}" for m in rootfs.glob("srv/mnist/models/*/*/model.onnx"))
+    return {"paths": len(paths), "app_dir": app, "site_packages": site, "models": models}
 
 
 def wait_ready(url: str, image: Runner, timeout: float) -> float:
@@ -318,7 +319,8 @@ def size_section(report: dict) -> str:
         f"slimmest big server's image ({slimmest} GB); the aim was 0.1.",
         "",
         f"The same run started the image by {smoke['started_by']} ({smoke['workers']} workers x "
-        f"{smoke['threads']} threads, its defaults), which answered "
+        f"{smoke['threads']} threads, its defaults; each worker serves every model in the image: "
+        f"{', '.join(report['contents']['models'])}), which answered "
         f"{smoke['digits_right']} of {smoke['digits_asked']} real MNIST test digits right, was ready "
         f"{smoke['ready_seconds']} s after start, and then served {smoke['load_requests']} PNG uploads "
         f"from 4 clients. Memory after that, as `ps` reports it (VmRSS) and as PSS (shared pages "
