@@ -251,6 +251,18 @@ def ab_section(r: dict) -> str:
             + "\n")
 
 
+def training_from_metadata(meta: dict) -> str:
+    """What the model file itself says about its training, when the run's metrics.json is absent."""
+    try:
+        seconds, epochs, images = float(meta["training_seconds"]), int(meta["epochs_trained"]), int(meta["train_images"])
+    except (KeyError, ValueError):
+        return "No training metrics were found (runs/*/metrics.json, docs/training*.json or the model's metadata).\n"
+    return (f"No run metrics on disk (runs/ is not committed); the model file's metadata says: {epochs} epochs over "
+            f"{images:,} images in {seconds:,.0f} s on {meta.get('training_device', '?')} "
+            f"({meta.get('training_precision', '?')}), {epochs * images / seconds:,.0f} images/s over the whole run, "
+            "evaluation included.\n")
+
+
 def extras_section(r: dict) -> str:
     parts = []
     training = r.get("training")
@@ -273,11 +285,14 @@ No GPU was lent for this run, so there is no GPU figure.
 {table(["epoch", "train images/s", "epoch s", "eval accuracy"], rows)}
 """)
     else:
-        parts.append("## Training speed\n\nNo training metrics were found (runs/*/metrics.json or docs/training.json).\n")
+        parts.append("## Training speed\n\n" + training_from_metadata(r["model"]["metadata"]))
     image = r.get("container_image")
-    if image:
-        parts.append("## Container image (from `docs/image-size.json`)\n\n"
-                     + "\n".join(f"- {k}: {v}" for k, v in image.items()) + "\n")
+    if image and image.get("size_bytes"):
+        parts.append(f"""## Container image (from `docs/image-size.json`, measured {image['measured_at']} by `make image-test`)
+
+`{image['image']}`: {mb(image['size_bytes'])} unpacked, {mb(image['compressed_bytes'] or 0)} compressed; ready
+{image['ready_seconds']} s after start; worker RSS {', '.join(f'{x:.0f}' for x in image['worker_rss_mib'] or [])} MiB.
+""")
     return "\n".join(parts)
 
 

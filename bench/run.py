@@ -231,12 +231,16 @@ def training_metrics(checkpoint: str) -> dict | None:
 
 def container_image() -> dict | None:
     """What the container helper measured (make image-test writes docs/image-size.json)."""
-    path = ROOT / "docs" / "image-size.json"
     try:
-        content = json.loads(path.read_text())
+        content = json.loads((ROOT / "docs" / "image-size.json").read_text())
     except (OSError, ValueError):
         return None
-    return {k: v for k, v in content.items() if isinstance(v, (str, int, float, bool))} if isinstance(content, dict) else None
+    if not isinstance(content, dict):
+        return None
+    size, smoke = content.get("size", {}), content.get("smoke", {})
+    return {"image": content.get("image"), "measured_at": content.get("measured_at"),
+            "size_bytes": size.get("size_bytes"), "compressed_bytes": size.get("compressed_bytes"),
+            "ready_seconds": smoke.get("ready_seconds"), "worker_rss_mib": smoke.get("memory", {}).get("worker_rss_mib")}
 
 
 def profile_server(args: argparse.Namespace, png: bodies.RequestSpec) -> dict | None:
