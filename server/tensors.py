@@ -316,7 +316,8 @@ def _checked_shape(tensor: dict, spec: TensorSpec) -> tuple[int, ...]:
         raise BadRequest(f"input {name!r} shape must be a list of non-negative integers, got {_short(shape)}")
     fits = len(shape) == len(spec.shape) and all(want < 0 or want == got for want, got in zip(spec.shape, shape))
     if not fits:
-        raise BadRequest(f"input {name!r} has shape {shape}; the model expects {list(spec.shape)} (-1: any size)")
+        shown = shape if len(shape) <= 8 else f"of {len(shape)} dimensions"
+        raise BadRequest(f"input {name!r} has shape {shown}; the model expects {list(spec.shape)} (-1: any size)")
     return tuple(shape)
 
 

@@ -363,6 +363,7 @@ ERROR_CASES = [
     ("wrong datatype", "POST", MNIST, mnist_body(datatype="FP64"), {}, 400, "datatype 'FP64'; the model expects FP32"),
     ("unknown datatype", "POST", MNIST, mnist_body(datatype="FLOAT"), {}, 400, "the model expects FP32"),
     ("wrong rank", "POST", MNIST, mnist_body(shape=[1, 784]), {}, 400, "the model expects [-1, 1, 28, 28]"),
+    ("thousand dimensions", "POST", MNIST, mnist_body(shape=[1] * 1000), {}, 400, "has shape of 1000 dimensions"),
     ("wrong fixed dimension", "POST", MNIST, mnist_body(shape=[1, 1, 28, 27]), {}, 400, "has shape [1, 1, 28, 27]"),
     ("negative dimension", "POST", MNIST, mnist_body(shape=[-1, 1, 28, 28]), {}, 400, "non-negative integers"),
     ("float dimension", "POST", MNIST, mnist_body(shape=[1.0, 1, 28, 28]), {}, 400, "non-negative integers"),
