@@ -180,7 +180,7 @@ def has_light_paper(gray: np.ndarray) -> bool:
     step = max(8, math.ceil(max(height, width) / 16))
     if min(height, width) < 2 * step:
         return histogram_margin(gray) > 0
-    if np.median(gray) > 0.4:
+    if np.median(gray) > 0.3:
         return True
     detail = gray - _upsample(_block_reduce(gray, step, np.median), gray.shape)
     low, high = np.percentile(detail, [0.05, 99.95])

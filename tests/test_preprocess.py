@@ -7,16 +7,21 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from PIL import Image
+from PIL import Image, ImageFilter
+
+from bench.photo_pages import CLEAN_KINDS, PHOTO_KINDS, make_sample
 
 from server.errors import ApiError, BadRequest, PayloadTooLarge, Unprocessable
-from server.preprocess import decode_image, mnist_digit, pixels_to_array
+from server.preprocess import decode_image, mnist_digit, pixels_to_array, reduce_large
 
-SAMPLE = Path(__file__).parent / "data" / "mnist_test_sample.npz"
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
+COMMITTED_MODEL = ROOT / "models" / "mnist" / "1" / "model.onnx"
 MAX_PIXELS = 25_000_000
 
 
@@ -24,6 +29,19 @@ MAX_PIXELS = 25_000_000
 def mnist() -> tuple[np.ndarray, np.ndarray]:
     data = np.load(SAMPLE)
     return data["images"], data["labels"]
+
+
+@pytest.fixture(scope="module")
+def classify():
+    """Digits the committed model reads in a list of 28x28 arrays."""
+    session = ort.InferenceSession(str(COMMITTED_MODEL), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(arrays: list[np.ndarray]) -> np.ndarray:
+        batch = np.stack(arrays)[:, None].astype(np.float32)
+        return session.run(None, {name: batch})[0].argmax(axis=1)
+
+    return run
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
@@ -41,6 +59,20 @@ def on_paper(digit: np.ndarray, side: int = 280, scale: float = 0.7, offset=(0, 
     top = (side - size) // 2 + offset[1]
     page.paste(Image.eval(ink, lambda v: 255 - v), (left, top))
     return page
+
+
+def thin_pen(digit: np.ndarray) -> Image.Image:
+    """The middle of the digit's strokes only, drawn big: a fine pen's line, a third of MNIST's width."""
+    core = np.where(digit > 128, 255, 0).astype(np.uint8)
+    return on_paper(core, scale=0.8).point(lambda v: 0 if v < 30 else 255)
+
+
+def exif_rotated(digit: np.ndarray) -> Image.Image:
+    """A JPEG stored on its side with an EXIF tag saying how to turn it upright, decoded."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    stored = on_paper(digit).transpose(Image.Transpose.ROTATE_90)
+    return decode_image(encode(stored, "JPEG", quality=90, exif=exif.tobytes()), MAX_PIXELS)
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -82,6 +114,40 @@ def test_variants_look_like_the_mnist_original(mnist, variant):
     images, _ = mnist
     scores = [similarity(mnist_digit(variant(image)), image / 255.0) for image in images[:30]]
     assert np.median(scores) > 0.85 and min(scores) > 0.6
+
+
+SAME_DIGIT_VARIANTS = {
+    "inverted-28": lambda d: Image.fromarray(255 - d),
+    "off-centre": lambda d: on_paper(d, side=600, scale=0.3, offset=(170, -150)),
+    "small": lambda d: on_paper(d, side=800, scale=0.1),
+    "large": lambda d: on_paper(d, side=1200, scale=0.9),
+    "rgba-transparent": lambda d: _modes(on_paper(d))["RGBA-transparent"],
+    "jpeg-q50": lambda d: Image.open(io.BytesIO(encode(on_paper(d).convert("RGB"), "JPEG", quality=50))),
+    "exif-rotated": exif_rotated,
+    "thick": lambda d: on_paper(d, side=140, scale=0.8).filter(ImageFilter.MinFilter(11)).resize((280, 280)),
+    "thin": thin_pen,
+}
+
+
+@pytest.mark.parametrize("variant", list(SAME_DIGIT_VARIANTS))
+def test_variants_give_the_same_digit_with_the_committed_model(mnist, classify, variant):
+    images, labels = mnist
+    images, labels = images[:50], labels[:50]
+    make = SAME_DIGIT_VARIANTS[variant]
+    original = classify([image / 255.0 for image in images])
+    changed = classify([mnist_digit(make(image)) for image in images])
+    assert np.mean(original == labels) >= 0.96
+    assert np.mean(changed == original) >= 0.94, f"{variant}: {np.mean(changed == original):.0%} agree"
+
+
+def test_generated_photos_scans_and_canvases_are_read(mnist, classify):
+    """A bounded run of bench/photo_eval.py's set: 6 photos of every page kind, 4 scans, 4 canvases."""
+    images, labels = mnist
+    kinds = [kind for kind in PHOTO_KINDS for _ in range(6)] + [kind for kind in CLEAN_KINDS for _ in range(4)]
+    samples = [make_sample(kind, images[i], int(labels[i]), 7, i) for i, kind in enumerate(kinds)]
+    read = classify([mnist_digit(decode_image(sample.data, MAX_PIXELS)) for sample in samples])
+    wrong = [(s.kind, s.label, int(p), s.note) for s, p in zip(samples, read) if p != s.label]
+    assert len(wrong) <= 2, wrong
 
 
 # --------------------------------------------------------------------------- decoding
@@ -128,10 +194,7 @@ def test_undecodable_bytes_are_400(data):
 
 def test_exif_orientation_is_applied(mnist):
     upright = on_paper(mnist[0][0])
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
-    stored = upright.transpose(Image.Transpose.ROTATE_90)
-    decoded = decode_image(encode(stored, "JPEG", quality=95, exif=exif.tobytes()), MAX_PIXELS)
+    decoded = exif_rotated(mnist[0][0])
     assert decoded.size == upright.size
     assert similarity(mnist_digit(decoded), mnist_digit(upright)) > 0.95
 
@@ -180,6 +243,16 @@ def encode_any(image: Image.Image) -> bytes:
     """The bytes an already-opened image was read from (its format kept)."""
     image.fp.seek(0)
     return image.fp.read()
+
+
+@pytest.mark.parametrize("mode", ["RGBA-transparent", "P", "I;16-png", "1"])
+def test_large_images_of_any_mode_are_reduced_first(mnist, mode):
+    digit = mnist[0][0]
+    page = on_paper(digit, side=2200, scale=0.5).point(lambda v: 255 if v > 128 else 0)
+    image = _modes(page)[mode]
+    assert max(reduce_large(image).size) <= 2 * 2 * 512
+    out = mnist_digit(image)
+    assert similarity(out, mnist_digit(page)) > 0.95 and similarity(out, digit / 255.0) > 0.8
 
 
 @pytest.mark.parametrize(
