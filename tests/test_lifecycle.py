@@ -142,6 +142,8 @@ def test_unload_then_load_again(repo, client) -> None:
     ("/v2/repository/models/mnist/load", b"[1]", 400, "expected a JSON object"),
     ("/v2/repository/models/mnist/load", b'{"parameters": {"config": "{}"}}', 400, "not supported"),
     ("/v2/repository/models/mnist/unload", b'{"parameters": {"force": true}}', 400, "not supported"),
+    ("/v2/repository/models/mnist/load", b'{"parameters": [null, null]}', 400, "must be a JSON object"),
+    ("/v2/repository/models/mnist/unload", b'{"parameters": "x"}', 400, "must be a JSON object"),
     ("/v2/repository/index", b'{"ready": "yes"}', 400, "'ready' must be true or false"),
 ])
 def test_repository_errors(client, path, body, status, fragment) -> None:

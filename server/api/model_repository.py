@@ -45,7 +45,7 @@ def repository_index():
 @bp.post("/v2/repository/models/<name>/load")
 def load_model(name: str):
     _require_admin()
-    parameters = _json_body().get("parameters") or {}
+    parameters = _parameters()
     if parameters:
         raise BadRequest(
             f"load parameters {sorted(parameters)} are not supported: put the file at "
@@ -64,7 +64,7 @@ def load_model(name: str):
 @bp.post("/v2/repository/models/<name>/unload")
 def unload_model(name: str):
     _require_admin()
-    parameters = _json_body().get("parameters") or {}
+    parameters = _parameters()
     unsupported = sorted(set(parameters) - {"unload_dependents"})
     if unsupported:
         raise BadRequest(f"unload parameters {unsupported} are not supported; only unload_dependents is")
@@ -85,6 +85,16 @@ def _json_body() -> dict:
     if not isinstance(body, dict):
         raise BadRequest(f"expected a JSON object, received {type(body).__name__}")
     return body
+
+
+def _parameters() -> dict:
+    """The body's optional `parameters` object (Triton's shape: names to values)."""
+    parameters = _json_body().get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"'parameters' must be a JSON object, received {type(parameters).__name__}")
+    return parameters
 
 
 def _require_admin() -> None:
