@@ -16,8 +16,11 @@ from .repository import ModelRepository
 
 log = logging.getLogger(__name__)
 
-# Endpoints that answer without a token, so load balancers and orchestrators can probe them.
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
+# Endpoints that answer without a token: health, so load balancers and orchestrators can probe
+# it, and the drawing page's own files, which hold no data (a browser cannot send a bearer token
+# when it opens a page; the page asks for the token and sends it with its API calls).
+OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/")
+OPEN_PREFIXES = ("/static/",)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -59,7 +62,7 @@ def _start_request() -> None:
     g.request_id = sent_id if REQUEST_ID.fullmatch(sent_id) else uuid.uuid4().hex[:16]
     g.started = time.perf_counter()
     token = current_app.config["API_TOKEN"]
-    if token and request.path not in OPEN_PATHS:
+    if token and request.path not in OPEN_PATHS and not request.path.startswith(OPEN_PREFIXES):
         sent = request.headers.get("Authorization", "")
         # Constant-time comparison: the time taken says nothing about how much of the token matched.
         if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):

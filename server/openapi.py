@@ -90,7 +90,7 @@ COMPONENTS: dict = {
         "bearerAuth": {
             "type": "http",
             "scheme": "bearer",
-            "description": "required on every endpoint but /v2/health/* when the server's API_TOKEN is set",
+            "description": "required on every endpoint but /v2/health/* and the drawing page when the server's API_TOKEN is set",
         }
     },
 }

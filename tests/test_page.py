@@ -53,8 +53,8 @@ def servers(tmp_path_factory):
     """Start real gunicorn servers once per module; all are stopped at its end."""
     started: list[LiveServer] = []
 
-    def start(repository: Path) -> LiveServer:
-        server = LiveServer(repository).start()
+    def start(repository: Path, **env: str) -> LiveServer:
+        server = LiveServer(repository, env).start()
         started.append(server)
         return server
 
@@ -281,6 +281,27 @@ def test_server_error_is_shown(random_server, open_page, capsys):
     assert f"HTTP {response.status}" in text and response.json()["error"] in text
     assert page.locator("#digit").inner_text() == "–"
     save_screenshot(page, "server-error", capsys)
+
+
+@pytest.mark.browser
+def test_a_server_with_a_token_asks_for_it(browser, servers, tmp_path_factory, capsys):
+    repo = tmp_path_factory.mktemp("token") / "models"
+    write_classifier(repo / "mnist" / "1" / "model.onnx", labels=DIGITS)
+    server = servers(repo, API_TOKEN="s3cret-token")
+    page = browser.new_page(viewport=DESKTOP)
+    try:
+        assert page.goto(server.url + "/").status == 200
+        page.wait_for_selector("#token-box:not([hidden])")
+        assert "needs an API token" in page.get_by_role("alert").inner_text()
+        page.fill("#token", "s3cret-token")
+        page.keyboard.press("Tab")  # leaving the field commits the token
+        page.wait_for_selector("#model option", state="attached")
+        response = upload(page, "digit.png", sample_png(0)[0], "image/png")
+        assert response.status == 200 and response.request.headers["authorization"] == "Bearer s3cret-token"
+        assert_shows(page, response.json())
+        save_screenshot(page, "token", capsys)
+    finally:
+        page.close()
 
 
 @pytest.mark.browser

@@ -14,6 +14,7 @@ import requests
 from onnx import TensorProto, helper, numpy_helper
 
 from server import config, create_app
+from server.app import OPEN_PATHS
 from server.__main__ import parse_args
 from tests.api_client import png
 from tests.conftest import ROOT, SERVE_VENV
@@ -22,7 +23,6 @@ from tests.onnx_factory import write_classifier
 TOKEN = "s3cret-token-for-tests"
 DIGITS = np.load(ROOT / "tests" / "data" / "mnist_test_sample.npz")["images"][:2]
 DIGIT_PNG = png(DIGITS[0])
-OPEN_PATHS = {"/v2/health/live", "/v2/health/ready"}
 # What a 500 answer must never show.
 INTERNALS = ("Traceback", "onnxruntime", "Reshape", "File \"", ".py", "RuntimeError", "INVALID_ARGUMENT")
 
@@ -101,7 +101,7 @@ def every_operation(app) -> list[tuple[str, str]]:
         pytest.param(bearer("tøken"), id="non-ascii"),
     ],
 )
-def test_every_endpoint_but_health_needs_the_token(repository: Path, headers: dict) -> None:
+def test_every_endpoint_but_health_and_the_page_needs_the_token(repository: Path, headers: dict) -> None:
     app = create_app({"TESTING": True, "MODEL_REPOSITORY": str(repository), "API_TOKEN": TOKEN})
     client = app.test_client()
     operations = every_operation(app)

@@ -16,6 +16,8 @@ const chart = document.getElementById("chart");
 const picker = document.getElementById("model-picker");
 const modelSelect = document.getElementById("model");
 const upload = document.getElementById("upload");
+const tokenBox = document.getElementById("token-box");
+const tokenInput = document.getElementById("token");
 
 let models = [];        // from GET /models: name, version, labels, preprocessing
 let defaultModel = null; // the model POST /predict uses, when the server has one
@@ -101,9 +103,9 @@ async function predict(image, what) {
   form.append("return_input", "true");
   result.setAttribute("aria-busy", "true");
   try {
-    const response = await fetch(predictUrl(), { method: "POST", body: form });
+    const response = await fetch(predictUrl(), { method: "POST", body: form, headers: authorization() });
     const answer = await readJson(response);
-    if (mine !== sequence) return;
+    if (mine !== sequence || askForToken(response)) return;
     if (!response.ok) {
       showError(`The server refused ${what} (HTTP ${response.status}): ${answer.error || response.statusText}`);
     } else {
@@ -114,6 +116,20 @@ async function predict(image, what) {
   } finally {
     if (mine === sequence) result.removeAttribute("aria-busy");
   }
+}
+
+function authorization() {
+  // Sent only once the server asked for a token (a 401): the page itself needs none.
+  const token = tokenInput.value.trim();
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function askForToken(response) {
+  if (response.status !== 401) return false;
+  tokenBox.hidden = false;
+  showError("This server needs an API token: type it in the API token field, then draw or upload again.");
+  tokenInput.focus();
+  return true;
 }
 
 async function readJson(response) {
@@ -206,7 +222,8 @@ function showError(message) {
 
 async function loadModels() {
   try {
-    const response = await fetch("/models");
+    const response = await fetch("/models", { headers: authorization() });
+    if (askForToken(response)) return;
     const answer = await readJson(response);
     if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
     models = answer.models || [];
@@ -242,6 +259,11 @@ modelSelect.addEventListener("change", () => {
   } else {
     showEmpty(confidenceText.textContent);
   }
+});
+
+tokenInput.addEventListener("change", async () => {
+  await loadModels();
+  if (lastImage) predict(lastImage.image, lastImage.what);
 });
 
 clearPad();
