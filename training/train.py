@@ -24,17 +24,18 @@ from training.model import DigitNet, ModelConfig, parameter_count
 
 log = logging.getLogger(__name__)
 
-# `--fast`: a short preset; these values replace the defaults (or the values given).
-FAST_PRESET = {"epochs": 2, "batch_size": 128, "lr": 0.1}
+# `--fast`: a short preset; these values replace the defaults (options given explicitly still win).
+FAST_PRESET = {"epochs": 2, "batch_size": 256, "lr": 0.2, "stages": ((16, 16), (32, 32), (64, 64))}
 ACCURACY_MILESTONES = (0.99, 0.995, 0.996)
 EVAL_BATCH = 1000
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (the container's share, where the OS says)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+def default_threads() -> int:
+    """One fewer than the CPUs this process may use (at least 1). When every core is busy, OpenMP
+    threads wait on each other at each barrier: on the shared 2-core machine 2 threads trained
+    3-10x slower than 1 (docs/training.md)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, usable - 1)
 
 
 def parse_stages(text: str) -> tuple[tuple[int, ...], ...]:
@@ -67,8 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="training matmul precision; auto = bf16 autocast where the hardware has it "
                              "(evaluation always runs in fp32)")
-    parser.add_argument("--threads", type=int, default=usable_cpus(),
-                        help="CPU threads for torch")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="CPU threads for torch; by default one fewer than the usable CPUs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (helps on GPU)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="MNIST root")
     parser.add_argument("--out", type=Path, default=None, help="run directory (default runs/<UTC time>)")
@@ -83,8 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"short preset: {', '.join(f'{k}={v}' for k, v in FAST_PRESET.items())}")
     args = parser.parse_args(argv)
     if args.fast:
-        for key, value in FAST_PRESET.items():
-            setattr(args, key, value)
+        parser.set_defaults(**FAST_PRESET)
+        args = parser.parse_args(argv)
     for name in ("epochs", "batch_size", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
