@@ -70,7 +70,10 @@ def method(r: dict) -> str:
 def targets_section(r: dict) -> str:
     rows = [[t["target"], t["measured"], t["goal"], "met" if t["met"] else "**missed**"] for t in r["targets"]]
     return ("## Targets (issue 7), as ratios from this run\n\n" + table(["target", "measured", "goal", ""], rows)
-            + "\n\nThroughput ratios compare each app's best requests/s over the concurrencies measured.\n\n"
+            + "\n\nThroughput ratios compare each app's best requests/s over the concurrencies measured. The CPU "
+            "rows compare the server CPU time each answered request cost at the highest concurrency: on a "
+            "CPU-bound machine throughput is the inverse of it, and it moves much less than requests/s when "
+            "other processes compete for the cores.\n\n"
             + ceiling(r) + "\n")
 
 

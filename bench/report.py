@@ -44,9 +44,14 @@ def targets(results: dict) -> list[dict]:
     sizes = results["sizes"]
     rss = mean_worker_kib(results["server"]["rss_after_kib"]) / mean_worker_kib(results["torch"]["rss_after_kib"])
     cold = results["server"]["cold_start_s_median"] / results["torch"]["cold_start_s_median"]
+    cpu = {app: results[app]["load"][request]["runs"][-1]["server_cpu_ms_per_request"]
+           for app, request in (("server", "predict_png"), ("trivial", "trivial"), ("torch", "predict_png"))}
     rows = [
         ("/predict PNG peak throughput / trivial endpoint's", png / trivial, ">=", 0.6),
+        ("the same from CPU per request at the highest concurrency (trivial's / /predict's)",
+         cpu["trivial"] / cpu["server"], ">=", 0.6),
         ("/predict PNG peak throughput / torch baseline's", png / torch_png, ">=", 2.0),
+        ("the same from CPU per request (torch's / /predict's)", cpu["torch"] / cpu["server"], ">=", 2.0),
         (f"RSS per worker after {results['method']['rss_requests']} requests / torch's", rss, "<=", 0.4),
         ("serve environment size (MB)", sizes["serve"]["bytes"] / MB, "<=", 250),
         ("serve environment size / torch environment's", sizes["serve"]["bytes"] / sizes["torch"]["bytes"], "<=", 0.3),
