@@ -83,7 +83,7 @@ def base_metadata(content: dict, checkpoint: Path, network: torch.nn.Module, exp
     }
 
 
-def test_pixels(images: np.ndarray) -> np.ndarray:
+def input_pixels(images: np.ndarray) -> np.ndarray:
     """uint8 [N, 28, 28] → float32 [N, 1, 28, 28] in [0, 1], the graph's input."""
     return (images.astype(np.float32) / 255.0)[:, None]
 
@@ -130,7 +130,7 @@ def export_checkpoint(checkpoint: Path, name: str, version: int, repo: Path, dat
     size, classes = network.config.image_size, network.config.num_classes
     check_structure(model, size, classes)
     runtime = session(model.SerializeToString())
-    pixels = test_pixels(test.images)
+    pixels = input_pixels(test.images)
     parity = check_parity(runtime, network, pixels[:parity_images]).to_dict()
     accuracy = onnx_accuracy(runtime, pixels, test.labels)
     opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
@@ -139,7 +139,7 @@ def export_checkpoint(checkpoint: Path, name: str, version: int, repo: Path, dat
     set_metadata(model, metadata)
     quantized = None
     if int8:
-        calibration = test_pixels(mnist.train.images[:quantize.CALIBRATION_IMAGES])
+        calibration = input_pixels(mnist.train.images[:quantize.CALIBRATION_IMAGES])
         quantized, metadata["int8_measurement"] = int8_variant(model, metadata, calibration, pixels, test.labels,
                                                                 size, classes)
         set_metadata(model, metadata)
