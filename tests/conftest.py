@@ -16,6 +16,8 @@ from tests.onnx_factory import write_classifier
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_VENV = ROOT / ".venv-serve"
 COMMITTED_REPOSITORY = ROOT / "models"
+# Server logs stay after a run for CI to show; the folder is gitignored.
+LOG_DIR = ROOT / "tests" / "artifacts" / "logs"
 
 
 @pytest.fixture
@@ -61,7 +63,8 @@ class LiveServer:
             **(env or {}),
         }
         self.python = python or (SERVE_VENV / "bin" / "python" if SERVE_VENV.exists() else Path(sys.executable))
-        self.log_path = repository.parent / f"gunicorn-{self.port}.log"
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOG_DIR / f"gunicorn-{self.port}.log"
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> "LiveServer":
