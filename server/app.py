@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from flask import Flask, current_app, g, request
 
-from . import config
+from . import config as settings
 from .errors import Unauthorized, register_error_handlers
 from .repository import ModelRepository
 
@@ -22,19 +22,21 @@ log = logging.getLogger(__name__)
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/")
 OPEN_PREFIXES = ("/static/",)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The path is logged percent-decoded: a %0A in the URL must not start a new, forged log line.
+UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app from environment settings, overridden by `test_config`; load every model."""
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app from environment settings, overridden by `config`; load every model."""
     app = Flask(__name__)
-    app.config.from_mapping(config.from_environment())
-    if test_config:
-        app.config.from_mapping(test_config)
+    app.config.from_mapping(settings.from_environment())
+    if config:
+        app.config.from_mapping(config)
     app.json.sort_keys = False
 
     repository = ModelRepository(
         app.config["MODEL_REPOSITORY"], ort_threads=app.config["ORT_THREADS"],
-        batch_defaults=config.batch_defaults(app.config),
+        batch_defaults=settings.batch_defaults(app.config),
     )
     repository.load_all()
     app.extensions["repository"] = repository
@@ -73,7 +75,12 @@ def _log_request(response):
     elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
     response.headers["X-Request-Id"] = g.get("request_id", "-")
     log.info(
-        "%s %s %s %.1fms id=%s", request.method, request.path, response.status_code, elapsed_ms,
+        "%s %s %s %.1fms id=%s", request.method, printable(request.path), response.status_code, elapsed_ms,
         g.get("request_id", "-"),
     )
     return response
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped (\\n, \\x1b...), safe to put on one log line."""
+    return UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)

@@ -192,6 +192,16 @@ def test_the_token_is_never_logged(server) -> None:
     assert TOKEN not in server.log()
 
 
+def test_a_path_cannot_forge_log_lines(server) -> None:
+    forged = "INFO server.app: GET /admin 200 1.0ms id=forged"
+    path = "/v2/models/x%0D%0A2026-01-01%2000:00:00,000%201%20" + forged.replace(" ", "%20") + "/ready"
+    answer = requests.get(server.url + path, headers={**bearer(), "X-Request-Id": "forge-1"}, timeout=10)
+    assert answer.status_code == 404
+    (line,) = log_lines(server, "forge-1")
+    assert "/v2/models/x\\r\\n2026-01-01 00:00:00,000 1 INFO" in line
+    assert not any(logged.startswith("2026-01-01") for logged in server.log().splitlines())
+
+
 # --------------------------------------------------------------------------- unexpected errors
 
 
