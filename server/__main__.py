@@ -19,11 +19,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "Every flag can also be set by the environment variable of the same name.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    current = config.from_environment()
+    try:
+        current = config.from_environment()
+    except config.ConfigError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)
     for setting in config.SETTINGS:
         flag = "--" + setting.name.lower().replace("_", "-")
         parser.add_argument(
-            flag, dest=setting.name, type=setting.parse, default=current[setting.name],
+            flag, dest=setting.name, type=_flag_parser(setting.parse), default=current[setting.name],
             help=f"{setting.help} [env {setting.name}]",
         )
     parser.add_argument(
@@ -32,13 +36,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _flag_parser(parse):
+    """`parse` whose ValueError message argparse shows as it is (it hides plain ValueErrors)."""
+    def checked(text: str):
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    checked.__name__ = parse.__name__
+    return checked
+
+
 def check_repository(root: str) -> bool:
     """Print one clear line and return False when `root` holds no model file."""
     if find_model_files(Path(root)):
         return True
     print(
         f"error: no model in {root}/ (expected {root}/<name>/<version>/model.onnx); "
-        "create one with 'make train export', or point MODEL_REPOSITORY at a repository",
+        "create one with 'make train && make export VERSION=1', or point MODEL_REPOSITORY at a repository",
         file=sys.stderr,
     )
     return False

@@ -16,8 +16,38 @@ class Setting:
     help: str
 
 
+class ConfigError(ValueError):
+    """A setting's value that cannot be used; the message names the setting and what it expects."""
+
+
 def _bool(text: str) -> bool:
     return text.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _number(kind: type, low: float, high: float | None = None) -> Callable[[str], Any]:
+    """A parser for an int or float between `low` and `high`, saying so when the text is not."""
+    expected = f"{'an integer' if kind is int else 'a number'} from {low}" + (f" to {high}" if high else " up")
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"received {text!r}; expected {expected}") from None
+        if value < low or (high is not None and value > high) or value != value:
+            raise ValueError(f"received {text!r}; expected {expected}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _log_level(text: str) -> str:
+    if text.strip().lower() not in LOG_LEVELS:
+        raise ValueError(f"received {text!r}; expected one of {', '.join(LOG_LEVELS)}")
+    return text.strip().lower()
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 # Defaults suit a 1 GB / 1 CPU box: two workers of a few threads each, one onnxruntime thread per
@@ -25,22 +55,22 @@ def _bool(text: str) -> bool:
 SETTINGS: tuple[Setting, ...] = (
     Setting("MODEL_REPOSITORY", "models", str, "folder holding <name>/<version>/model.onnx"),
     Setting("HOST", "127.0.0.1", str, "address to bind; 0.0.0.0 exposes the server to the network"),
-    Setting("PORT", 8000, int, "TCP port to bind"),
-    Setting("WORKERS", 2, int, "gunicorn worker processes"),
-    Setting("THREADS", 4, int, "threads per worker"),
-    Setting("MAX_CONTENT_LENGTH", 8 * 1024 * 1024, int, "largest request body in bytes (413 above)"),
-    Setting("MAX_IMAGE_PIXELS", 25_000_000, int, "largest image, width x height, checked before decoding"),
-    Setting("MAX_IMAGES_PER_REQUEST", 64, int, "most images in one /predict request"),
-    Setting("ORT_THREADS", 1, int, "onnxruntime intra-op threads per session"),
+    Setting("PORT", 8000, _number(int, 1, 65535), "TCP port to bind"),
+    Setting("WORKERS", 2, _number(int, 1, 64), "gunicorn worker processes"),
+    Setting("THREADS", 4, _number(int, 1, 256), "threads per worker"),
+    Setting("MAX_CONTENT_LENGTH", 8 * 1024 * 1024, _number(int, 1), "largest request body in bytes (413 above)"),
+    Setting("MAX_IMAGE_PIXELS", 25_000_000, _number(int, 1), "largest image, width x height, checked before decoding"),
+    Setting("MAX_IMAGES_PER_REQUEST", 64, _number(int, 1), "most images in one /predict request"),
+    Setting("ORT_THREADS", 1, _number(int, 0, 256), "onnxruntime intra-op threads per session"),
     Setting("API_TOKEN", "", str, "bearer token required on every endpoint but health; empty = none"),
-    Setting("LOG_LEVEL", "info", str, "debug, info, warning or error"),
-    Setting("MODEL_POLL_SECONDS", 0.0, float, "rescan the repository this often for new, changed or removed versions; 0 = off"),
+    Setting("LOG_LEVEL", "info", _log_level, "debug, info, warning or error"),
+    Setting("MODEL_POLL_SECONDS", 0.0, _number(float, 0), "rescan the repository this often for new, changed or removed versions; 0 = off"),
     Setting("MODEL_SYNC_DIR", "", str, "folder where workers tell each other of model loads; empty = a temporary one per gunicorn"),
-    Setting("MAX_BATCH_SIZE", 8, int, "dynamic batching: most rows in one run (a model's max_batch_size metadata wins); 1 = off"),
+    Setting("MAX_BATCH_SIZE", 8, _number(int, 1), "dynamic batching: most rows in one run (a model's max_batch_size metadata wins); 1 = off"),
     # Measured in docs/batching.md: no wait (requests that arrive during a run form the next batch),
     # and only for models slow enough that runs overlap arrivals (the digit model is not).
-    Setting("MAX_BATCH_DELAY_US", 0, int, "dynamic batching: longest wait for more requests, in microseconds"),
-    Setting("BATCH_MIN_INFERENCE_MS", 5.0, float, "batch only models whose single run takes at least this long (unless their metadata says)"),
+    Setting("MAX_BATCH_DELAY_US", 0, _number(int, 0, 10_000_000), "dynamic batching: longest wait for more requests, in microseconds"),
+    Setting("BATCH_MIN_INFERENCE_MS", 5.0, _number(float, 0), "batch only models whose single run takes at least this long (unless their metadata says)"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -52,7 +82,10 @@ def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]
     values = {}
     for setting in SETTINGS:
         raw = environ.get(setting.name)
-        values[setting.name] = setting.default if raw in (None, "") else setting.parse(raw)
+        try:
+            values[setting.name] = setting.default if raw in (None, "") else setting.parse(raw)
+        except ValueError as err:
+            raise ConfigError(f"environment variable {setting.name}: {err}") from None
     return values
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -14,6 +15,11 @@ from tests.conftest import ROOT, SERVE_VENV
 
 SERVE_PYTHON = SERVE_VENV / "bin" / "python"
 FORBIDDEN_TOP_LEVEL = ("torch", "torchvision", "training", "export")
+# Flask and what it imports, gunicorn, onnxruntime, numpy, Pillow, prometheus-client, the server.
+ALLOWED_TOP_LEVEL = {
+    "flask", "werkzeug", "jinja2", "markupsafe", "itsdangerous", "click", "blinker",
+    "gunicorn", "onnxruntime", "numpy", "PIL", "prometheus_client", "server",
+}
 
 
 def requirement_lines(name: str) -> list[str]:
@@ -41,15 +47,21 @@ def test_serve_environment_has_no_torch() -> None:
     assert not installed & {"torch", "torchvision", "triton"}, installed
 
 
-def test_importing_server_imports_no_training_code() -> None:
+def test_the_server_imports_only_its_own_stack() -> None:
+    """Every module of server/, imported and answering a request, loads only the allowed packages."""
     code = (
-        "import json, sys, server, server.api, server.app; "
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+        "import importlib, json, pkgutil, sys, server\n"
+        "for module in pkgutil.walk_packages(server.__path__, 'server.'):\n"
+        "    importlib.import_module(module.name)\n"
+        "client = server.create_app({'MODEL_REPOSITORY': 'models'}).test_client()\n"
+        "assert client.post('/predict', json={'pixels': [[0.5] * 28] * 28}).status_code == 200\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names))))"
     )
     out = subprocess.run([str(SERVE_PYTHON), "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    loaded = set(json.loads(out.stdout))
-    assert "onnxruntime" in loaded
-    assert loaded.isdisjoint(FORBIDDEN_TOP_LEVEL), loaded & set(FORBIDDEN_TOP_LEVEL)
+    loaded = set(json.loads(out.stdout)) - {"__main__", "_distutils_hack"}  # setuptools' .pth hook
+    assert {"server", "onnxruntime"} <= loaded
+    assert loaded <= ALLOWED_TOP_LEVEL, loaded - ALLOWED_TOP_LEVEL
+    assert loaded.isdisjoint(FORBIDDEN_TOP_LEVEL)
 
 
 def test_help_lists_every_setting() -> None:
@@ -58,6 +70,24 @@ def test_help_lists_every_setting() -> None:
     for setting in config.SETTINGS:
         assert "--" + setting.name.lower().replace("_", "-") in out.stdout
         assert setting.name in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "message"),
+    [
+        ({"PORT": "abc"}, [], "environment variable PORT: received 'abc'; expected an integer from 1 to 65535"),
+        ({"LOG_LEVEL": "loud"}, [], "LOG_LEVEL: received 'loud'; expected one of debug"),
+        ({"MODEL_POLL_SECONDS": "-1"}, [], "MODEL_POLL_SECONDS: received '-1'"),
+        ({}, ["--workers", "0"], "argument --workers: received '0'; expected an integer from 1 to 64"),
+        ({}, ["--max-content-length", "1e6"], "received '1e6'; expected an integer from 1 up"),
+    ],
+)
+def test_a_bad_setting_is_one_clear_error(env: dict, flags: list, message: str) -> None:
+    clean = {k: v for k, v in os.environ.items() if k not in config.BY_NAME}
+    out = subprocess.run([str(SERVE_PYTHON), "-m", "server", "--check", *flags], cwd=ROOT,
+                         env={**clean, **env}, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert message in out.stderr.splitlines()[-1], out.stderr
 
 
 def test_make_serve_without_a_model_says_what_is_missing(tmp_path: Path) -> None:
@@ -69,7 +99,7 @@ def test_make_serve_without_a_model_says_what_is_missing(tmp_path: Path) -> None
     )
     assert out.returncode != 0
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and f"no model in {empty}/" in errors[0] and "make train export" in errors[0]
+    assert len(errors) == 1 and f"no model in {empty}/" in errors[0] and "make train && make export VERSION=1" in errors[0]
 
 
 def test_gunicorn_serves_health(live_server) -> None:
