@@ -20,6 +20,8 @@ from .model import NUMPY_DTYPES, TensorSpec
 
 INT_TYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 BYTES_LENGTH = struct.Struct("<I")
+# No real tensor has a side this long; numpy cannot even shape an empty array past 2**63.
+MAX_DIMENSION = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,8 @@ def _checked_shape(tensor: dict, spec: TensorSpec) -> tuple[int, ...]:
         raise BadRequest(f"input {name!r} has datatype {datatype}, which this server cannot send to onnxruntime")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadRequest(f"input {name!r} shape must be a list of non-negative integers, got {_short(shape)}")
+    if any(d > MAX_DIMENSION for d in shape):
+        raise BadRequest(f"input {name!r} has a dimension over {MAX_DIMENSION}: {_short(shape)}")
     fits = len(shape) == len(spec.shape) and all(want < 0 or want == got for want, got in zip(spec.shape, shape))
     if not fits:
         shown = shape if len(shape) <= 8 else f"of {len(shape)} dimensions"

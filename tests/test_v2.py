@@ -369,7 +369,11 @@ ERROR_CASES = [
     ("float dimension", "POST", MNIST, mnist_body(shape=[1.0, 1, 28, 28]), {}, 400, "non-negative integers"),
     ("boolean dimension", "POST", MNIST, mnist_body(shape=[True, 1, 28, 28]), {}, 400, "non-negative integers"),
     ("shape not a list", "POST", MNIST, mnist_body(shape="1x1x28x28"), {}, 400, "non-negative integers"),
-    ("huge shape", "POST", MNIST, mnist_body(shape=[10**12, 1, 28, 28]), {}, 400, "needs 784000000000000"),
+    ("huge shape", "POST", MNIST, mnist_body(shape=[10**9, 1, 28, 28]), {}, 400, "needs 784000000000"),
+    ("huge dimension", "POST", MNIST, mnist_body(shape=[10**12, 1, 28, 28]), {}, 400, "dimension over 2147483647"),
+    ("huge empty shape", "POST", "/v2/models/adder/infer", json.dumps({"inputs": [
+        {"name": n, "datatype": "FP32", "shape": [0, 10**19], "data": []} for n in ("a", "b")]}).encode(),
+     {}, 400, "dimension over 2147483647"),
     ("too few values", "POST", MNIST, mnist_body(data=[0.0] * 783), {}, 400, "783 values"),
     ("ragged data", "POST", MNIST, mnist_body(data=[[0.0] * 783, [0.0]]), {}, 400, "not a regular"),
     ("strings as FP32", "POST", MNIST, mnist_body(data=["0.5"] * 784), {}, 400, "only numbers, got strings"),

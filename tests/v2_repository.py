@@ -54,9 +54,9 @@ def write_repository(root: Path) -> Path:
 
 
 def write_adder(path: Path) -> Path:
-    """Write a model adding inputs `a` and `b`, both float32 [N, 3]: their N must agree at run time."""
-    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 3]) for name in ("a", "b")]
-    output = helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["N", 3])
+    """Write a model adding inputs `a` and `b`, both float32 [N, M]: their shapes must agree at run time."""
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", "M"]) for name in ("a", "b")]
+    output = helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["N", "M"])
     graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["sum"])], "adder", inputs, [output])
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
