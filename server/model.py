@@ -104,7 +104,7 @@ class OnnxModel:
 
     def _warm_up(self, runs: int = 3) -> float:
         """Run the graph on zeros a few times (a model that cannot run fails here); best time in ms."""
-        inputs, best = self.warmup_inputs(), float("inf")
+        inputs, best = self._first_runnable_inputs(), float("inf")
         for _ in range(runs):
             started = time.perf_counter()
             self._run_graph(inputs)  # not counted in the inference metrics
@@ -138,13 +138,30 @@ class OnnxModel:
         """True when every input and output has a dynamic first axis, so rows can be stacked."""
         return all(spec.shape and spec.shape[0] == -1 for spec in self.inputs + self.outputs)
 
-    def warmup_inputs(self) -> dict[str, np.ndarray]:
-        """Zeros of batch size 1 for every input, so the first request pays no lazy set-up."""
+    def warmup_inputs(self, side: int = 1) -> dict[str, np.ndarray]:
+        """Zeros (empty strings) of batch size 1 for every input, other free dimensions `side` long."""
         arrays = {}
         for spec in self.inputs:
-            shape = tuple(1 if d < 0 else d for d in spec.shape)
-            arrays[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES.get(spec.datatype, np.float32))
+            shape = tuple((1 if axis == 0 else side) if d < 0 else d for axis, d in enumerate(spec.shape))
+            dtype = NUMPY_DTYPES.get(spec.datatype, np.float32)
+            arrays[spec.name] = np.full(shape, "" if dtype == np.object_ else 0, dtype=dtype)
         return arrays
+
+    def _first_runnable_inputs(self) -> dict[str, np.ndarray]:
+        """Warm-up inputs the graph runs on: free sides of 1, else 32 or 224 (an image model's
+        convolutions and pooling need room); the last failure is raised when none runs."""
+        free_sides = any(d < 0 for spec in self.inputs for d in spec.shape[1:])
+        *tries, last = (1, 32, 224) if free_sides else (1,)
+        for side in tries:
+            inputs = self.warmup_inputs(side)
+            try:
+                self._run_graph(inputs)
+                return inputs
+            except Exception:  # onnxruntime raises many types: try the next size
+                continue
+        inputs = self.warmup_inputs(last)
+        self._run_graph(inputs)
+        return inputs
 
     @property
     def ready(self) -> bool:

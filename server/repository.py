@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from . import metrics
 from .errors import NotFound, NotReady
@@ -35,8 +35,8 @@ class Failure:
     name: str
     version: str
     reason: str
-    # True when this version was rejected by a reload while other versions of the model kept
-    # serving: the server stays ready, nothing it served changed.
+    # True while other versions of the model serve (a bad new version dropped in, at start-up or by
+    # a reload): the server stays ready and the model answers from the versions it has.
     kept_serving: bool = False
 
 
@@ -110,6 +110,12 @@ class ModelRepository:
         """Load every model file found; one that fails is logged in one line and skipped."""
         for name, version, path in find_model_files(self.root):
             self.load_version(name, version, path)
+        with self._reload_lock:
+            self._mark_kept_serving(self.models)
+
+    def _mark_kept_serving(self, serving: Mapping[str, Mapping[str, OnnxModel]]) -> None:
+        """A failed version of a model that still serves other versions keeps the server ready."""
+        self.failures = {key: replace(f, kept_serving=bool(serving.get(f.name))) for key, f in self.failures.items()}
 
     def load_version(self, name: str, version: str, path: Path) -> OnnxModel | None:
         model = self._load_file(name, version, path)
@@ -125,7 +131,9 @@ class ModelRepository:
         try:
             model.load()
         except Exception as err:  # onnxruntime raises many types; any of them means "skip it"
-            reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            # Clients see the reason (a 503 on the version): the repository-relative path only.
+            reason = reason.replace(str(path), f"{name}/{version}/model.onnx")[:300]
             kept = " (the versions already loaded keep serving)" if kept_serving else ""
             log.error("model %s version %s failed to load from %s: %s%s", name, version, path, reason, kept)
             self.failures = {**self.failures, (name, version): Failure(name, version, reason, kept_serving)}
@@ -160,9 +168,7 @@ class ModelRepository:
                 if new is not None:
                     versions[version] = new
             self._forget(name, keep=set(on_disk))
-            for key, failure in self.failures.items():
-                if failure.name == name:
-                    failure.kept_serving = bool(versions)
+            self._mark_kept_serving({**self.models, name: versions})
             self._switch(name, versions)
             return [f for f in self.failures.values() if f.name == name]
 
@@ -255,5 +261,5 @@ class ModelRepository:
 
     @property
     def ready(self) -> bool:
-        """Ready when at least one model serves and none failed (but for rejected reloads)."""
+        """Ready when at least one model serves and every model with a failed version still serves."""
         return bool(self.models) and all(f.kept_serving for f in self.failures.values())

@@ -4,10 +4,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import requests
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from server.repository import ModelRepository
 from tests.onnx_factory import write_classifier
@@ -71,5 +73,63 @@ def test_failed_model_reports_not_ready_and_others_serve(faulty: Path, live_serv
     server = live_server_factory(faulty)
     assert requests.get(server.url + "/v2/health/live", timeout=5).status_code == 200
     assert requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 503
+    assert requests.get(server.url + "/v2/models/corrupt/ready", timeout=5).status_code == 503
+    answer = requests.post(server.url + "/models/good/predict", json={"pixels": [[0.5] * 28] * 28}, timeout=10)
+    assert answer.status_code == 200 and len(answer.json()["predictions"][0]["probabilities"]) == 10
     assert "model corrupt version 1 failed to load" in server.log()
     assert "Traceback" not in server.log()
+
+
+def test_a_bad_new_version_beside_a_good_one_keeps_the_server_ready(tmp_path: Path, live_server_factory) -> None:
+    """Started (or HUP'd) with a corrupt v2 on disk, the model serves v1 and the server stays ready."""
+    repo = tmp_path / "models"
+    write_classifier(repo / "digits" / "1" / "model.onnx")
+    (repo / "digits" / "2").mkdir()
+    (repo / "digits" / "2" / "model.onnx").write_bytes(b"not onnx")
+    server = live_server_factory(repo)
+    assert requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 200
+    assert requests.get(server.url + "/v2/models/digits/versions/2/ready", timeout=5).status_code == 503
+    error = requests.get(server.url + "/v2/models/digits/versions/2", timeout=5).json()["error"]
+    assert "digits/2/model.onnx" in error and str(tmp_path) not in error
+    answer = requests.post(server.url + "/models/digits/predict", json={"pixels": [[0.5] * 28] * 28}, timeout=10)
+    assert answer.status_code == 200 and answer.json()["version"] == "1"
+
+
+def write_free_size_conv(path: Path) -> Path:
+    """A 7x7 convolution then 4x4 max-pool over [N, 3, H, W]: zeros of 1x1 cannot run through it."""
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3, 7, 7)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["features"]),
+         helper.make_node("MaxPool", ["features"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]),
+         helper.make_node("GlobalAveragePool", ["pooled"], ["scores"])],
+        "free_size", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 4, 1, 1])], initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_string_identity(path: Path) -> Path:
+    """A model of one string input [N] returned as it came."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["same"])], "strings",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["N"])],
+        [helper.make_tensor_value_info("same", TensorProto.STRING, ["N"])],
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_models_that_zeros_of_side_one_cannot_warm_still_load(tmp_path: Path) -> None:
+    conv = write_free_size_conv(tmp_path / "models" / "conv" / "1" / "model.onnx")
+    write_string_identity(tmp_path / "models" / "strings" / "1" / "model.onnx")
+    repository = ModelRepository(tmp_path / "models")
+    repository.load_all()
+    assert not repository.failures and set(repository.models) == {"conv", "strings"}
+    image = np.random.default_rng(1).random((2, 3, 40, 40), dtype=np.float32)
+    expected = ort.InferenceSession(str(conv), providers=["CPUExecutionProvider"]).run(None, {"image": image})[0]
+    got = repository.get("conv").predict({"image": image})["scores"]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
