@@ -23,7 +23,7 @@ SITE = ROOT / "deploy/nginx/mnist-serve.conf"
 INSTALL_DIR = "/srv/mnist-serve"  # where the unit expects the checkout
 SAMPLE = ROOT / "tests/data/mnist_test_sample.npz"
 # Variables the unit sets that are not server settings, and why they are there.
-NON_SERVER_VARIABLES = {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "XDG_RUNTIME_DIR", "PATH"}
+NON_SERVER_VARIABLES = {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PATH"}
 CONTAINERFILE = ROOT / "Containerfile"
 
 

@@ -52,7 +52,7 @@ def free_port() -> int:
 
 def rlimit_flags() -> list[str]:
     nofile_soft, nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    nproc = min(NPROC_LIMIT, *(n for n in resource.getrlimit(resource.RLIMIT_NPROC) if n != resource.RLIM_INFINITY))
+    nproc = min([NPROC_LIMIT, *(n for n in resource.getrlimit(resource.RLIMIT_NPROC) if n != resource.RLIM_INFINITY)])
     return ["--ulimit", f"nofile={nofile_soft}:{nofile_hard}", "--ulimit", f"nproc={nproc}:{nproc}"]
 
 
