@@ -295,6 +295,10 @@ No GPU was lent for this run, so there is no GPU figure.
 
 `{image['image']}`: {mb(image['size_bytes'])} unpacked, {mb(image['compressed_bytes'] or 0)} compressed; ready
 {image['ready_seconds']} s after start; worker RSS {', '.join(f'{x:.0f}' for x in image['worker_rss_mib'] or [])} MiB.
+Compressed, it is {image.get('fraction_of_slimmest_big_server')} of the slimmest big server's image (the aim: 0.1).
+
+{table(["image", "compressed"], [["this image", mb(image['compressed_bytes'] or 0)]]
+       + [[f"{s['name']} (`{s['image']}`)", f"{s['note']} (published)"] for s in image.get("big_servers", [])])}
 """)
     return "\n".join(parts)
 

@@ -240,7 +240,9 @@ def container_image() -> dict | None:
     size, smoke = content.get("size", {}), content.get("smoke", {})
     return {"image": content.get("image"), "measured_at": content.get("measured_at"),
             "size_bytes": size.get("size_bytes"), "compressed_bytes": size.get("compressed_bytes"),
-            "ready_seconds": smoke.get("ready_seconds"), "worker_rss_mib": smoke.get("memory", {}).get("worker_rss_mib")}
+            "ready_seconds": smoke.get("ready_seconds"), "worker_rss_mib": smoke.get("memory", {}).get("worker_rss_mib"),
+            "fraction_of_slimmest_big_server": size.get("fraction_of_slimmest_big_server"),
+            "big_servers": content.get("big_servers") or []}
 
 
 def profile_server(args: argparse.Namespace, png: bodies.RequestSpec) -> dict | None:

@@ -45,21 +45,21 @@ def load_model(checkpoint: str, threads: int):
     return model_from_checkpoint(load_checkpoint(Path(checkpoint)), checkpoint)
 
 
-def create_app(test_config: dict | None = None):
+def create_app(config: dict | None = None):
     """The torch app: POST /predict with a multipart image or JSON pixels, answered as the server does."""
     import numpy as np
     import torch
     from flask import Flask, g, jsonify, request
 
     use_server_modules_without_onnxruntime()
-    from server import config, preprocess
+    from server import config as settings, preprocess
     from server.errors import BadRequest, register_error_handlers
 
     app = Flask(__name__)
     app.json.sort_keys = False
-    app.config.from_mapping(config.from_environment())
+    app.config.from_mapping(settings.from_environment())
     app.config["TORCH_CHECKPOINT"] = os.environ.get("TORCH_CHECKPOINT", "")
-    app.config.from_mapping(test_config or {})
+    app.config.from_mapping(config or {})
     model = load_model(app.config["TORCH_CHECKPOINT"], app.config["ORT_THREADS"])
     with torch.inference_mode():
         model(torch.zeros(1, 1, 28, 28))  # warm-up, as the server warms its sessions
