@@ -6,6 +6,8 @@ import os
 import re
 import shlex
 import signal
+import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -158,8 +160,12 @@ def test_nginx_accepts_the_site(tmp_path: Path, tls_certificate) -> None:
 
 
 @pytest.fixture
-def nginx_in_front(tmp_path: Path, tls_certificate, live_server: LiveServer):
-    """nginx with the repo's site, TLS on a loopback port, proxying to a live gunicorn."""
+def nginx_in_front(tmp_path: Path, tls_certificate, live_server_factory, random_repository: Path):
+    """nginx with the repo's site, TLS on a loopback port, proxying to a live gunicorn.
+
+    gunicorn gets one worker of one thread: a request it held for a slow client would stop it.
+    """
+    live_server = live_server_factory(random_repository, WORKERS=1, THREADS=1)
     http_port, https_port = free_port(), free_port()
     conf = nginx_config(tmp_path, live_server.port, http_port, https_port, *tls_certificate)
     with open(tmp_path / "nginx.stderr", "wb") as stderr:
@@ -193,6 +199,21 @@ def test_nginx_proxies_tls_to_gunicorn(nginx_in_front) -> None:
     predicted = requests.post(https + "/predict", files={"image": ("digit.png", png_digit(), "image/png")}, verify=cert, timeout=30)
     assert predicted.status_code == 200, predicted.text
     assert len(predicted.json()["predictions"]) == 1
+
+
+def test_a_slow_client_is_held_by_nginx_not_by_gunicorn(nginx_in_front) -> None:
+    """A body trickled a byte a second waits in nginx (then times out); gunicorn's one thread stays free."""
+    host, port = nginx_in_front["https"].removeprefix("https://").split(":")
+    context = ssl.create_default_context(cafile=nginx_in_front["cert"])
+    with socket.create_connection((host, int(port))) as raw, context.wrap_socket(raw, server_hostname=host) as slow:
+        slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(4):
+            slow.sendall(b"x")
+            started = time.monotonic()
+            answer = requests.get(nginx_in_front["https"] + "/v2/health/live", verify=nginx_in_front["cert"], timeout=5)
+            assert answer.status_code == 200 and time.monotonic() - started < 2
+            time.sleep(1)
+    assert "POST /predict" not in nginx_in_front["server"].log(), "the unfinished body must not reach gunicorn"
 
 
 def test_nginx_refuses_oversized_bodies_before_the_server(nginx_in_front) -> None:
