@@ -77,7 +77,10 @@ def pixels_to_array(value: object, shape: tuple[int, int] = (MNIST_SIDE, MNIST_S
         bad = next((x for x in flat if isinstance(x, bool) or not isinstance(x, numbers.Real)), None)
         if bad is not None:
             raise BadRequest(f"pixels must be numbers; received {type(bad).__name__} {bad!r:.40}")
-    array = np.asarray(flat, dtype=np.float64).reshape(shape)
+    try:
+        array = np.asarray(flat, dtype=np.float64).reshape(shape)
+    except OverflowError:  # an integer beyond float64's range: out of range like any other
+        raise BadRequest("pixels must lie in 0..1 or 0..255; received an integer too large for a number") from None
     if not np.isfinite(array).all():
         raise BadRequest("pixels must be finite numbers; received NaN or infinity")
     low, high = float(array.min()), float(array.max())
@@ -111,6 +114,8 @@ def reduce_large(image: Image.Image, side: int = WORK_SIDE) -> Image.Image:
     factor = max(image.size) // (2 * side)
     if factor < 2:
         return image
+    if image.mode == "LAB":
+        image = image.getchannel("L")
     if image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
         transparent = "A" in image.mode or "transparency" in image.info
         image = image.convert("RGBA" if transparent else "I" if image.mode.startswith("I;16") else "RGB")
@@ -126,8 +131,13 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "RGBa"):
         return _composite(image)
+    if image.mode == "LAB":  # Pillow converts LAB to nothing else; its L channel is the lightness
+        image = image.getchannel("L")
     if image.mode != "L":
-        image = image.convert("L")
+        try:
+            image = image.convert("L")
+        except ValueError as err:
+            raise BadRequest(f"cannot read an image in colour mode {image.mode}: {err}") from None
     return np.asarray(image, dtype=np.float32) / np.float32(255)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from PIL import Image
 
 from server import create_app
 from tests.api_client import FlaskCaller, HttpCaller, encode, png
@@ -184,6 +185,30 @@ def test_committed_server_also_serves_a_second_model(committed_caller) -> None:
     assert answer.json["model"] == "letters" and answer.json["predictions"][0]["label"] in LETTERS
 
 
+def unusual_encodings(digit: np.ndarray) -> dict[str, tuple[bytes, str]]:
+    """One digit, dark on white, in the uploads that are valid but odd: (body, Content-Type)."""
+    ink = Image.fromarray(255 - digit).resize((112, 112))
+    blank = Image.new("L", ink.size, 255)
+    lab = Image.merge("LAB", [ink, Image.new("L", ink.size, 128), Image.new("L", ink.size, 128)])
+    return {
+        "animated-gif": (encode(ink, "GIF", save_all=True, append_images=[blank, blank], duration=100), "image/gif"),
+        "16-bit-png": (encode(np.asarray(ink, np.uint16) * 257, "PNG"), "image/png"),
+        "cmyk-jpeg": (encode(ink.convert("CMYK"), "JPEG", quality=95), "image/jpeg"),
+        "lab-tiff": (encode(lab, "TIFF"), "image/png"),  # a Content-Type that lies is read by content
+        "webp": (encode(ink.convert("RGB"), "WEBP", lossless=True), "image/webp"),
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(unusual_encodings(DIGIT_IMAGES[0])))
+def test_unusual_but_valid_images_are_read(committed_caller, kind: str) -> None:
+    """Animated (first frame), 16-bit, CMYK, LAB: each image gives the digit it shows."""
+    for digit, label in zip(DIGIT_IMAGES[:3], DIGIT_LABELS[:3]):
+        body, content_type = unusual_encodings(digit)[kind]
+        answer = committed_caller.post("/predict", body=body, content_type=content_type)
+        assert answer.status == 200, answer.text
+        assert answer.json["predictions"][0]["label"] == str(label)
+
+
 # --------------------------------------------------------------------------- random-weight models
 
 
@@ -346,6 +371,9 @@ TRUNCATED_PNG = DIGIT_PNG[: len(DIGIT_PNG) // 2]
 HUGE_PNG = png_header_claiming(30_000, 30_000)
 PIXELS = DIGIT_IMAGES[0].tolist()
 NAN_PIXELS = json.dumps({"pixels": PIXELS}).replace("0", "NaN", 1).encode()
+INFINITE_PIXELS = json.dumps({"pixels": PIXELS}).replace("0", "-Infinity", 1).encode()
+HUGE_INT_PIXELS = json.dumps({"pixels": PIXELS}).replace("0", "9" * 400, 1).encode()
+TRUNCATED_JPEG = encode(DIGIT_IMAGES[0], "JPEG")[:200]
 
 
 def raw(body: bytes, content_type: str | None = "image/png") -> dict:
@@ -388,6 +416,8 @@ ERRORS = [
     pytest.param("/predict", {"json": {"pixels": PIXELS[:27]}}, 400, "27 rows", id="pixels-rows"),
     pytest.param("/predict", {"json": {"pixels": [row[:20] for row in PIXELS]}}, 400, "20 items", id="pixels-columns"),
     pytest.param("/predict", raw(NAN_PIXELS, "application/json"), 400, "finite", id="pixels-nan"),
+    pytest.param("/predict", raw(INFINITE_PIXELS, "application/json"), 400, "finite", id="pixels-infinity"),
+    pytest.param("/predict", raw(HUGE_INT_PIXELS, "application/json"), 400, "too large", id="pixels-huge-int"),
     pytest.param("/predict", {"json": {"pixels": [["a"] * 28] * 28}}, 400, "must be numbers", id="pixels-strings"),
     pytest.param("/predict", {"json": {"pixels": [[-1] * 28] * 28}}, 400, "0..255", id="pixels-negative"),
     pytest.param("/predict", {"json": {"pixels": "28x28"}}, 400, "received str", id="pixels-string"),
@@ -396,6 +426,7 @@ ERRORS = [
     # raw image bodies
     pytest.param("/predict", raw(b""), 400, "the image is empty", id="raw-empty"),
     pytest.param("/predict", raw(TRUNCATED_PNG), 400, "could not decode", id="raw-truncated"),
+    pytest.param("/predict", raw(TRUNCATED_JPEG, "image/jpeg"), 400, "could not decode", id="raw-truncated-jpeg"),
     pytest.param("/predict", raw(BLANK_PNG), 422, "no digit found", id="raw-blank"),
     pytest.param("/predict", raw(HUGE_PNG), 413, "the limit is 4000000 pixels", id="raw-decompression-bomb"),
     pytest.param("/predict", raw(b"\0" * 400_000), 413, "limit is 300000 bytes (MAX_CONTENT_LENGTH)", id="body-too-large"),

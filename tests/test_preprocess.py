@@ -298,6 +298,57 @@ def test_any_image_gives_a_valid_digit_or_a_clean_error(array, mode):
     assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
 
 
+# What each format can carry, as an upload would: (format, mode) pairs Pillow writes.
+ENCODINGS = [
+    *(("PNG", m) for m in ["L", "RGB", "RGBA", "LA", "P", "1", "I;16"]),
+    *(("JPEG", m) for m in ["L", "RGB", "CMYK"]),
+    *(("GIF", m) for m in ["L", "P"]),
+    *(("BMP", m) for m in ["L", "RGB", "1"]),
+    *(("WEBP", m) for m in ["RGB", "RGBA"]),
+    *(("TIFF", m) for m in ["L", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "LAB", "YCbCr"]),
+]
+
+
+def encode_as(array: np.ndarray, fmt: str, mode: str) -> bytes:
+    """`array` (uint8, 2-D) saved as `fmt` in colour mode `mode`."""
+    gray = Image.fromarray(array)
+    if mode == "I;16":
+        image = Image.fromarray(array.astype(np.uint16) * 257)
+    elif mode == "LAB":
+        image = Image.merge("LAB", [gray, Image.new("L", gray.size, 128), Image.new("L", gray.size, 128)])
+    else:
+        image = gray.convert(mode)
+    out = io.BytesIO()
+    image.save(out, fmt)
+    return out.getvalue()
+
+
+# Pillow warns about the damaged TIFF tags it skips; the server lets it, so the test does too.
+@pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin")
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    array=hnp.arrays(np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=120)),
+    encoding=st.sampled_from(ENCODINGS),
+    keep=st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=3),
+)
+def test_any_uploaded_bytes_give_a_valid_digit_or_a_clean_error(array, encoding, keep, flips):
+    """Encoded in any format and mode, then maybe truncated or with bytes changed: 4xx or a digit."""
+    data = bytearray(encode_as(array, *encoding))
+    if keep < 0.9:
+        data = data[: int(len(data) * keep)]
+    for where, value in flips:
+        if data:
+            data[int(where * len(data))] = value
+    try:
+        out = mnist_digit(decode_image(bytes(data), MAX_PIXELS))
+    except ApiError as err:
+        assert 400 <= err.status < 500
+        return
+    assert out.shape == (28, 28) and out.dtype == np.float32
+    assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
 # --------------------------------------------------------------------------- pixels
 
 
@@ -322,6 +373,7 @@ def test_pixels_in_unit_and_byte_scales(mnist):
         ([[0] * 28] * 27 + [[0] * 27 + [float("inf")]], "NaN or infinity"),
         ([[0] * 28] * 27 + [[0] * 27 + [-1]], "from -1"),
         ([[0] * 28] * 27 + [[0] * 27 + [256]], "to 256"),
+        ([[0] * 28] * 27 + [[0] * 27 + [10**400]], "too large"),
     ],
 )
 def test_bad_pixels_are_400(value, words):
