@@ -319,8 +319,10 @@ def test_unloads_survive_a_hup_and_the_sync_folder_goes_at_exit(repo, live_serve
 
     assert wait_until(lambda: statuses() == {503})
     os.kill(server.process.pid, signal.SIGHUP)
-    assert wait_until(lambda: server.log().count("Booting worker") == 4)
-    assert wait_until(lambda: len(re.findall(r"another worker did unload of model mnist", server.log())) >= 3)
+    # Generous bounds: on a busy machine the new workers take a while to boot and load the model.
+    assert wait_until(lambda: server.log().count("Booting worker") == 4), server.log()[-3000:]
+    assert wait_until(lambda: len(re.findall(r"another worker did unload of model mnist", server.log())) >= 3), \
+        server.log()[-3000:]
     assert statuses() == {503}
     server.stop()
     assert not sync_dir.exists() and not metrics_dir.exists()
@@ -342,7 +344,7 @@ def two_workers(live_server_factory, repo: Path, **env: str):
     return server
 
 
-def wait_until(condition, timeout: float = 15.0) -> bool:
+def wait_until(condition, timeout: float = 60.0) -> bool:
     """Poll `condition` every 0.1 s until it holds or `timeout` passes; return whether it held."""
     deadline = time.monotonic() + timeout
     while not condition():
