@@ -16,6 +16,9 @@ from tests.onnx_factory import write_classifier
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_VENV = ROOT / ".venv-serve"
 COMMITTED_REPOSITORY = ROOT / "models"
+COMMITTED_MNIST = COMMITTED_REPOSITORY / "mnist" / "1" / "model.onnx"
+# The first 200 official MNIST test images and labels (docs/training.md says how it was written).
+MNIST_SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
 # Server logs stay after a run for CI to show; the folder is gitignored.
 LOG_DIR = ROOT / "tests" / "artifacts" / "logs"
 

@@ -5,10 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.conftest import MNIST_SAMPLE
 from training.data import TEST_CLASS_COUNTS, TRAIN_CLASS_COUNTS, Split, write_splits
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
 
 
 def fake_split(counts: tuple[int, ...], rng: np.random.Generator) -> Split:
@@ -31,5 +29,5 @@ def write_fake_mnist(data_dir: Path, seed: int = 0) -> dict[str, Split]:
 
 def real_test_sample() -> tuple[np.ndarray, np.ndarray]:
     """The committed first 200 official MNIST test images and labels."""
-    with np.load(SAMPLE) as sample:
+    with np.load(MNIST_SAMPLE) as sample:
         return sample["images"], sample["labels"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import MNIST_SAMPLE
 from tests.mnist_fixture import write_fake_mnist
 from training import data
 from training.data import DataError
@@ -138,7 +139,7 @@ def test_cli_reports_what_it_found_and_does_nothing_the_second_time(tmp_path: Pa
 
 
 def test_committed_sample_is_the_first_official_test_images() -> None:
-    with np.load(Path(__file__).parent / "data" / "mnist_test_sample.npz") as sample:
+    with np.load(MNIST_SAMPLE) as sample:
         images, labels = sample["images"], sample["labels"]
     assert images.shape == (200, 28, 28) and images.dtype == np.uint8 and labels.dtype == np.int64
     assert labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the official test set's first labels

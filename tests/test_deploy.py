@@ -17,13 +17,12 @@ import pytest
 import requests
 
 from server import config
-from tests.conftest import ROOT, LiveServer, free_port
+from tests.conftest import MNIST_SAMPLE, ROOT, free_port
 from tests.image.smoke import digit_bodies, png_bytes, ship_new_version
 
 UNIT = ROOT / "deploy/systemd/mnist-serve.service"
 SITE = ROOT / "deploy/nginx/mnist-serve.conf"
 INSTALL_DIR = "/srv/mnist-serve"  # where the unit expects the checkout
-SAMPLE = ROOT / "tests/data/mnist_test_sample.npz"
 # Variables the unit sets that are not server settings, and why they are there.
 NON_SERVER_VARIABLES = {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PATH"}
 CONTAINERFILE = ROOT / "Containerfile"
@@ -44,7 +43,7 @@ def unit_environment(text: str) -> dict[str, str]:
 
 
 def png_digit(index: int = 0) -> bytes:
-    with np.load(SAMPLE) as data:
+    with np.load(MNIST_SAMPLE) as data:
         return png_bytes(data["images"][index])
 
 
@@ -235,7 +234,7 @@ def test_new_model_version_ships_with_hup_and_no_failed_request(random_repositor
     server = live_server_factory(random_repository, WORKERS=2, THREADS=2)
     # The pid is gunicorn's master: python -m server execs it. ship_new_version raises on any failure.
     shipped = ship_new_version(random_repository, random_repository.parent, server.url, server.process.pid,
-                               digit_bodies(SAMPLE))
+                               digit_bodies(MNIST_SAMPLE))
     assert (shipped["from_version"], shipped["to_version"], shipped["failures"]) == ("1", "2", 0)
     assert "Handling signal: hup" in server.log()
     assert "was sent SIG" not in server.log(), "old workers must drain and exit by themselves"

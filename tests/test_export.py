@@ -14,7 +14,8 @@ import torch
 
 from export import ExportResult, export_checkpoint, main, quantize
 from export.onnx_export import ExportError, check_parity, session, to_onnx
-from tests.mnist_fixture import ROOT, real_test_sample, write_fake_mnist
+from tests.conftest import ROOT
+from tests.mnist_fixture import real_test_sample, write_fake_mnist
 from training.checkpoint import save_checkpoint
 from training.data import sha256_file
 from training.model import DigitNet, ModelConfig

@@ -16,12 +16,11 @@ from PIL import Image
 
 from server import create_app
 from tests.api_client import FlaskCaller, HttpCaller, encode, png
-from tests.conftest import COMMITTED_REPOSITORY, ROOT, LiveServer
+from tests.conftest import COMMITTED_MNIST, MNIST_SAMPLE, LiveServer
 from tests.onnx_factory import write_classifier
 
-SAMPLE = np.load(ROOT / "tests" / "data" / "mnist_test_sample.npz")
+SAMPLE = np.load(MNIST_SAMPLE)
 DIGIT_IMAGES, DIGIT_LABELS = SAMPLE["images"][:50], SAMPLE["labels"][:50]
-COMMITTED_MNIST = COMMITTED_REPOSITORY / "mnist" / "1" / "model.onnx"
 DIGITS = [str(i) for i in range(10)]
 LETTERS = list("ABCDE")
 # Small limits, so that every limit is reached by a small request.

@@ -15,10 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server import create_app
 from tests.api_client import png
-from tests.conftest import ROOT
+from tests.conftest import MNIST_SAMPLE
 from tests.onnx_factory import write_classifier
 
-DIGIT = np.load(ROOT / "tests" / "data" / "mnist_test_sample.npz")["images"][0]
+DIGIT = np.load(MNIST_SAMPLE)["images"][0]
 DIGIT_PNG = png(DIGIT)
 
 

@@ -12,10 +12,10 @@ import schemathesis
 from server import create_app
 from server.app import OPEN_PATHS
 from tests.api_client import png
-from tests.conftest import ROOT
+from tests.conftest import MNIST_SAMPLE
 from tests.onnx_factory import write_classifier
 
-DIGIT = np.load(ROOT / "tests" / "data" / "mnist_test_sample.npz")["images"][0]
+DIGIT = np.load(MNIST_SAMPLE)["images"][0]
 TOKEN = "open-sesame"
 # Methods Flask adds to every rule by itself.
 IMPLICIT_METHODS = {"HEAD", "OPTIONS"}

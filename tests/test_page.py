@@ -11,7 +11,7 @@ import requests
 from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.conftest import COMMITTED_REPOSITORY, ROOT, LiveServer
+from tests.conftest import COMMITTED_MNIST, COMMITTED_REPOSITORY, MNIST_SAMPLE, ROOT, LiveServer
 from tests.onnx_factory import write_classifier
 
 CHROMIUM = "/usr/bin/chromium"
@@ -23,8 +23,6 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 DESKTOP = {"width": 1100, "height": 800}
 PHONE = {"width": 375, "height": 740}
 DIGITS = [str(i) for i in range(10)]
-COMMITTED_MNIST = COMMITTED_REPOSITORY / "mnist" / "1" / "model.onnx"
-SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
 
 # Strokes of digits in the pad's unit square, drawn the way a person would.
 def ellipse(cx: float, cy: float, rx: float, ry: float, points: int = 24) -> list[tuple[float, float]]:
@@ -155,7 +153,7 @@ def seen_pixels(page: Page) -> np.ndarray:
 
 def sample_png(index: int) -> tuple[bytes, str]:
     """A real MNIST test digit as PNG bytes (white on black), with its true label."""
-    sample = np.load(SAMPLE)
+    sample = np.load(MNIST_SAMPLE)
     buffer = io.BytesIO()
     Image.fromarray(sample["images"][index]).save(buffer, format="PNG")
     return buffer.getvalue(), str(int(sample["labels"][index]))

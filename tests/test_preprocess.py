@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -15,26 +14,23 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageFilter
 
 from bench.photo_pages import CLEAN_KINDS, PHOTO_KINDS, make_sample
-
 from server.errors import ApiError, BadRequest, PayloadTooLarge, Unprocessable
 from server.preprocess import decode_image, mnist_digit, pixels_to_array, reduce_large
+from tests.conftest import COMMITTED_MNIST, MNIST_SAMPLE
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
-COMMITTED_MODEL = ROOT / "models" / "mnist" / "1" / "model.onnx"
 MAX_PIXELS = 25_000_000
 
 
 @pytest.fixture(scope="module")
 def mnist() -> tuple[np.ndarray, np.ndarray]:
-    data = np.load(SAMPLE)
+    data = np.load(MNIST_SAMPLE)
     return data["images"], data["labels"]
 
 
 @pytest.fixture(scope="module")
 def classify():
     """Digits the committed model reads in a list of 28x28 arrays."""
-    session = ort.InferenceSession(str(COMMITTED_MODEL), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(COMMITTED_MNIST), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
     def run(arrays: list[np.ndarray]) -> np.ndarray:

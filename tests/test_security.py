@@ -14,14 +14,14 @@ import requests
 from onnx import TensorProto, helper, numpy_helper
 
 from server import config, create_app
-from server.app import OPEN_PATHS
 from server.__main__ import parse_args
+from server.app import OPEN_PATHS
 from tests.api_client import png
-from tests.conftest import ROOT, SERVE_VENV
+from tests.conftest import MNIST_SAMPLE, ROOT, SERVE_VENV
 from tests.onnx_factory import write_classifier
 
 TOKEN = "s3cret-token-for-tests"
-DIGITS = np.load(ROOT / "tests" / "data" / "mnist_test_sample.npz")["images"][:2]
+DIGITS = np.load(MNIST_SAMPLE)["images"][:2]
 DIGIT_PNG = png(DIGITS[0])
 # What a 500 answer must never show.
 INTERNALS = ("Traceback", "onnxruntime", "Reshape", "File \"", ".py", "RuntimeError", "INVALID_ARGUMENT")

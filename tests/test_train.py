@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.mnist_fixture import ROOT, write_fake_mnist
+from tests.conftest import ROOT
+from tests.mnist_fixture import write_fake_mnist
 from training import train
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.model import DigitNet, ModelConfig

@@ -9,11 +9,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from tests.conftest import COMMITTED_MNIST, COMMITTED_REPOSITORY, MNIST_SAMPLE  # noqa: F401 (re-exported)
 from tests.onnx_factory import write_classifier
 
-ROOT = Path(__file__).resolve().parents[1]
-COMMITTED_REPOSITORY = ROOT / "models"
-COMMITTED_MNIST = COMMITTED_REPOSITORY / "mnist" / "1" / "model.onnx"
 DIGIT_LABELS = [str(i) for i in range(10)]
 
 # ONNX element types by v2 datatype name: the identity model has one input and output per type.
@@ -130,7 +128,7 @@ def _split_bytes(chunk: bytes) -> list[bytes]:
 
 def mnist_sample(count: int = 50) -> tuple[np.ndarray, np.ndarray]:
     """The first `count` real MNIST test digits as float32 [count,1,28,28] in [0,1], and their labels."""
-    with np.load(ROOT / "tests" / "data" / "mnist_test_sample.npz") as sample:
+    with np.load(MNIST_SAMPLE) as sample:
         images, labels = sample["images"][:count], sample["labels"][:count]
     return (images.astype(np.float32) / 255.0)[:, None], labels
 
