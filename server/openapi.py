@@ -12,6 +12,7 @@ import sys
 from flask import Blueprint, Flask, current_app, jsonify
 
 from .app import OPEN_PATHS
+from .repository import MODEL_NAME, VERSION
 
 OPENAPI_VERSION = "3.0.3"
 # The keys of a path item that are operations (others are `parameters`, `summary`...).
@@ -19,6 +20,28 @@ HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "tra
 API_VERSION = "0.1.0"
 
 bp = Blueprint("openapi", __name__)
+
+
+# The shared error answers (COMPONENTS["responses"] below) by HTTP status.
+ERROR_RESPONSES = {
+    "400": "BadRequest", "401": "Unauthorized", "404": "NotFound", "413": "PayloadTooLarge",
+    "415": "UnsupportedMediaType", "422": "Unprocessable", "503": "NotReady",
+}
+
+
+def error_responses(*codes: str) -> dict:
+    """An operation's `responses` entries for these error statuses, pointing at the shared answers."""
+    return {code: {"$ref": f"#/components/responses/{ERROR_RESPONSES[code]}"} for code in codes}
+
+
+def parameter(name: str, where: str, pattern: str, description: str, required: bool = True) -> dict:
+    """A string parameter in `where` (path or query) matching `pattern`."""
+    return {"name": name, "in": where, "required": required, "description": description,
+            "schema": {"type": "string", "pattern": pattern}}
+
+
+MODEL_NAME_PARAMETER = parameter("name", "path", MODEL_NAME.pattern, "model name (a folder of the repository)")
+MODEL_VERSION_PARAMETER = parameter("version", "path", VERSION.pattern, "model version (a numeric folder)")
 
 
 def _error_response(description: str) -> dict:

@@ -28,6 +28,11 @@ def valid_version(version: str) -> bool:
     return bool(VERSION.match(version))
 
 
+def latest(versions: Mapping[str, OnnxModel]) -> OnnxModel | None:
+    """The highest version of a model's loaded `versions`, the one served by default."""
+    return versions[max(versions, key=int)] if versions else None
+
+
 @dataclass
 class Failure:
     """A version found on disk that could not be served, and why."""
@@ -249,7 +254,7 @@ class ModelRepository:
             raise NotReady(f"model {name!r} is unloaded: load it with POST /v2/repository/models/{name}/load")
         if version is None:
             if versions:
-                return versions[max(versions, key=int)]
+                return latest(versions)
         elif version in versions:
             return versions[version]
         failed = [f for f in self.failures.values() if f.name == name and version in (None, f.version)]

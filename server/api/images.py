@@ -22,7 +22,8 @@ from .. import preprocess
 from ..app import get_repository
 from ..errors import ApiError, BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from ..model import NUMPY_DTYPES, OnnxModel, TensorSpec
-from ..repository import ModelRepository
+from ..openapi import error_responses, parameter
+from ..repository import VERSION, ModelRepository, latest
 
 bp = Blueprint("images", __name__)
 
@@ -86,7 +87,7 @@ def default_model_name(repository: ModelRepository) -> str:
         return DEFAULT_MODEL
     classifiers = [
         name for name, versions in sorted(repository.models.items())
-        if image_classifier_problem(versions[max(versions, key=int)]) is None
+        if image_classifier_problem(latest(versions)) is None
     ]
     if len(classifiers) == 1:
         return classifiers[0]
@@ -336,10 +337,6 @@ _MULTIPART_BODY = {
         "return_input": {"type": "string", "enum": ["1", "0", "true", "false"]},
     },
 }
-_ERRORS = {
-    "400": "BadRequest", "404": "NotFound", "413": "PayloadTooLarge",
-    "415": "UnsupportedMediaType", "422": "Unprocessable", "503": "NotReady",
-}
 
 
 def _predict_operation(summary: str, parameters: list) -> dict:
@@ -352,9 +349,7 @@ def _predict_operation(summary: str, parameters: list) -> dict:
             "or form field. Too many images is a 413.",
             "tags": ["images"],
             "parameters": parameters + [
-                {"name": "version", "in": "query", "required": False,
-                 "description": "model version (default: the highest loaded)",
-                 "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
+                parameter("version", "query", VERSION.pattern, "model version (default: the highest loaded)", required=False),
                 {"name": "return_input", "in": "query", "required": False,
                  "description": "for raw and multipart bodies: 1 adds each preprocessed input",
                  "schema": {"type": "string", "enum": ["1", "0", "true", "false"]}},
@@ -372,7 +367,7 @@ def _predict_operation(summary: str, parameters: list) -> dict:
                     "description": "One prediction per image",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}},
                 },
-                **{code: {"$ref": f"#/components/responses/{name}"} for code, name in _ERRORS.items()},
+                **error_responses("400", "404", "413", "415", "422", "503"),
             },
         }
     }

@@ -13,6 +13,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from ..app import get_repository
 from ..errors import ApiError, BadRequest
 from ..model_sync import ModelSync
+from ..openapi import MODEL_NAME_PARAMETER, error_responses
 
 bp = Blueprint("model_repository", __name__)
 
@@ -126,8 +127,7 @@ def _is_loopback(host: str) -> bool:
 
 def _operation(summary: str, body: dict, response: dict, admin: bool) -> dict:
     responses = {"200": {"description": "Done", "content": {"application/json": {"schema": response}}}}
-    errors = {"400": "BadRequest", "401": "Unauthorized", "404": "NotFound"}
-    responses.update({code: {"$ref": f"#/components/responses/{name}"} for code, name in errors.items()})
+    responses.update(error_responses("400", "401", "404"))
     if admin:
         responses["403"] = {
             "description": "No API_TOKEN is set and the server is reachable beyond loopback",
@@ -141,8 +141,6 @@ def _operation(summary: str, body: dict, response: dict, admin: bool) -> dict:
     }
 
 
-_NAME = {"name": "name", "in": "path", "required": True, "description": "model name (a folder of the repository)",
-         "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"}}
 _LOADED = {"type": "object", "required": ["name", "versions"], "properties": {
     "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
     "default_version": {"type": "string"}}}
@@ -156,11 +154,11 @@ OPENAPI_PATHS: dict = {
                                     "properties": {k: {"type": "string"} for k in ("name", "version", "state", "reason")}}},
         admin=False,
     )},
-    "/v2/repository/models/{name}/load": {"parameters": [_NAME], "post": _operation(
+    "/v2/repository/models/{name}/load": {"parameters": [MODEL_NAME_PARAMETER], "post": _operation(
         "Load new or changed versions of a model, warm them up, then switch to them in every worker",
         _PARAMETERS, _LOADED, admin=True,
     )},
-    "/v2/repository/models/{name}/unload": {"parameters": [_NAME], "post": _operation(
+    "/v2/repository/models/{name}/unload": {"parameters": [MODEL_NAME_PARAMETER], "post": _operation(
         "Stop serving every version of a model, in every worker", _PARAMETERS, _LOADED, admin=True,
     )},
 }

@@ -6,6 +6,7 @@ from flask import Blueprint, jsonify, render_template
 from ..app import get_repository
 from ..errors import NotFound
 from ..model import OnnxModel
+from ..repository import latest
 from .images import default_model_name, image_classifier_problem
 
 bp = Blueprint("page", __name__)
@@ -31,7 +32,7 @@ def image_classifiers():
     models = repository.models  # one snapshot: loading and unloading replace the dict, never edit it
     listed = []
     for name, versions in sorted(models.items()):
-        served = versions[max(versions, key=int)] if versions else None
+        served = latest(versions)
         if served and image_classifier_problem(served) is None:
             listed.append(describe(served, sorted(versions, key=int)))
     try:

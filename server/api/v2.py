@@ -15,7 +15,7 @@ from .. import tensors
 from ..app import get_repository
 from ..errors import BadRequest, NotReady
 from ..model import OnnxModel
-from ..openapi import API_VERSION
+from ..openapi import API_VERSION, MODEL_NAME_PARAMETER, MODEL_VERSION_PARAMETER, error_responses
 
 log = logging.getLogger(__name__)
 bp = Blueprint("v2", __name__)
@@ -118,23 +118,10 @@ def _classified(model: OnnxModel, array: np.ndarray, top: int) -> np.ndarray:
     return tensors.classify(array, top, model.labels) if top else array
 
 
-def _path_parameter(name: str, pattern: str, description: str) -> dict:
-    return {"name": name, "in": "path", "required": True, "description": description,
-            "schema": {"type": "string", "pattern": pattern}}
-
-
-def _errors(*codes: str) -> dict:
-    names = {"400": "BadRequest", "401": "Unauthorized", "404": "NotFound", "413": "PayloadTooLarge",
-             "415": "UnsupportedMediaType", "503": "NotReady"}
-    return {code: {"$ref": f"#/components/responses/{names[code]}"} for code in codes}
-
-
 def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-MODEL_NAME = _path_parameter("name", r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", "model name (a folder of the repository)")
-MODEL_VERSION = _path_parameter("version", r"^[0-9]{1,18}$", "model version (a numeric folder)")
 TENSOR_META = {
     "type": "object",
     "required": ["name", "datatype", "shape"],
@@ -205,8 +192,8 @@ def _model_paths(suffix: str, method: str, operation: dict) -> dict:
     """One operation at /v2/models/{name}<suffix> and at /v2/models/{name}/versions/{version}<suffix>."""
     pinned = {**operation, "summary": operation["summary"].replace("(highest version)", "(one version)")}
     return {
-        f"/v2/models/{{name}}{suffix}": {"parameters": [MODEL_NAME], method: operation},
-        f"/v2/models/{{name}}/versions/{{version}}{suffix}": {"parameters": [MODEL_NAME, MODEL_VERSION], method: pinned},
+        f"/v2/models/{{name}}{suffix}": {"parameters": [MODEL_NAME_PARAMETER], method: operation},
+        f"/v2/models/{{name}}/versions/{{version}}{suffix}": {"parameters": [MODEL_NAME_PARAMETER, MODEL_VERSION_PARAMETER], method: pinned},
     }
 
 
@@ -214,13 +201,13 @@ def _openapi_paths() -> dict:
     metadata = _model_paths("", "get", {
         "summary": "Model metadata (highest version): platform, versions, inputs and outputs",
         "tags": ["v2"],
-        "responses": {"200": _json(MODEL_METADATA, "Model metadata"), **_errors("401", "404", "503")},
+        "responses": {"200": _json(MODEL_METADATA, "Model metadata"), **error_responses("401", "404", "503")},
     })
     ready = _model_paths("/ready", "get", {
         "summary": "Whether the model (highest version) is ready: 200 when it is, 503 when it failed to load",
         "tags": ["v2"],
         "responses": {"200": _json(MODEL_READY, "Ready"), "503": _json(MODEL_READY, "Not ready"),
-                      **_errors("401", "404")},
+                      **error_responses("401", "404")},
     })
     infer = _model_paths("/infer", "post", {
         "summary": "Inference (highest version), JSON tensors or the binary tensor data extension",
@@ -238,7 +225,7 @@ def _openapi_paths() -> dict:
                 "application/json": {"schema": INFER_RESPONSE},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             }},
-            **_errors("400", "401", "404", "413", "415", "503"),
+            **error_responses("400", "401", "404", "413", "415", "503"),
         },
     })
     server = {"/v2": {"get": {
@@ -247,7 +234,7 @@ def _openapi_paths() -> dict:
         "responses": {"200": _json({"type": "object", "required": ["name", "version", "extensions"], "properties": {
             "name": {"type": "string"}, "version": {"type": "string"},
             "extensions": {"type": "array", "items": {"type": "string"}},
-        }}, "Server metadata"), **_errors("401")},
+        }}, "Server metadata"), **error_responses("401")},
     }}}
     return {**server, **metadata, **ready, **infer}
 
