@@ -140,3 +140,14 @@ def test_ab_extracts_a_revisions_server_package(tmp_path):
                                check=True).stdout
     assert (tree / "server" / "config.py").read_bytes() == committed
     assert len(short_hash("HEAD")) >= 7
+
+
+def test_the_benchmark_document_is_what_its_run_renders() -> None:
+    """docs/benchmarks.md comes from docs/benchmarks.json by bench.markdown, never from editing by hand."""
+    from bench.markdown import render
+    from bench.report import PLOTS
+
+    results = json.loads((ROOT / "docs" / "benchmarks.json").read_text())
+    rendered = render(results, list(PLOTS))
+    assert (ROOT / "docs" / "benchmarks.md").read_text() == rendered, \
+        "docs/benchmarks.md differs from its JSON: run `python -m bench.report` (or make bench) to write it again"

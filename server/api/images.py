@@ -285,11 +285,12 @@ def classify(classifier: ImageClassifier, images: list[np.ndarray]) -> np.ndarra
 
 def _prediction(probabilities: np.ndarray, labels: list[str] | None) -> dict:
     index = int(np.argmax(probabilities))
+    rounded = np.round(probabilities, PROBABILITY_DIGITS).tolist()
     return {
         "label": labels[index] if labels else str(index),
         "index": index,
-        "confidence": round(float(probabilities[index]), PROBABILITY_DIGITS),
-        "probabilities": [round(float(p), PROBABILITY_DIGITS) for p in probabilities],
+        "confidence": rounded[index],
+        "probabilities": rounded,
     }
 
 
