@@ -66,9 +66,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOG_LEVEL", "info", _log_level, "debug, info, warning or error"),
     Setting("MODEL_POLL_SECONDS", 0.0, _number(float, 0), "rescan the repository this often for new, changed or removed versions; 0 = off"),
     Setting("MODEL_SYNC_DIR", "", str, "folder where workers tell each other of model loads; empty = a temporary one per gunicorn"),
-    Setting("MAX_BATCH_SIZE", 8, _number(int, 1), "dynamic batching: most rows in one run (a model's max_batch_size metadata wins); 1 = off"),
-    # Measured in docs/batching.md: no wait (requests that arrive during a run form the next batch),
-    # and only for models slow enough that runs overlap arrivals (the digit model is not).
+    # Off by default (docs/batching.md): on this 2-core machine a ResNet-18-sized model gained 1.02x
+    # throughput and lost 1.2-1.3x on p99 in two quiet runs; the digit model gained nothing.
+    Setting("MAX_BATCH_SIZE", 1, _number(int, 1), "dynamic batching: most rows in one run (a model's max_batch_size metadata wins); 1 = off"),
+    # When on: no wait (requests that arrive during a run form the next batch), and only for models
+    # slow enough that runs overlap arrivals (the digit model is not).
     Setting("MAX_BATCH_DELAY_US", 0, _number(int, 0, 10_000_000), "dynamic batching: longest wait for more requests, in microseconds"),
     Setting("BATCH_MIN_INFERENCE_MS", 5.0, _number(float, 0), "batch only models whose single run takes at least this long (unless their metadata says)"),
 )
