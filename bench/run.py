@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", default="auto",
                         help="training checkpoint for the torch baseline; 'auto' finds the one the ONNX file "
                              "was exported from under runs/, '' uses random weights")
-    parser.add_argument("--seconds", type=float, default=10.0, help="wrk duration per endpoint and concurrency")
+    parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per try")
+    parser.add_argument("--tries", type=int, default=3, help="wrk runs per endpoint and concurrency; the best is kept")
     parser.add_argument("--warmup", type=float, default=3.0, help="wrk warm-up per endpoint, not recorded")
     parser.add_argument("--rss-requests", type=int, default=10_000, help="requests before the loaded RSS is taken")
     parser.add_argument("--cold-starts", type=int, default=3, help="cold starts timed per app")
@@ -57,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds-long runs to check the machinery; writes to bench/out/quick unless --out")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds, args.warmup, args.rss_requests, args.cold_starts = 1.0, 1.0, 300, 1
+        args.seconds, args.warmup, args.rss_requests, args.cold_starts, args.tries = 1.0, 1.0, 300, 1, 1
         args.soak_seconds, args.soak_warmup, args.inprocess_seconds = 2.0, 1.0, 0.3
         if args.out == ROOT / "docs":
             args.out = ROOT / "bench" / "out" / "quick"
@@ -148,14 +149,27 @@ def load_series(server: Gunicorn, specs: list[bodies.RequestSpec], args: argpars
         run_wrk(server.port, spec, connections=8, seconds=args.warmup)
         runs = []
         for connections in CONCURRENCY:
-            runs.append(run_wrk(server.port, spec, connections=connections, seconds=args.seconds,
-                                server_cpu=server.cpu_seconds))
-            log.info("%s %s c=%d: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %d errors", server.name, spec.name,
-                     connections, runs[-1]["rps"], runs[-1]["latency_ms"]["p50"], runs[-1]["latency_ms"]["p99"],
-                     runs[-1]["errors"])
+            runs.append(best_try([run_wrk(server.port, spec, connections=connections, seconds=args.seconds,
+                                          server_cpu=server.cpu_seconds) for _ in range(args.tries)]))
+            log.info("%s %s c=%d: %.0f req/s (tries %s), p50 %.2f ms, p99 %.2f ms, %d errors", server.name,
+                     spec.name, connections, runs[-1]["rps"], runs[-1]["tries_rps"], runs[-1]["latency_ms"]["p50"],
+                     runs[-1]["latency_ms"]["p99"], runs[-1]["errors"])
         series[spec.name] = {"request_bytes": len(spec.body), "response_bytes": len(body),
                              "label": answer_label(body), "runs": runs}
     return series
+
+
+def best_try(tries: list[dict]) -> dict:
+    """The try with the most requests/s, with every try's req/s and the errors of all of them.
+
+    wrk opens its connections at once and a keep-alive connection stays with the worker that
+    accepted it: in a try where one worker took (nearly) all of them, one core idles and the rate
+    halves. The best try is the app with its load spread over both workers.
+    """
+    best = dict(max(tries, key=lambda run: run["rps"]))
+    best["tries_rps"] = [run["rps"] for run in tries]
+    best["errors"] = sum(run["errors"] for run in tries)
+    return best
 
 
 def cold_starts(make, trials: int) -> list[float]:
@@ -274,7 +288,7 @@ def run(args: argparse.Namespace) -> dict:
         "versions": {"serve": venv_versions(SERVE_VENV), "torch_baseline": venv_versions(TORCH_VENV),
                      "wrk": wrk_version()},
         "settings": {name: BY_NAME[name].default for name in ("WORKERS", "THREADS", "ORT_THREADS")},
-        "method": {"seconds": args.seconds, "warmup": args.warmup, "concurrency": list(CONCURRENCY),
+        "method": {"seconds": args.seconds, "tries": args.tries, "warmup": args.warmup, "concurrency": list(CONCURRENCY),
                    "rss_requests": args.rss_requests, "cold_starts": args.cold_starts, "wrk_threads": 1,
                    "digit_label": label, "quick": args.quick},
         "model": model, "int8_model": model_info(int8_path) if int8_path else None, "torch_checkpoint": os.path.relpath(args.checkpoint, ROOT) if args.checkpoint else None,
