@@ -18,7 +18,7 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 from PIL import Image
 
-from .. import preprocess
+from .. import multipart, preprocess
 from ..app import get_repository
 from ..errors import ApiError, BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from ..model import NUMPY_DTYPES, OnnxModel, TensorSpec
@@ -130,7 +130,7 @@ def read_items() -> tuple[list[Item], bool]:
     """The request's images, in order, and whether it asked for the preprocessed inputs back."""
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
-        items, return_input = _read_multipart(), _flag(request.values.get("return_input"), "return_input")
+        items, return_input = _read_multipart()
     elif mimetype in IMAGE_TYPES:
         items, return_input = [request.get_data()], _flag(request.args.get("return_input"), "return_input")
     elif mimetype == "application/json" or mimetype.endswith("+json"):
@@ -155,18 +155,24 @@ def _check_count(count: int) -> None:
         raise BadRequest("received no image; expected at least one")
 
 
-def _read_multipart() -> list[bytes]:
-    files = request.files.getlist(IMAGE_FIELD)
-    if not files:
-        texts = IMAGE_FIELD in request.form
-        received = sorted(set(request.files) | set(request.form))
+def _read_multipart() -> tuple[list[bytes], bool]:
+    """The files in field `image`, and return_input from the query or a form field."""
+    boundary = request.mimetype_params.get("boundary", "")
+    form = multipart.parse_form(request.get_data(), boundary)
+    if form is None:  # not the plain form every client sends: werkzeug's full parser decides
+        form = ({name: [f.read() for f in request.files.getlist(name)] for name in request.files},
+                {name: request.form.getlist(name) for name in request.form})
+    files, fields = form
+    if not files.get(IMAGE_FIELD):
+        received = sorted(set(files) | set(fields))
         raise BadRequest(
             f"multipart body has no file in field {IMAGE_FIELD!r}"
-            + (" (it came as a text field)" if texts else f" (received fields: {received or 'none'})")
+            + (" (it came as a text field)" if IMAGE_FIELD in fields else f" (received fields: {received or 'none'})")
             + f"; send the image as a file, e.g. curl -F {IMAGE_FIELD}=@digit.png"
         )
-    _check_count(len(files))
-    return [file.read() for file in files]
+    _check_count(len(files[IMAGE_FIELD]))
+    flag = request.args.get("return_input", (fields.get("return_input") or [None])[0])
+    return files[IMAGE_FIELD], _flag(flag, "return_input")
 
 
 def _read_json() -> tuple[list[Item], bool]:
