@@ -74,7 +74,9 @@ def plot_throughput(results: dict, path: Path) -> None:
         ax.bar([c + (index - len(measured) / 2 + 0.5) * width for c in range(len(concurrency))], rps, width, label=label)
     ax.set_xticks(range(len(concurrency)), [f"{c} connections" for c in concurrency])
     ax.set_ylabel("requests per second")
-    ax.set_title(f"Throughput under wrk, {results['machine']['cores']} cores, {results['method']['seconds']:g} s per bar")
+    method = results["method"]
+    ax.set_title(f"Throughput under wrk, {results['machine']['cores']} cores, "
+                 f"best of {method.get('tries', 1)} tries of {method['seconds']:g} s per bar")
     ax.legend(fontsize=8, ncol=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
