@@ -20,10 +20,6 @@ class ConfigError(ValueError):
     """A setting's value that cannot be used; the message names the setting and what it expects."""
 
 
-def _bool(text: str) -> bool:
-    return text.strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _number(kind: type, low: float, high: float | None = None) -> Callable[[str], Any]:
     """A parser for an int or float between `low` and `high`, saying so when the text is not."""
     expected = f"{'an integer' if kind is int else 'a number'} from {low}" + (f" to {high}" if high else " up")

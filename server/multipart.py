@@ -16,7 +16,9 @@ KNOWN_HEADERS = {b"content-disposition", b"content-type"}
 
 def parse_form(body: bytes, boundary: str) -> Form | None:
     """The files and text fields of a complete multipart body, or None when it is not plain."""
-    delimiter = b"\r\n--" + boundary.encode("latin-1")
+    if not boundary.isascii():  # RFC 2046 boundaries are ASCII; werkzeug decides what else means
+        return None
+    delimiter = b"\r\n--" + boundary.encode("ascii")
     if not boundary or not body.startswith(delimiter[2:]):
         return None
     end = body.find(delimiter + b"--")

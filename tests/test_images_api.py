@@ -435,6 +435,8 @@ ERRORS = [
     pytest.param("/predict", {"form": {"picture": "x"}}, 400, "received fields: ['picture']", id="multipart-no-file"),
     pytest.param("/predict", files(b""), 400, "the image is empty", id="multipart-empty-file"),
     pytest.param("/predict", raw(DIGIT_PNG, "multipart/form-data"), 400, "no file in field 'image'", id="multipart-no-boundary"),
+    pytest.param("/predict", raw(b"--x\r\n", "multipart/form-data; boundary*=UTF-8''%E2%82%AC"), 400, "no file in field 'image'",
+                 id="multipart-non-ascii-boundary"),
     pytest.param("/predict", files(*[DIGIT_PNG] * 5), 413, "received 5 images", id="multipart-too-many"),
     pytest.param("/predict", files(DIGIT_PNG, b"junk"), 400, "image 2 of 2: could not decode", id="multipart-second-bad"),
     pytest.param("/predict", files(DIGIT_PNG, return_input="maybe"), 400, "return_input='maybe'", id="multipart-return-input"),

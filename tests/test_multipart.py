@@ -60,3 +60,4 @@ def test_a_preamble_or_a_missing_end_is_left_to_werkzeug() -> None:
     assert parse_form(b"preamble\r\n" + body, boundary) is None
     assert parse_form(body[: body.rindex(b"--")], boundary) is None
     assert parse_form(body, "") is None
+    assert parse_form(body, "€" + boundary) is None  # an RFC 2231 parameter can decode to anything
