@@ -59,7 +59,9 @@ def decode_image(data: bytes, max_pixels: int, draft_side: int | None = WORK_SID
         if draft_side and image.format == "JPEG":
             image.draft(image.mode, (draft_side, draft_side))
         image.load()  # the first frame of an animation
-        return ImageOps.exif_transpose(image)
+        image = ImageOps.exif_transpose(image)
+        # Pillow converts LAB (a TIFF mode) to nothing else; its L channel is the lightness.
+        return image.getchannel("L") if image.mode == "LAB" else image
     except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError, TypeError) as err:
         raise BadRequest(
             f"could not decode the {image.format} image of {width}x{height} pixels "
@@ -114,8 +116,6 @@ def reduce_large(image: Image.Image, side: int = WORK_SIDE) -> Image.Image:
     factor = max(image.size) // (2 * side)
     if factor < 2:
         return image
-    if image.mode == "LAB":
-        image = image.getchannel("L")
     if image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
         transparent = "A" in image.mode or "transparency" in image.info
         image = image.convert("RGBA" if transparent else "I" if image.mode.startswith("I;16") else "RGB")
@@ -131,8 +131,6 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "RGBa"):
         return _composite(image)
-    if image.mode == "LAB":  # Pillow converts LAB to nothing else; its L channel is the lightness
-        image = image.getchannel("L")
     if image.mode != "L":
         try:
             image = image.convert("L")
