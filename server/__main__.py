@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from . import config
-from .repository import find_model_files
+from .layout import find_model_files
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
 

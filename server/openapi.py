@@ -12,7 +12,7 @@ import sys
 from flask import Blueprint, Flask, current_app, jsonify
 
 from .app import OPEN_PATHS
-from .repository import MODEL_NAME, VERSION
+from .layout import MODEL_NAME, VERSION
 
 OPENAPI_VERSION = "3.0.3"
 # The keys of a path item that are operations (others are `parameters`, `summary`...).

@@ -2,30 +2,17 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 from . import metrics
 from .errors import NotFound, NotReady
+from .layout import MODEL_FILE, file_stamp, find_model_files, find_versions, valid_name, valid_version
 from .model import OnnxModel
 
 log = logging.getLogger(__name__)
-
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-VERSION = re.compile(r"^[0-9]{1,18}$")
-MODEL_FILE = "model.onnx"
-
-
-def valid_name(name: str) -> bool:
-    """True for a model name that cannot escape the repository (no slashes, no `..`)."""
-    return bool(MODEL_NAME.match(name)) and ".." not in name
-
-
-def valid_version(version: str) -> bool:
-    return bool(VERSION.match(version))
 
 
 def latest(versions: Mapping[str, OnnxModel]) -> OnnxModel | None:
@@ -43,54 +30,6 @@ class Failure:
     # True while other versions of the model serve (a bad new version dropped in, at start-up or by
     # a reload): the server stays ready and the model answers from the versions it has.
     kept_serving: bool = False
-
-
-def find_model_files(root: Path, warn: Callable[[str], None] | None = None) -> list[tuple[str, str, Path]]:
-    """List (name, version, path) of every well-formed model file under `root`, skipping others.
-
-    Each skipped folder is reported to `warn` (a warning log line by default).
-    """
-    warn = warn or _warn
-    found = []
-    root = root.resolve()
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        if valid_name(model_dir.name):
-            found.extend((model_dir.name, version, path) for version, path in find_versions(root, model_dir, warn))
-        else:
-            warn(f"skipping {model_dir}: not a valid model name")
-    return found
-
-
-def find_versions(root: Path, model_dir: Path, warn: Callable[[str], None]) -> list[tuple[str, Path]]:
-    """List (version, path) of every well-formed model file in one model's folder."""
-    found = []
-    for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()) if model_dir.is_dir() else []:
-        path = version_dir / MODEL_FILE
-        if not valid_version(version_dir.name):
-            warn(f"skipping {version_dir}: version folders must be numeric")
-        elif not path.is_file():
-            warn(f"skipping {version_dir}: no {MODEL_FILE} in it")
-        elif not path.resolve().is_relative_to(root):
-            warn(f"skipping {path}: it points outside the repository {root}")
-        else:
-            found.append((version_dir.name, path))
-    return found
-
-
-def _warn(message: str) -> None:
-    log.warning("%s", message)
-
-
-def file_stamp(path: Path) -> tuple[int, int] | None:
-    """(modification time in ns, size): changes when a model file is replaced or rewritten.
-
-    None when the file has gone (removed between the scan and now).
-    """
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
 
 
 class ModelRepository:

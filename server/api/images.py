@@ -23,7 +23,8 @@ from ..app import get_repository
 from ..errors import ApiError, BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from ..model import NUMPY_DTYPES, OnnxModel, TensorSpec
 from ..openapi import error_responses, parameter
-from ..repository import VERSION, ModelRepository, latest
+from ..layout import VERSION
+from ..repository import ModelRepository, latest
 
 bp = Blueprint("images", __name__)
 
