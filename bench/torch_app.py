@@ -1,10 +1,10 @@
 """The baseline this project replaces: the same CNN run in-process by PyTorch inside Flask.
 
-Same app design as the server (create_app, thin route, server.preprocess, server.errors, one log
+Same app design as the server (create_app, thin route, server.digit, server.api.errors, one log
 line per request) and the same gunicorn settings (server/gunicorn_conf.py), but torch instead of
 onnxruntime. It runs from its own environment (.venv-bench-torch: flask, gunicorn, numpy, Pillow,
-CPU torch), which has no onnxruntime: `python -m bench.torch_app` makes `server.config`,
-`server.errors` and `server.preprocess` importable without running server/__init__.py.
+CPU torch), which has no onnxruntime: `python -m bench.torch_app` imports only the server's modules
+that need none (settings, decoding, the digit pipeline, errors), never its app factory.
 """
 from __future__ import annotations
 
@@ -52,8 +52,9 @@ def create_app(config: dict | None = None):
     from flask import Flask, g, jsonify, request
 
     use_server_modules_without_onnxruntime()
-    from server import config as settings, preprocess
-    from server.errors import BadRequest, register_error_handlers
+    from server import config as settings, decoding, digit
+    from server.api.errors import register_error_handlers
+    from server.errors import InvalidInput
 
     app = Flask(__name__)
     app.json.sort_keys = False
@@ -81,13 +82,13 @@ def create_app(config: dict | None = None):
         if request.mimetype == "multipart/form-data":
             files = request.files.getlist("image")
             if not files:
-                raise BadRequest("multipart body has no file in field 'image'")
-            images = [preprocess.mnist_digit(preprocess.decode_image(f.read(), max_pixels)) for f in files]
+                raise InvalidInput("multipart body has no file in field 'image'")
+            images = [digit.mnist_digit(decoding.decode_image(f.read(), max_pixels)) for f in files]
         else:
             body = request.get_json(silent=True)
             if not isinstance(body, dict) or "pixels" not in body:
-                raise BadRequest("expected multipart field 'image' or JSON {\"pixels\": [[...]]}")
-            images = [preprocess.pixels_to_array(body["pixels"])]
+                raise InvalidInput("expected multipart field 'image' or JSON {\"pixels\": [[...]]}")
+            images = [decoding.pixels_to_array(body["pixels"])]
         batch = torch.from_numpy(np.stack(images)[:, None].astype(np.float32))
         with torch.inference_mode():
             probabilities = torch.softmax(model(batch), dim=1).numpy().astype(np.float64)

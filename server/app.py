@@ -1,29 +1,16 @@
-"""The application factory: settings, the model repository, request logging and blueprints."""
+"""The application factory: all the wiring of the server in one place."""
 from __future__ import annotations
 
-import hmac
-import logging
-import re
-import time
-import uuid
 from typing import Any, Mapping
 
-from flask import Flask, current_app, g, request
+from flask import Flask
 
 from . import config as settings
-from .errors import Unauthorized, register_error_handlers
-from .repository import ModelRepository
-
-log = logging.getLogger(__name__)
-
-# Endpoints that answer without a token: health, so load balancers and orchestrators can probe
-# it, and the drawing page's own files, which hold no data (a browser cannot send a bearer token
-# when it opens a page; the page asks for the token and sends it with its API calls).
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/")
-OPEN_PREFIXES = ("/static/",)
-REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-# The path is logged percent-decoded: a %0A in the URL must not start a new, forged log line.
-UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+from . import metrics
+from .api import context, errors, health, hooks, images, model_repository, openapi, page, v2
+from .api import metrics as metrics_api
+from .model_sync import ModelSync
+from .registry import ModelRegistry
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -34,53 +21,25 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config.from_mapping(config)
     app.json.sort_keys = False
 
-    repository = ModelRepository(
+    # The models: every version in the repository, loaded now; metrics hear of runs and failures.
+    registry = ModelRegistry(
         app.config["MODEL_REPOSITORY"], ort_threads=app.config["ORT_THREADS"],
         batch_defaults=settings.batch_defaults(app.config),
+        on_run=metrics.observe_inference, on_load_failure=metrics.count_load_failure,
     )
-    repository.load_all()
-    app.extensions["repository"] = repository
+    registry.load_all()
+    # Other gunicorn workers' loads and unloads, and the optional poll of the repository.
+    sync = ModelSync(registry, app.config["MODEL_SYNC_DIR"], app.config["MODEL_POLL_SECONDS"])
+    context.init_app(app, registry, sync)
 
-    register_error_handlers(app)
-    app.before_request(_start_request)
-    app.after_request(_log_request)
+    errors.register_error_handlers(app)
+    app.before_request(hooks.start_request)
+    # after_request hooks run last-registered first: each request is counted, then logged.
+    app.after_request(hooks.log_request)
+    app.after_request(metrics_api.count_request)
 
-    from . import metrics
-    from .api import register_blueprints
+    for blueprint in (health.bp, images.bp, model_repository.bp, openapi.bp, page.bp, v2.bp, metrics_api.bp):
+        app.register_blueprint(blueprint)
 
-    metrics.init_app(app)
-    register_blueprints(app)
+    sync.start()
     return app
-
-
-def get_repository() -> ModelRepository:
-    """The repository of the app handling the current request."""
-    return current_app.extensions["repository"]
-
-
-def _start_request() -> None:
-    # A client's own request id is kept only when it is short and plain, so it cannot forge log lines.
-    sent_id = request.headers.get("X-Request-Id", "")
-    g.request_id = sent_id if REQUEST_ID.fullmatch(sent_id) else uuid.uuid4().hex[:16]
-    g.started = time.perf_counter()
-    token = current_app.config["API_TOKEN"]
-    if token and request.path not in OPEN_PATHS and not request.path.startswith(OPEN_PREFIXES):
-        sent = request.headers.get("Authorization", "")
-        # Constant-time comparison: the time taken says nothing about how much of the token matched.
-        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-            raise Unauthorized("missing or wrong bearer token: send 'Authorization: Bearer <API_TOKEN>'")
-
-
-def _log_request(response):
-    elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-    response.headers["X-Request-Id"] = g.get("request_id", "-")
-    log.info(
-        "%s %s %s %.1fms id=%s", request.method, printable(request.path), response.status_code, elapsed_ms,
-        g.get("request_id", "-"),
-    )
-    return response
-
-
-def printable(text: str) -> str:
-    """`text` with control characters escaped (\\n, \\x1b...), safe to put on one log line."""
-    return UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)

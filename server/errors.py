@@ -1,16 +1,13 @@
-"""Error classes that carry an HTTP status, and the one JSON handler that answers them."""
+"""The serving errors, named after what went wrong; each carries the HTTP status it answers with.
+
+Plain Python: the core raises them with no web framework in sight, and `server/api/errors.py`
+turns any of them into a JSON answer (and gRPC would map the same statuses to its codes).
+"""
 from __future__ import annotations
 
-import logging
 
-from flask import Flask, g, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
-
-log = logging.getLogger(__name__)
-
-
-class ApiError(Exception):
-    """A client-facing error: `status` is the HTTP status, the message says what was wrong."""
+class ServingError(Exception):
+    """A client-facing error: the message says what was received and what was expected."""
 
     status = 400
 
@@ -21,57 +18,49 @@ class ApiError(Exception):
             self.status = status
 
 
-class BadRequest(ApiError):
+class InvalidInput(ServingError):
+    """The request's content cannot be used: bad JSON, an undecodable image, a wrong tensor."""
+
     status = 400
 
 
-class Unauthorized(ApiError):
+class Unauthorized(ServingError):
+    """API_TOKEN is set and the bearer token is missing or wrong."""
+
     status = 401
 
 
-class NotFound(ApiError):
+class AdminRefused(ServingError):
+    """Model load/unload asked of a server reachable from the network with no API_TOKEN set."""
+
+    status = 403
+
+
+class ModelNotFound(ServingError):
+    """No such model or version in the repository."""
+
     status = 404
 
 
-class PayloadTooLarge(ApiError):
+class TooLarge(ServingError):
+    """More than a limit allows: bytes, pixels, images per request."""
+
     status = 413
 
 
-class UnsupportedMediaType(ApiError):
+class UnsupportedFormat(ServingError):
+    """A content type, encoding or image format the server does not read."""
+
     status = 415
 
 
-class Unprocessable(ApiError):
+class NoDigitFound(ServingError):
+    """The image decoded but holds nothing to classify."""
+
     status = 422
 
 
-class NotReady(ApiError):
+class ModelNotReady(ServingError):
+    """The model is in the repository but is not serving (it failed to load, or was unloaded)."""
+
     status = 503
-
-
-def register_error_handlers(app: Flask) -> None:
-    """Answer every error as `{"error": "..."}` JSON; never leak a traceback."""
-
-    @app.errorhandler(ApiError)
-    def _api_error(err: ApiError):
-        return jsonify(error=err.message), err.status
-
-    @app.errorhandler(RequestEntityTooLarge)
-    def _too_large(err: RequestEntityTooLarge):
-        limit, size = request.max_content_length, request.content_length
-        if limit is not None and size is not None and size > limit:
-            return jsonify(error=f"received a body of {size} bytes; the limit is {limit} bytes (MAX_CONTENT_LENGTH)"), 413
-        return jsonify(error=f"request too large: {err.description} (body limit {limit} bytes, MAX_CONTENT_LENGTH)"), 413
-
-    @app.errorhandler(HTTPException)
-    def _http_error(err: HTTPException):
-        response = jsonify(error=f"{err.name}: {err.description}")
-        # Keep werkzeug's own headers (Allow on a 405, as RFC 9110 requires) but not its HTML type.
-        response.headers.extend((k, v) for k, v in err.get_headers() if k.lower() != "content-type")
-        return response, err.code
-
-    @app.errorhandler(Exception)
-    def _unexpected(err: Exception):
-        request_id = g.get("request_id", "-")
-        log.exception("unexpected error, request id %s", request_id)
-        return jsonify(error=f"internal server error (request id {request_id})"), 500

@@ -1,16 +1,16 @@
 """Prometheus metrics: requests by route and status, latency, inference time and batch size, load failures.
 
-Under gunicorn every worker writes its samples to files in PROMETHEUS_MULTIPROC_DIR (set up by
-server/gunicorn_conf.py before any worker starts) and `GET /metrics` adds up all workers; without
-that variable (Flask's test client, `flask run`) the process's own registry is served.
+No web framework here: `create_app` hands `observe_inference` and `count_load_failure` to the model
+registry and counts requests with `observe_request`. Under gunicorn every worker writes its samples
+to files in PROMETHEUS_MULTIPROC_DIR (set up by server/gunicorn_conf.py before any worker starts)
+and `exposition()` adds up all workers; without that variable (Flask's test client, `flask run`)
+the process's own registry is served.
 """
 from __future__ import annotations
 
 import glob
 import os
-import time
 
-from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
     REGISTRY,
@@ -22,11 +22,10 @@ from prometheus_client import (
     multiprocess,
 )
 
-bp = Blueprint("metrics", __name__)
-
 # The `_created` timestamps double the output and multiprocess mode cannot serve them anyway.
 disable_created_metrics()
 
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # Label for requests that matched no route: the raw path would let any client mint new series.
 UNMATCHED_ROUTE = "<unmatched>"
 
@@ -55,25 +54,23 @@ LOAD_FAILURES = Counter(
 )
 
 
-def init_app(app: Flask) -> None:
-    """Serve `/metrics` and count and time every request of `app`."""
-    app.register_blueprint(bp)
-    app.after_request(_count_request)
-
-
-def _count_request(response):
-    route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
-    REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-    started = g.get("started")
-    if started is not None:
-        REQUEST_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
-    return response
+def observe_request(route: str | None, method: str, status: int, seconds: float | None) -> None:
+    """Count one answered request and, when its start is known, its duration."""
+    route = route if route is not None else UNMATCHED_ROUTE
+    REQUESTS.labels(route, method, str(status)).inc()
+    if seconds is not None:
+        REQUEST_SECONDS.labels(route, method).observe(seconds)
 
 
 def observe_inference(model: str, version: str, batch_size: int, seconds: float) -> None:
-    """Record one onnxruntime run of `model` (called by OnnxModel.run, batched or not)."""
+    """Record one onnxruntime run of `model` (batched or not)."""
     INFERENCE_SECONDS.labels(model, version).observe(seconds)
     BATCH_SIZE.labels(model, version).observe(batch_size)
+
+
+def count_load_failure(model: str, version: str) -> None:
+    """Record one failed attempt to load a model version."""
+    LOAD_FAILURES.labels(model, version).inc()
 
 
 class WorkerFilesCollector:
@@ -99,8 +96,7 @@ def _has_data(path: str) -> bool:
         return False
 
 
-@bp.get("/metrics")
-def metrics() -> Response:
+def exposition() -> bytes:
     """Every metric in Prometheus' text format, summed over all gunicorn workers when there are several."""
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if folder:
@@ -108,20 +104,4 @@ def metrics() -> Response:
         registry.register(WorkerFilesCollector(folder))
     else:
         registry = REGISTRY
-    return Response(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)
-
-
-OPENAPI_PATHS: dict = {
-    "/metrics": {
-        "get": {
-            "summary": "Prometheus metrics: requests, latency, inference time, batch size, load failures",
-            "tags": ["operations"],
-            "responses": {
-                "200": {
-                    "description": "Prometheus text exposition format 0.0.4",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                },
-            },
-        }
-    }
-}
+    return generate_latest(registry)

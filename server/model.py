@@ -6,11 +6,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
 
-from . import metrics
 from .batching import Batcher, BatchPolicy
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ class OnnxModel:
     batch_defaults: tuple[int, int, float] = (1, 0, 0.0)
     batch_policy: BatchPolicy = BatchPolicy(1, 0)
     warmup_ms: float = 0.0
+    # Told of every counted run: (name, version, rows, seconds); the app hands in its metrics.
+    on_run: Callable[[str, str, int, float], None] | None = field(default=None, repr=False)
     _session: ort.InferenceSession | None = field(default=None, repr=False)
     _batcher: Batcher | None = field(default=None, repr=False)
 
@@ -199,8 +201,9 @@ class OnnxModel:
         """Run the graph once on exactly these arrays, with no batching; record time and batch size."""
         started = time.perf_counter()
         outputs = self._run_graph(inputs)
-        rows = next(iter(inputs.values())).shape[:1] if inputs else ()
-        metrics.observe_inference(self.name, self.version, rows[0] if rows else 1, time.perf_counter() - started)
+        if self.on_run is not None:
+            rows = next(iter(inputs.values())).shape[:1] if inputs else ()
+            self.on_run(self.name, self.version, rows[0] if rows else 1, time.perf_counter() - started)
         return outputs
 
     def _run_graph(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import ApiError
-from .repository import ModelRepository
+from .errors import ServingError
+from .registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ CHECK_SECONDS = 0.5  # how often each worker looks at the state file: one stat()
 class ModelSync:
     """One worker's side of the shared model state, and its watcher thread."""
 
-    def __init__(self, repository: ModelRepository, directory: str | Path | None, poll_seconds: float = 0.0) -> None:
+    def __init__(self, repository: ModelRegistry, directory: str | Path | None, poll_seconds: float = 0.0) -> None:
         self.repository = repository
         self.directory = Path(directory) if directory else None
         self.poll_seconds = poll_seconds
@@ -92,7 +92,7 @@ class ModelSync:
                 self.repository.unload_model(name)
             else:
                 self.repository.load_model(name, retry_failed=False)
-        except ApiError as err:  # e.g. the folder was removed meanwhile
+        except ServingError as err:  # e.g. the folder was removed meanwhile
             log.warning("could not %s model %s here: %s", action, name, err.message)
 
     def _read(self) -> dict:

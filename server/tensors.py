@@ -1,7 +1,7 @@
 """Open Inference Protocol (v2) tensors: JSON and binary request bodies in, response bodies out.
 
 Pure functions with no Flask in them. Everything a client sends is checked against the model's
-`TensorSpec`s and answered with a `BadRequest` naming what was received and what was expected.
+`TensorSpec`s and answered with an `InvalidInput` naming what was received and what was expected.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from .errors import InvalidInput, TooLarge, UnsupportedFormat
 from .model import NUMPY_DTYPES, TensorSpec
 
 INT_TYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
@@ -39,17 +39,17 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     if encoding == "identity":
         return body
     if encoding not in ("gzip", "deflate"):
-        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; expected gzip, deflate or none")
+        raise UnsupportedFormat(f"Content-Encoding {encoding!r} is not supported; expected gzip, deflate or none")
     # wbits 16+ reads the gzip wrapper, plain MAX_WBITS the zlib one that HTTP calls deflate.
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
     try:
         data = inflater.decompress(body, limit + 1)
     except zlib.error as err:
-        raise BadRequest(f"body is not valid {encoding} data: {err}") from None
+        raise InvalidInput(f"body is not valid {encoding} data: {err}") from None
     if len(data) > limit:
-        raise PayloadTooLarge(f"decompressed body is over the {limit}-byte limit")
+        raise TooLarge(f"decompressed body is over the {limit}-byte limit")
     if not inflater.eof:
-        raise BadRequest(f"body is truncated {encoding} data")
+        raise InvalidInput(f"body is truncated {encoding} data")
     return data
 
 
@@ -72,22 +72,22 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     else:
         text = header_length.strip()
         if not text.isdigit() or not text.isascii():
-            raise BadRequest(f"Inference-Header-Content-Length must be a non-negative integer, got {header_length[:40]!r}")
+            raise InvalidInput(f"Inference-Header-Content-Length must be a non-negative integer, got {header_length[:40]!r}")
         size = int(text)
         if size == 0 or size > len(body):
-            raise BadRequest(
+            raise InvalidInput(
                 f"Inference-Header-Content-Length is {size} but the body holds {len(body)} bytes; "
                 "expected the length of the JSON header, between 1 and the body size"
             )
     try:
         header = json.loads(body[:size])
     except RecursionError:
-        raise BadRequest("JSON header is nested too deeply") from None
+        raise InvalidInput("JSON header is nested too deeply") from None
     except ValueError as err:
         hint = "" if header_length is not None else " (binary tensor data needs Inference-Header-Content-Length)"
-        raise BadRequest(f"request body is not valid JSON: {err}{hint}") from None
+        raise InvalidInput(f"request body is not valid JSON: {err}{hint}") from None
     if not isinstance(header, dict):
-        raise BadRequest(f"inference request must be a JSON object, got {type(header).__name__}")
+        raise InvalidInput(f"inference request must be a JSON object, got {type(header).__name__}")
     return header, body[size:]
 
 
@@ -95,7 +95,7 @@ def request_fields(header: dict) -> tuple[str | None, dict]:
     """The request `id` (to echo) and its `parameters` object, both checked."""
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise BadRequest(f"'id' must be a string, got {type(request_id).__name__}")
+        raise InvalidInput(f"'id' must be a string, got {type(request_id).__name__}")
     parameters = _object(header.get("parameters"), "request 'parameters'")
     _bool_parameter(parameters, "binary_data_output", "request")
     return request_id, parameters
@@ -108,7 +108,7 @@ def decode_inputs(header: dict, binary: bytes, specs: Sequence[TensorSpec]) -> d
     """
     tensors = header.get("inputs")
     if not isinstance(tensors, list) or not tensors:
-        raise BadRequest("'inputs' must be a non-empty list of tensors")
+        raise InvalidInput("'inputs' must be a non-empty list of tensors")
     by_name = {spec.name: spec for spec in specs}
     arrays: dict[str, np.ndarray] = {}
     offset = 0
@@ -120,20 +120,20 @@ def decode_inputs(header: dict, binary: bytes, specs: Sequence[TensorSpec]) -> d
             arrays[spec.name] = from_json(tensor.get("data"), spec.datatype, shape, spec.name)
             continue
         if offset + size > len(binary):
-            raise BadRequest(
+            raise InvalidInput(
                 f"input {spec.name!r} binary_data_size is {size} but only {len(binary) - offset} bytes of "
                 "binary data are left after the JSON header"
             )
         arrays[spec.name] = from_binary(binary[offset:offset + size], spec.datatype, shape, spec.name)
         offset += size
     if offset != len(binary):
-        raise BadRequest(
+        raise InvalidInput(
             f"the body has {len(binary) - offset} bytes after the JSON header and the binary inputs; "
             "expected the binary_data_size values to add up to the rest of the body"
         )
     missing = [spec.name for spec in specs if spec.name not in arrays]
     if missing:
-        raise BadRequest(f"missing inputs {missing}; the model needs {[spec.name for spec in specs]}")
+        raise InvalidInput(f"missing inputs {missing}; the model needs {[spec.name for spec in specs]}")
     return arrays
 
 
@@ -144,22 +144,22 @@ def requested_outputs(header: dict, parameters: dict, specs: Sequence[TensorSpec
     if tensors is None:
         return [RequestedOutput(spec.name, default_binary) for spec in specs]
     if not isinstance(tensors, list):
-        raise BadRequest(f"'outputs' must be a list, got {type(tensors).__name__}")
+        raise InvalidInput(f"'outputs' must be a list, got {type(tensors).__name__}")
     names = [spec.name for spec in specs]
     wanted: list[RequestedOutput] = []
     for position, tensor in enumerate(tensors):
         name = tensor.get("name") if isinstance(tensor, dict) else None
         if name not in names:
-            raise BadRequest(f"outputs[{position}] names {_short(name)}; the model's outputs are {names}")
+            raise InvalidInput(f"outputs[{position}] names {_short(name)}; the model's outputs are {names}")
         if any(output.name == name for output in wanted):
-            raise BadRequest(f"output {name!r} is requested twice")
+            raise InvalidInput(f"output {name!r} is requested twice")
         params = _object(tensor.get("parameters"), f"output {name!r} 'parameters'")
         if "shared_memory_region" in params:
-            raise BadRequest("shared memory is not supported; ask for the output in JSON or binary")
+            raise InvalidInput("shared memory is not supported; ask for the output in JSON or binary")
         binary = _bool_parameter(params, "binary_data", f"output {name!r}")
         top = params.get("classification", 0)
         if isinstance(top, bool) or not isinstance(top, int) or top < 0:
-            raise BadRequest(f"output {name!r} classification must be a non-negative integer, got {_short(top)}")
+            raise InvalidInput(f"output {name!r} classification must be a non-negative integer, got {_short(top)}")
         wanted.append(RequestedOutput(name, default_binary if binary is None else binary, top))
     return wanted
 
@@ -167,14 +167,14 @@ def requested_outputs(header: dict, parameters: dict, specs: Sequence[TensorSpec
 def from_json(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
     """A tensor from its JSON `data` (flat or nested, row-major), checked against datatype and shape."""
     if not isinstance(data, list):
-        raise BadRequest(f"input {name!r} needs 'data' as a (flat or nested) list, or binary_data_size")
+        raise InvalidInput(f"input {name!r} needs 'data' as a (flat or nested) list, or binary_data_size")
     if datatype == "BYTES":
         array = _json_strings(data, name)
     else:
         array = _json_numbers(data, datatype, name)
     count = math.prod(shape)
     if array.size != count:
-        raise BadRequest(f"input {name!r} has {array.size} values in 'data' but shape {list(shape)} needs {count}")
+        raise InvalidInput(f"input {name!r} has {array.size} values in 'data' but shape {list(shape)} needs {count}")
     return array.reshape(shape)
 
 
@@ -184,11 +184,11 @@ def from_binary(chunk: bytes, datatype: str, shape: tuple[int, ...], name: str) 
     if datatype == "BYTES":
         items = deserialize_bytes(chunk, name)
         if len(items) != count:
-            raise BadRequest(f"input {name!r} holds {len(items)} BYTES elements but shape {list(shape)} needs {count}")
+            raise InvalidInput(f"input {name!r} holds {len(items)} BYTES elements but shape {list(shape)} needs {count}")
         return np.array(items, dtype=object).reshape(shape)
     dtype = NUMPY_DTYPES[datatype].newbyteorder("<")
     if len(chunk) != count * dtype.itemsize:
-        raise BadRequest(
+        raise InvalidInput(
             f"input {name!r} binary_data_size is {len(chunk)} bytes but shape {list(shape)} of {datatype} "
             f"needs {count * dtype.itemsize}"
         )
@@ -200,11 +200,11 @@ def deserialize_bytes(chunk: bytes, name: str) -> list[str]:
     items, offset = [], 0
     while offset < len(chunk):
         if offset + BYTES_LENGTH.size > len(chunk):
-            raise BadRequest(f"input {name!r} BYTES data ends inside an element's 4-byte length")
+            raise InvalidInput(f"input {name!r} BYTES data ends inside an element's 4-byte length")
         (length,) = BYTES_LENGTH.unpack_from(chunk, offset)
         offset += BYTES_LENGTH.size
         if offset + length > len(chunk):
-            raise BadRequest(f"input {name!r} BYTES element claims {length} bytes but {len(chunk) - offset} are left")
+            raise InvalidInput(f"input {name!r} BYTES element claims {length} bytes but {len(chunk) - offset} are left")
         items.append(_utf8(chunk[offset:offset + length], name))
         offset += length
     return items
@@ -229,11 +229,11 @@ def datatype_of(array: np.ndarray) -> str:
     raise ValueError(f"no v2 datatype for numpy dtype {array.dtype}")
 
 
-def classify(array: np.ndarray, top: int, labels: Sequence[str] | None) -> np.ndarray:
+def top_classes(array: np.ndarray, top: int, labels: Sequence[str] | None) -> np.ndarray:
     """Triton's classification extension: the `top` largest values per batch row as BYTES
     `"value:index[:label]"`, highest first (the first axis is the batch when there are two or more)."""
     if array.dtype.kind not in "biuf":
-        raise BadRequest(f"classification needs a numeric output, got {datatype_of(array)}")
+        raise InvalidInput(f"classification needs a numeric output, got {datatype_of(array)}")
     batched = array.ndim >= 2
     rows = array.reshape(array.shape[0] if batched else 1, math.prod(array.shape[1:]) if batched else array.size)
     top = min(top, rows.shape[1])
@@ -284,12 +284,12 @@ def to_json(array: np.ndarray, datatype: str) -> list:
 def _input_spec(position: int, tensor: Any, by_name: dict[str, TensorSpec], seen: dict) -> TensorSpec:
     """The model input that `inputs[position]` names, given once."""
     if not isinstance(tensor, dict):
-        raise BadRequest(f"inputs[{position}] must be an object, got {type(tensor).__name__}")
+        raise InvalidInput(f"inputs[{position}] must be an object, got {type(tensor).__name__}")
     name = tensor.get("name")
     if not isinstance(name, str) or name not in by_name:
-        raise BadRequest(f"inputs[{position}] has name {_short(name)}; the model's inputs are {sorted(by_name)}")
+        raise InvalidInput(f"inputs[{position}] has name {_short(name)}; the model's inputs are {sorted(by_name)}")
     if name in seen:
-        raise BadRequest(f"input {name!r} is given twice")
+        raise InvalidInput(f"input {name!r} is given twice")
     return by_name[name]
 
 
@@ -297,31 +297,31 @@ def _binary_size(tensor: dict, name: str) -> int | None:
     """The input's `binary_data_size` (None when its data is JSON), checked."""
     parameters = _object(tensor.get("parameters"), f"input {name!r} 'parameters'")
     if "shared_memory_region" in parameters:
-        raise BadRequest("shared memory is not supported; send the data in JSON or as binary tensor data")
+        raise InvalidInput("shared memory is not supported; send the data in JSON or as binary tensor data")
     size = parameters.get("binary_data_size")
     if size is None:
         return None
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise BadRequest(f"input {name!r} binary_data_size must be a non-negative integer, got {_short(size)}")
+        raise InvalidInput(f"input {name!r} binary_data_size must be a non-negative integer, got {_short(size)}")
     if "data" in tensor:
-        raise BadRequest(f"input {name!r} has both 'data' and binary_data_size; send one of them")
+        raise InvalidInput(f"input {name!r} has both 'data' and binary_data_size; send one of them")
     return size
 
 
 def _checked_shape(tensor: dict, spec: TensorSpec) -> tuple[int, ...]:
     name, shape, datatype = spec.name, tensor.get("shape"), tensor.get("datatype")
     if datatype != spec.datatype:
-        raise BadRequest(f"input {name!r} has datatype {_short(datatype)}; the model expects {spec.datatype}")
+        raise InvalidInput(f"input {name!r} has datatype {_short(datatype)}; the model expects {spec.datatype}")
     if datatype not in NUMPY_DTYPES:
-        raise BadRequest(f"input {name!r} has datatype {datatype}, which this server cannot send to onnxruntime")
+        raise InvalidInput(f"input {name!r} has datatype {datatype}, which this server cannot send to onnxruntime")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise BadRequest(f"input {name!r} shape must be a list of non-negative integers, got {_short(shape)}")
+        raise InvalidInput(f"input {name!r} shape must be a list of non-negative integers, got {_short(shape)}")
     if any(d > MAX_DIMENSION for d in shape):
-        raise BadRequest(f"input {name!r} has a dimension over {MAX_DIMENSION}: {_short(shape)}")
+        raise InvalidInput(f"input {name!r} has a dimension over {MAX_DIMENSION}: {_short(shape)}")
     fits = len(shape) == len(spec.shape) and all(want < 0 or want == got for want, got in zip(spec.shape, shape))
     if not fits:
         shown = shape if len(shape) <= 8 else f"of {len(shape)} dimensions"
-        raise BadRequest(f"input {name!r} has shape {shown}; the model expects {list(spec.shape)} (-1: any size)")
+        raise InvalidInput(f"input {name!r} has shape {shown}; the model expects {list(spec.shape)} (-1: any size)")
     return tuple(shape)
 
 
@@ -332,37 +332,37 @@ def _json_numbers(data: list, datatype: str, name: str) -> np.ndarray:
     expected = "b" if datatype == "BOOL" else "iuf"
     if parsed.size and parsed.dtype.kind not in expected:
         wanted = "true/false" if datatype == "BOOL" else "numbers"
-        raise BadRequest(f"input {name!r} is {datatype} so 'data' must hold only {wanted}, got {_kind_name(parsed.dtype.kind)}")
+        raise InvalidInput(f"input {name!r} is {datatype} so 'data' must hold only {wanted}, got {_kind_name(parsed.dtype.kind)}")
     try:
         with np.errstate(over="raise", invalid="raise"):
             return parsed.astype(NUMPY_DTYPES[datatype])
     except FloatingPointError:
-        raise BadRequest(f"input {name!r} has values outside the {datatype} range") from None
+        raise InvalidInput(f"input {name!r} has values outside the {datatype} range") from None
 
 
 def _json_integers(data: list, datatype: str, name: str) -> np.ndarray:
     # Python ints one by one: numpy would turn integers beyond int64 into inexact floats.
     parsed = _regular(data, object, name)
     if not all(type(item) is int for item in parsed.reshape(-1)):
-        raise BadRequest(f"input {name!r} is {datatype} so 'data' must hold only integers")
+        raise InvalidInput(f"input {name!r} is {datatype} so 'data' must hold only integers")
     try:
         return parsed.astype(NUMPY_DTYPES[datatype])
     except OverflowError:
         limits = np.iinfo(NUMPY_DTYPES[datatype])
-        raise BadRequest(f"input {name!r} has values outside the {datatype} range [{limits.min}, {limits.max}]") from None
+        raise InvalidInput(f"input {name!r} has values outside the {datatype} range [{limits.min}, {limits.max}]") from None
 
 
 def _regular(data: list, dtype: type | None, name: str) -> np.ndarray:
     try:
         return np.array(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError, RecursionError):
-        raise BadRequest(f"input {name!r} 'data' is not a regular (non-ragged) array of values") from None
+        raise InvalidInput(f"input {name!r} 'data' is not a regular (non-ragged) array of values") from None
 
 
 def _json_strings(data: list, name: str) -> np.ndarray:
     parsed = _regular(data, object, name)
     if not all(isinstance(item, str) for item in parsed.reshape(-1)):
-        raise BadRequest(f"input {name!r} is BYTES so 'data' must hold only strings")
+        raise InvalidInput(f"input {name!r} is BYTES so 'data' must hold only strings")
     return parsed
 
 
@@ -374,21 +374,21 @@ def _utf8(raw: bytes, name: str) -> str:
     try:
         return raw.decode()
     except UnicodeDecodeError:
-        raise BadRequest(f"input {name!r} has a BYTES element that is not UTF-8, which onnxruntime strings need") from None
+        raise InvalidInput(f"input {name!r} has a BYTES element that is not UTF-8, which onnxruntime strings need") from None
 
 
 def _object(value: Any, what: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise BadRequest(f"{what} must be a JSON object, got {type(value).__name__}")
+        raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}")
     return value
 
 
 def _bool_parameter(parameters: dict, key: str, owner: str) -> bool | None:
     value = parameters.get(key)
     if value is not None and not isinstance(value, bool):
-        raise BadRequest(f"{owner} parameter {key!r} must be true or false, got {_short(value)}")
+        raise InvalidInput(f"{owner} parameter {key!r} must be true or false, got {_short(value)}")
     return value
 
 

@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from server import create_app
 from server.model_sync import ModelSync
-from server.repository import ModelRepository
+from server.registry import ModelRegistry
 from tests.onnx_factory import write_classifier
 
 DIGITS = [str(i) for i in range(10)]
@@ -152,7 +152,7 @@ def test_repository_errors(client, path, body, status, fragment) -> None:
 
 
 def test_a_request_holding_the_old_model_finishes_on_it(repo) -> None:
-    repository = ModelRepository(repo)
+    repository = ModelRegistry(repo)
     repository.load_all()
     in_flight = repository.get("mnist")
     add_version(repo, "2", seed=2)
@@ -178,7 +178,7 @@ def test_load_is_refused_when_reachable_without_a_token(repo, host, headers, tok
 
 
 def test_poll_picks_up_new_and_removed_versions_and_leaves_unloaded_models_alone(repo) -> None:
-    repository = ModelRepository(repo)
+    repository = ModelRegistry(repo)
     repository.load_all()
     poll = ModelSync(repository, None, poll_seconds=0.001)
     add_version(repo, "2", seed=2)
@@ -201,7 +201,7 @@ def test_poll_picks_up_new_and_removed_versions_and_leaves_unloaded_models_alone
 
 
 def test_workers_repeat_each_others_loads_through_the_sync_folder(repo, tmp_path) -> None:
-    workers = [ModelRepository(repo), ModelRepository(repo)]
+    workers = [ModelRegistry(repo), ModelRegistry(repo)]
     syncs = [ModelSync(repository, tmp_path / "sync") for repository in workers]
     for repository in workers:
         repository.load_all()
@@ -215,7 +215,7 @@ def test_workers_repeat_each_others_loads_through_the_sync_folder(repo, tmp_path
     syncs[1].announce("mnist", "unload")
     syncs[0].check()
     assert "mnist" not in workers[0].models
-    late = ModelRepository(repo)  # a worker started (or restarted) later catches up on its first look
+    late = ModelRegistry(repo)  # a worker started (or restarted) later catches up on its first look
     late.load_all()
     ModelSync(late, tmp_path / "sync").check()
     assert "mnist" not in late.models
@@ -356,4 +356,4 @@ def wait_until(condition, timeout: float = 60.0) -> bool:
 
 def switched_workers(log: str) -> set[str]:
     """Process ids of the workers that logged switching `mnist` to versions 1 and 2."""
-    return set(re.findall(r" (\d+) INFO server\.repository: model mnist now serves versions \[1, 2\]", log))
+    return set(re.findall(r" (\d+) INFO server\.registry: model mnist now serves versions \[1, 2\]", log))

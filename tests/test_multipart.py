@@ -9,7 +9,7 @@ from urllib3 import encode_multipart_formdata
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from server.multipart import parse_form
+from server.api.multipart import parse_form
 
 NAMES = st.sampled_from(["image", "return_input", "x", "名前", 'a"b', "a;b"])
 FILE_NAMES = st.one_of(st.none(), st.sampled_from(["digit.png", "", "a b.jpg", "ü.png", 'we"ird.png']))

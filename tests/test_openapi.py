@@ -10,7 +10,7 @@ import requests
 import schemathesis
 
 from server import create_app
-from server.app import OPEN_PATHS
+from server.api.hooks import OPEN_PATHS
 from tests.api_client import png
 from tests.conftest import MNIST_SAMPLE
 from tests.onnx_factory import write_classifier

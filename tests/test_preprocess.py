@@ -1,4 +1,4 @@
-"""server.preprocess: decoding, every image mode, MNIST passthrough, photos and canvas drawings."""
+"""server.decoding and server.digit: decoding, every image mode, MNIST passthrough, photos and canvas drawings."""
 from __future__ import annotations
 
 import io
@@ -14,8 +14,9 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageFilter
 
 from bench.photo_pages import CLEAN_KINDS, PHOTO_KINDS, make_sample
-from server.errors import ApiError, BadRequest, PayloadTooLarge, Unprocessable
-from server.preprocess import decode_image, mnist_digit, pixels_to_array, reduce_large
+from server.decoding import decode_image, pixels_to_array
+from server.digit import mnist_digit, reduce_large
+from server.errors import InvalidInput, NoDigitFound, ServingError, TooLarge
 from tests.conftest import COMMITTED_MNIST, MNIST_SAMPLE
 
 MAX_PIXELS = 25_000_000
@@ -161,13 +162,13 @@ def png_header(width: int, height: int) -> bytes:
 
 
 def test_header_only_png_fails_to_decode_when_small():
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidInput):
         decode_image(png_header(200, 100), MAX_PIXELS)
 
 
 @pytest.mark.parametrize("width,height,limit", [(30000, 30000, MAX_PIXELS), (200, 100, 10_000)])
 def test_too_many_pixels_is_413_before_decoding(width, height, limit):
-    with pytest.raises(PayloadTooLarge) as err:
+    with pytest.raises(TooLarge) as err:
         decode_image(png_header(width, height), limit)
     assert err.value.status == 413
     assert str(width * height) in err.value.message or "exceeds" in err.value.message
@@ -176,14 +177,14 @@ def test_too_many_pixels_is_413_before_decoding(width, height, limit):
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP"])
 def test_truncated_image_is_400(mnist, fmt):
     data = encode(on_paper(mnist[0][0]).convert("RGB"), fmt)
-    with pytest.raises(BadRequest) as err:
+    with pytest.raises(InvalidInput) as err:
         decode_image(data[: len(data) // 2], MAX_PIXELS)
     assert err.value.status == 400 and "bytes" in err.value.message
 
 
 @pytest.mark.parametrize("data", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
 def test_undecodable_bytes_are_400(data):
-    with pytest.raises(BadRequest) as err:
+    with pytest.raises(InvalidInput) as err:
         decode_image(data, MAX_PIXELS)
     assert f"{len(data)} bytes" in err.value.message
 
@@ -263,7 +264,7 @@ def test_large_images_of_any_mode_are_reduced_first(mnist, mode):
     ],
 )
 def test_blank_image_is_422(image):
-    with pytest.raises(Unprocessable) as err:
+    with pytest.raises(NoDigitFound) as err:
         mnist_digit(image)
     assert err.value.status == 422 and "no digit found" in err.value.message
 
@@ -287,7 +288,7 @@ def test_any_image_gives_a_valid_digit_or_a_clean_error(array, mode):
         image = Image.fromarray(np.asarray(image, dtype=np.uint16) * 257)
     try:
         out = mnist_digit(image)
-    except ApiError as err:
+    except ServingError as err:
         assert 400 <= err.status < 500
         return
     assert out.shape == (28, 28) and out.dtype == np.float32
@@ -338,7 +339,7 @@ def test_any_uploaded_bytes_give_a_valid_digit_or_a_clean_error(array, encoding,
             data[int(where * len(data))] = value
     try:
         out = mnist_digit(decode_image(bytes(data), MAX_PIXELS))
-    except ApiError as err:
+    except ServingError as err:
         assert 400 <= err.status < 500
         return
     assert out.shape == (28, 28) and out.dtype == np.float32
@@ -373,6 +374,6 @@ def test_pixels_in_unit_and_byte_scales(mnist):
     ],
 )
 def test_bad_pixels_are_400(value, words):
-    with pytest.raises(BadRequest) as err:
+    with pytest.raises(InvalidInput) as err:
         pixels_to_array(value)
     assert words in err.value.message

@@ -11,7 +11,7 @@ import pytest
 import requests
 from onnx import TensorProto, helper, numpy_helper
 
-from server.repository import ModelRepository
+from server.registry import ModelRegistry
 from tests.onnx_factory import write_classifier
 
 
@@ -57,7 +57,7 @@ def faulty(tmp_path: Path) -> Path:
 
 def test_faults_are_skipped_with_one_line_each(faulty: Path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="server")
-    repository = ModelRepository(faulty)
+    repository = ModelRegistry(faulty)
     repository.load_all()
     assert set(repository.models) == {"good"} and list(repository.models["good"]) == ["1"]
     assert {name for name, _ in repository.failures} == {"truncated", "corrupt", "unsupported"}
@@ -126,7 +126,7 @@ def write_string_identity(path: Path) -> Path:
 def test_models_that_zeros_of_side_one_cannot_warm_still_load(tmp_path: Path) -> None:
     conv = write_free_size_conv(tmp_path / "models" / "conv" / "1" / "model.onnx")
     write_string_identity(tmp_path / "models" / "strings" / "1" / "model.onnx")
-    repository = ModelRepository(tmp_path / "models")
+    repository = ModelRegistry(tmp_path / "models")
     repository.load_all()
     assert not repository.failures and set(repository.models) == {"conv", "strings"}
     image = np.random.default_rng(1).random((2, 3, 40, 40), dtype=np.float32)

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from server import config, create_app
 from server.__main__ import parse_args
-from server.app import OPEN_PATHS
+from server.api.hooks import OPEN_PATHS
 from tests.api_client import png
 from tests.conftest import MNIST_SAMPLE, ROOT, SERVE_VENV
 from tests.onnx_factory import write_classifier
@@ -176,7 +176,7 @@ def test_one_log_line_per_request(server, method: str, path: str, headers: dict,
     assert answer.status_code == status
     assert answer.headers["X-Request-Id"] == request_id
     (line,) = log_lines(server, request_id)
-    assert re.search(rf"INFO server\.app: {method} {re.escape(path)} {status} \d+\.\dms id={request_id}$", line), line
+    assert re.search(rf"INFO server\.api\.hooks: {method} {re.escape(path)} {status} \d+\.\dms id={request_id}$", line), line
 
 
 def test_a_request_id_is_made_when_none_is_sent(server) -> None:
@@ -193,7 +193,7 @@ def test_the_token_is_never_logged(server) -> None:
 
 
 def test_a_path_cannot_forge_log_lines(server) -> None:
-    forged = "INFO server.app: GET /admin 200 1.0ms id=forged"
+    forged = "INFO server.api.hooks: GET /admin 200 1.0ms id=forged"
     path = "/v2/models/x%0D%0A2026-01-01%2000:00:00,000%201%20" + forged.replace(" ", "%20") + "/ready"
     answer = requests.get(server.url + path, headers={**bearer(), "X-Request-Id": "forge-1"}, timeout=10)
     assert answer.status_code == 404

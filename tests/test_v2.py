@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from server import create_app, tensors
-from server.errors import ApiError
+from server.errors import ServingError
 from server.model import TensorSpec
 from tests.conftest import LiveServer
 from tests.v2_repository import (
@@ -278,7 +278,7 @@ def test_empty_batch(v2_client, binary):
     (np.array([0.1, 0.7, 0.2], np.float32), ["0.700000:1:b", "0.200000:2:c"]),
 ])
 def test_classify_orders_every_numeric_type(values, expected):
-    assert tensors.classify(values, 2, ["a", "b", "c"] if values.ndim == 1 else None).tolist() == expected
+    assert tensors.top_classes(values, 2, ["a", "b", "c"] if values.ndim == 1 else None).tolist() == expected
 
 
 def test_openapi_documents_every_v2_route(v2_client):
@@ -550,7 +550,7 @@ def fuzz_requests(draw) -> tuple[TensorSpec, dict, bytes]:
 @settings(max_examples=300, deadline=None)
 @given(fuzz_requests())
 def test_decoding_any_request_gives_arrays_or_a_client_error(case):
-    """No request, however malformed, leaves the tensor functions as anything but an ApiError."""
+    """No request, however malformed, leaves the tensor functions as anything but a ServingError."""
     spec, request, binary = case
     text = json.dumps(request).encode()
     try:
@@ -558,8 +558,8 @@ def test_decoding_any_request_gives_arrays_or_a_client_error(case):
         _, parameters = tensors.request_fields(parsed)
         arrays = tensors.decode_inputs(parsed, rest, [spec])
         for output in tensors.requested_outputs(parsed, parameters, [TensorSpec("probabilities", "FP32", (-1, 10))]):
-            tensors.classify(np.ones((2, 10), np.float32), output.classification, None)
-    except ApiError:
+            tensors.top_classes(np.ones((2, 10), np.float32), output.classification, None)
+    except ServingError:
         return
     assert arrays[spec.name].shape == tuple(request["inputs"][0]["shape"])
     for binary_output in (False, True):

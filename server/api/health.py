@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from ..app import get_repository
+from .context import get_registry
 
 bp = Blueprint("health", __name__)
 
@@ -15,7 +15,7 @@ def live():
 
 @bp.get("/v2/health/ready")
 def ready():
-    ready = get_repository().ready
+    ready = get_registry().ready
     return jsonify(ready=ready), (200 if ready else 503)
 
 

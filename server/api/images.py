@@ -1,9 +1,7 @@
-"""The image API: `POST /predict` and `POST /models/<name>/predict` classify images of digits.
+"""The image API: `POST /predict` and `POST /models/<name>/predict` classify images.
 
-`POST /predict` uses the default model: `mnist` when the repository holds it, otherwise the only
-image classifier there is (a 404 says which to choose when there are several or none). An image
-classifier is a model whose metadata names a known preprocessing preset and whose one input is a
-batch of single-channel images, [N, 1, H, W] or [N, H, W]; H and W come from that shape.
+Thin routes: they read the request's images (multipart, a raw image body or JSON) and hand them
+to `server/classifier.py`, which preprocesses, runs and answers.
 """
 from __future__ import annotations
 
@@ -11,97 +9,29 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 from flask import Blueprint, current_app, jsonify, request
-from PIL import Image
 
-from .. import multipart, preprocess
-from ..app import get_repository
-from ..errors import ApiError, BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
-from ..model import NUMPY_DTYPES, OnnxModel, TensorSpec
-from ..openapi import error_responses, parameter
+from ..classifier import DEFAULT_MODEL, ImageClassifier, Item, default_model_name, which_image
+from ..errors import InvalidInput, TooLarge, UnsupportedFormat
 from ..layout import VERSION
-from ..repository import ModelRepository, latest
+from . import multipart
+from .context import get_registry
+from .openapi import error_responses, parameter
 
 bp = Blueprint("images", __name__)
 
-DEFAULT_MODEL = "mnist"
 IMAGE_FIELD = "image"
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp")
 JSON_KEYS = ("image", "images", "pixels", "return_input")
-# Preprocessing presets by the name a model's `preprocessing` metadata gives.
-PRESETS: dict[str, Callable[[Image.Image], np.ndarray]] = {"mnist-digit": preprocess.mnist_digit}
 DATA_URL = re.compile(r"data:(?P<type>[^;,]*)(?P<params>(?:;[^;,]*)*),", re.IGNORECASE)
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
-# Digits kept in the JSON answer: enough for any use of a probability, without float32 noise.
-PROBABILITY_DIGITS, INPUT_DIGITS = 6, 4
-
-Item = bytes | list  # an encoded image, or a nested list of pixels (the model's input as it is)
-
-
-@dataclass(frozen=True)
-class ImageClassifier:
-    """A model seen as an image classifier: its preset, its image input and its height and width."""
-
-    model: OnnxModel
-    preset: str
-    input: TensorSpec
-    height: int
-    width: int
-
-    @classmethod
-    def of(cls, model: OnnxModel) -> "ImageClassifier":
-        """View `model` as an image classifier, or raise a 400 saying why it is not one."""
-        problem = image_classifier_problem(model)
-        if problem:
-            raise BadRequest(
-                f"model {model.name!r} version {model.version} cannot take images: {problem}; "
-                f"send tensors to POST /v2/models/{model.name}/infer instead"
-            )
-        spec = model.inputs[0]
-        return cls(model, model.preprocessing, spec, spec.shape[-2], spec.shape[-1])
-
-
-def image_classifier_problem(model: OnnxModel) -> str | None:
-    """Why the image API cannot feed `model`, or None when it can."""
-    if model.preprocessing not in PRESETS:
-        return f"its preprocessing preset is {model.preprocessing!r}; known presets: {', '.join(PRESETS)}"
-    if len(model.inputs) != 1:
-        return f"it has {len(model.inputs)} inputs; expected one"
-    shape = model.inputs[0].shape
-    single_channel = len(shape) == 3 or (len(shape) == 4 and shape[1] == 1)
-    if not single_channel or min(shape[-2:]) < 1:
-        return f"its input has shape {list(shape)}; expected [N, 1, H, W] or [N, H, W] with fixed H and W"
-    if model.inputs[0].datatype not in ("FP32", "FP16", "FP64"):
-        return f"its input is {model.inputs[0].datatype}; expected a floating-point image"
-    if not model.outputs or len(model.outputs[0].shape) != 2:
-        return "its first output is not a [N, classes] array of scores"
-    return None
-
-
-def default_model_name(repository: ModelRepository) -> str:
-    """`mnist` when the repository knows it, else its only image classifier (404 otherwise)."""
-    if DEFAULT_MODEL in repository.names():
-        return DEFAULT_MODEL
-    classifiers = [
-        name for name, versions in sorted(repository.models.items())
-        if image_classifier_problem(latest(versions)) is None
-    ]
-    if len(classifiers) == 1:
-        return classifiers[0]
-    served = ", ".join(classifiers) or "none"
-    raise NotFound(
-        f"no default model: the repository holds no {DEFAULT_MODEL!r} and {len(classifiers)} image "
-        f"classifiers ({served}); name one with POST /models/<name>/predict"
-    )
 
 
 @bp.post("/predict")
 def predict_default():
-    return _predict(default_model_name(get_repository()))
+    return _predict(default_model_name(get_registry()))
 
 
 @bp.post("/models/<name>/predict")
@@ -110,17 +40,10 @@ def predict_named(name: str):
 
 
 def _predict(name: str):
-    model = get_repository().get(name, request.args.get("version"))
+    model = get_registry().get(name, request.args.get("version"))
     classifier = ImageClassifier.of(model)
     items, return_input = read_items()
-    images = prepare_images(classifier, items)
-    probabilities = classify(classifier, images)
-    labels = model.labels
-    labels = labels if labels and len(labels) == probabilities.shape[1] else None
-    predictions = [_prediction(row, labels) for row in probabilities]
-    if return_input:
-        for prediction, image in zip(predictions, images):
-            prediction["input"] = np.round(image.astype(np.float64), INPUT_DIGITS).tolist()
+    predictions = classifier.predict(items, current_app.config["MAX_IMAGE_PIXELS"], return_input)
     return jsonify(model=model.name, version=model.version, predictions=predictions)
 
 
@@ -138,22 +61,22 @@ def read_items() -> tuple[list[Item], bool]:
         items, return_input = _read_json()
     else:
         received = f"Content-Type {request.content_type!r:.80}" if request.content_type else "no Content-Type"
-        raise UnsupportedMediaType(
+        raise UnsupportedFormat(
             f"received {received}; expected multipart/form-data with files in field {IMAGE_FIELD!r}, "
             f"a raw image body ({', '.join(IMAGE_TYPES)}) or application/json"
         )
     for number, item in enumerate(items, 1):
         if isinstance(item, bytes) and not item:
-            raise BadRequest(f"{_which(number, len(items))} is empty (0 bytes received); expected an image file")
+            raise InvalidInput(f"{which_image(number, len(items))} is empty (0 bytes received); expected an image file")
     return items, return_input
 
 
 def _check_count(count: int) -> None:
     limit = current_app.config["MAX_IMAGES_PER_REQUEST"]
     if count > limit:
-        raise PayloadTooLarge(f"received {count} images; at most {limit} per request (MAX_IMAGES_PER_REQUEST)")
+        raise TooLarge(f"received {count} images; at most {limit} per request (MAX_IMAGES_PER_REQUEST)")
     if count == 0:
-        raise BadRequest("received no image; expected at least one")
+        raise InvalidInput("received no image; expected at least one")
 
 
 def _read_multipart() -> tuple[list[bytes], bool]:
@@ -166,7 +89,7 @@ def _read_multipart() -> tuple[list[bytes], bool]:
     files, fields = form
     if not files.get(IMAGE_FIELD):
         received = sorted(set(files) | set(fields))
-        raise BadRequest(
+        raise InvalidInput(
             f"multipart body has no file in field {IMAGE_FIELD!r}"
             + (" (it came as a text field)" if IMAGE_FIELD in fields else f" (received fields: {received or 'none'})")
             + f"; send the image as a file, e.g. curl -F {IMAGE_FIELD}=@digit.png"
@@ -180,18 +103,18 @@ def _read_json() -> tuple[list[Item], bool]:
     try:
         body = json.loads(request.get_data())
     except (ValueError, RecursionError) as err:  # RecursionError: absurdly deep nesting
-        raise BadRequest(f"body is not valid JSON ({type(err).__name__}: {str(err)[:100]})") from None
+        raise InvalidInput(f"body is not valid JSON ({type(err).__name__}: {str(err)[:100]})") from None
     expected = "expected a JSON object with one of 'image' (base64 or data: URL), 'images' (a list of them) or 'pixels'"
     if not isinstance(body, dict):
-        raise BadRequest(f"received a JSON {_json_type(body)}; {expected}")
+        raise InvalidInput(f"received a JSON {_json_type(body)}; {expected}")
     unknown = sorted(set(body) - set(JSON_KEYS))
     given = [key for key in ("image", "images", "pixels") if key in body]
     if unknown or len(given) != 1:
         received = f"unknown keys {unknown}" if unknown else f"keys {sorted(body)}"
-        raise BadRequest(f"received {received}; {expected}, and optionally 'return_input'")
+        raise InvalidInput(f"received {received}; {expected}, and optionally 'return_input'")
     return_input = body.get("return_input", False)
     if not isinstance(return_input, bool):
-        raise BadRequest(f"'return_input' is a JSON {_json_type(return_input)}; expected true or false")
+        raise InvalidInput(f"'return_input' is a JSON {_json_type(return_input)}; expected true or false")
     return _json_items(given[0], body[given[0]]), return_input
 
 
@@ -201,7 +124,7 @@ def _json_items(key: str, value: Any) -> list[Item]:
     if key == "pixels":
         return [value]  # checked against the model's input size in prepare_images
     if not isinstance(value, list):
-        raise BadRequest(f"'images' is a JSON {_json_type(value)}; expected a list of base64 strings or data: URLs")
+        raise InvalidInput(f"'images' is a JSON {_json_type(value)}; expected a list of base64 strings or data: URLs")
     _check_count(len(value))
     return [decode_base64(text, f"'images'[{index}]") for index, text in enumerate(value)]
 
@@ -209,96 +132,35 @@ def _json_items(key: str, value: Any) -> list[Item]:
 def decode_base64(text: Any, where: str) -> bytes:
     """The bytes of a base64 string or a base64 `data:image/...` URL."""
     if not isinstance(text, str):
-        raise BadRequest(f"{where} is a JSON {_json_type(text)}; expected a base64 string or a data: URL")
+        raise InvalidInput(f"{where} is a JSON {_json_type(text)}; expected a base64 string or a data: URL")
     if text[:5].lower() == "data:":
         match = DATA_URL.match(text)
         if not match:
-            raise BadRequest(f"{where} is a malformed data: URL; expected data:image/png;base64,...")
+            raise InvalidInput(f"{where} is a malformed data: URL; expected data:image/png;base64,...")
         if match["type"].lower() not in IMAGE_TYPES:
-            raise UnsupportedMediaType(
+            raise UnsupportedFormat(
                 f"{where} is a data: URL of type {match['type']!r:.60}; expected one of {', '.join(IMAGE_TYPES)}"
             )
         if ";base64" not in match["params"].lower():
-            raise BadRequest(f"{where} is a data: URL without ';base64'; expected data:{match['type']};base64,...")
+            raise InvalidInput(f"{where} is a data: URL without ';base64'; expected data:{match['type']};base64,...")
         text = text[match.end():]
     compact = "".join(text.split())
     try:
         return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
     except (binascii.Error, ValueError):
-        raise BadRequest(f"{where} is not valid base64 ({len(text)} characters starting {text[:16]!r})") from None
+        raise InvalidInput(f"{where} is not valid base64 ({len(text)} characters starting {text[:16]!r})") from None
 
 
 def _flag(value: str | None, name: str) -> bool:
     word = (value or "").strip().lower()
     if word in TRUE_WORDS or word in FALSE_WORDS:
         return word in TRUE_WORDS
-    raise BadRequest(f"{name}={value!r:.40}; expected one of {', '.join(TRUE_WORDS + FALSE_WORDS[1:])}")
+    raise InvalidInput(f"{name}={value!r:.40}; expected one of {', '.join(TRUE_WORDS + FALSE_WORDS[1:])}")
 
 
 def _json_type(value: Any) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
     return names.get(type(value), "null")
-
-
-def _which(number: int, count: int) -> str:
-    return "the image" if count == 1 else f"image {number} of {count}"
-
-
-# --------------------------------------------------------------------------- running the model
-
-
-def prepare_images(classifier: ImageClassifier, items: list[Item]) -> list[np.ndarray]:
-    """Each item as the model's H x W float32 image in [0, 1]; errors name the image at fault."""
-    max_pixels = current_app.config["MAX_IMAGE_PIXELS"]
-    size = (classifier.height, classifier.width)
-    prepare = PRESETS[classifier.preset]
-    images = []
-    for number, item in enumerate(items, 1):
-        try:
-            if isinstance(item, bytes):
-                images.append(fit(prepare(preprocess.decode_image(item, max_pixels)), size))
-            else:
-                images.append(preprocess.pixels_to_array(item, size))
-        except ApiError as err:
-            if len(items) == 1:
-                raise
-            raise type(err)(f"{_which(number, len(items))}: {err.message}", err.status) from None
-    return images
-
-
-def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """`image` resized to the model's (height, width) when the preset made another size."""
-    if image.shape == size:
-        return image
-    resized = Image.fromarray(image.astype(np.float32)).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(resized, dtype=np.float32), 0, 1)
-
-
-def classify(classifier: ImageClassifier, images: list[np.ndarray]) -> np.ndarray:
-    """Run all images as one batch; return probabilities [N, classes] (softmax applied to logits)."""
-    model, spec = classifier.model, classifier.input
-    if 0 < spec.shape[0] != len(images):
-        raise BadRequest(f"model {model.name!r} takes exactly {spec.shape[0]} image(s) per request; received {len(images)}")
-    batch = np.stack(images).reshape((len(images),) + (1,) * (len(spec.shape) - 3) + images[0].shape)
-    outputs = model.predict({spec.name: batch.astype(NUMPY_DTYPES[spec.datatype])})
-    scores = np.asarray(outputs[model.outputs[0].name], dtype=np.float64)
-    if scores.ndim != 2 or scores.shape[0] != len(images):
-        raise RuntimeError(f"model {model.name} answered shape {scores.shape} for a batch of {len(images)}")
-    if model.output_kind == "logits":
-        scores = np.exp(scores - scores.max(axis=1, keepdims=True))
-        scores /= scores.sum(axis=1, keepdims=True)
-    return scores
-
-
-def _prediction(probabilities: np.ndarray, labels: list[str] | None) -> dict:
-    index = int(np.argmax(probabilities))
-    rounded = np.round(probabilities, PROBABILITY_DIGITS).tolist()
-    return {
-        "label": labels[index] if labels else str(index),
-        "index": index,
-        "confidence": rounded[index],
-        "probabilities": rounded,
-    }
 
 
 # --------------------------------------------------------------------------- OpenAPI

@@ -8,12 +8,11 @@ from __future__ import annotations
 import ipaddress
 import json
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
-from ..app import get_repository
-from ..errors import ApiError, BadRequest
-from ..model_sync import ModelSync
-from ..openapi import MODEL_NAME_PARAMETER, error_responses
+from ..errors import AdminRefused, InvalidInput
+from .context import get_model_sync, get_registry
+from .openapi import MODEL_NAME_PARAMETER, error_responses
 
 bp = Blueprint("model_repository", __name__)
 
@@ -21,26 +20,12 @@ bp = Blueprint("model_repository", __name__)
 PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-Ip")
 
 
-class AdminRefused(ApiError):
-    """Load/unload asked for on a server reachable from the network with no API_TOKEN set."""
-
-    status = 403
-
-
-@bp.record_once
-def _start_sync(state) -> None:
-    app: Flask = state.app
-    sync = ModelSync(app.extensions["repository"], app.config["MODEL_SYNC_DIR"], app.config["MODEL_POLL_SECONDS"])
-    app.extensions["model_sync"] = sync
-    sync.start()
-
-
 @bp.post("/v2/repository/index")
 def repository_index():
     ready = _json_body().get("ready", False)
     if not isinstance(ready, bool):
-        raise BadRequest(f"'ready' must be true or false, received {ready!r}")
-    return jsonify(get_repository().index(ready_only=ready))
+        raise InvalidInput(f"'ready' must be true or false, received {ready!r}")
+    return jsonify(get_registry().index(ready_only=ready))
 
 
 @bp.post("/v2/repository/models/<name>/load")
@@ -48,17 +33,17 @@ def load_model(name: str):
     _require_admin()
     parameters = _parameters()
     if parameters:
-        raise BadRequest(
+        raise InvalidInput(
             f"load parameters {sorted(parameters)} are not supported: put the file at "
             f"<repository>/{name}/<version>/model.onnx and send an empty body or {{}}"
         )
-    repository = get_repository()
-    failures = repository.load_model(name)
-    current_app.extensions["model_sync"].announce(name, "load")
-    serving = sorted(repository.models.get(name, {}), key=int)
+    registry = get_registry()
+    failures = registry.load_model(name)
+    get_model_sync().announce(name, "load")
+    serving = sorted(registry.models.get(name, {}), key=int)
     if failures:
         rejected = "; ".join(f"version {f.version}: {f.reason}" for f in failures)
-        raise BadRequest(f"failed to load model {name!r} ({rejected}); serving versions: {', '.join(serving) or 'none'}")
+        raise InvalidInput(f"failed to load model {name!r} ({rejected}); serving versions: {', '.join(serving) or 'none'}")
     return jsonify(name=name, versions=serving, default_version=serving[-1])
 
 
@@ -68,9 +53,9 @@ def unload_model(name: str):
     parameters = _parameters()
     unsupported = sorted(set(parameters) - {"unload_dependents"})
     if unsupported:
-        raise BadRequest(f"unload parameters {unsupported} are not supported; only unload_dependents is")
-    get_repository().unload_model(name)
-    current_app.extensions["model_sync"].announce(name, "unload")
+        raise InvalidInput(f"unload parameters {unsupported} are not supported; only unload_dependents is")
+    get_registry().unload_model(name)
+    get_model_sync().announce(name, "unload")
     return jsonify(name=name, versions=[])
 
 
@@ -82,9 +67,9 @@ def _json_body() -> dict:
     try:
         body = json.loads(raw)
     except ValueError as err:
-        raise BadRequest(f"the body is not JSON ({err}); send a JSON object or nothing") from None
+        raise InvalidInput(f"the body is not JSON ({err}); send a JSON object or nothing") from None
     if not isinstance(body, dict):
-        raise BadRequest(f"expected a JSON object, received {type(body).__name__}")
+        raise InvalidInput(f"expected a JSON object, received {type(body).__name__}")
     return body
 
 
@@ -94,7 +79,7 @@ def _parameters() -> dict:
     if parameters is None:
         return {}
     if not isinstance(parameters, dict):
-        raise BadRequest(f"'parameters' must be a JSON object, received {type(parameters).__name__}")
+        raise InvalidInput(f"'parameters' must be a JSON object, received {type(parameters).__name__}")
     return parameters
 
 

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, render_template
 
-from ..app import get_repository
-from ..errors import NotFound
+from .. import classifier
+from ..errors import ModelNotFound
 from ..model import OnnxModel
-from ..repository import latest
-from .images import default_model_name, image_classifier_problem
+from .context import get_registry
 
 bp = Blueprint("page", __name__)
 
@@ -28,16 +27,12 @@ def index():
 @bp.get("/models")
 def image_classifiers():
     """Every model `POST /predict` can feed, and which one it uses when none is named."""
-    repository = get_repository()
-    models = repository.models  # one snapshot: loading and unloading replace the dict, never edit it
-    listed = []
-    for name, versions in sorted(models.items()):
-        served = latest(versions)
-        if served and image_classifier_problem(served) is None:
-            listed.append(describe(served, sorted(versions, key=int)))
+    registry = get_registry()
+    # One snapshot: loading and unloading replace the dict, never edit it.
+    listed = [describe(model, versions) for model, versions in classifier.image_classifiers(registry.models)]
     try:
-        default = default_model_name(repository)
-    except NotFound:  # several classifiers and no `mnist`: the page must name one
+        default = classifier.default_model_name(registry)
+    except ModelNotFound:  # several classifiers and no `mnist`: the page must name one
         default = None
     return jsonify(models=listed, default=default)
 

@@ -1,71 +1,45 @@
-"""The Open Inference Protocol (v2, KServe/Triton REST): metadata, readiness and inference.
+"""The Open Inference Protocol (v2, KServe/Triton REST) over HTTP: metadata, readiness and inference.
 
-Works for any ONNX model in the repository: inputs, outputs, datatypes and shapes come from the
-graph. Speaks Triton's binary tensor data extension, so `tritonclient.http` works unchanged.
+Thin routes around `server/protocol.py`: they read JSON or Triton's binary tensor data extension
+(`server/tensors.py`), so `tritonclient.http` works unchanged, and answer the same way.
 """
 from __future__ import annotations
 
-import logging
-
-import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, request
-from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
-from .. import tensors
-from ..app import get_repository
-from ..errors import BadRequest, NotReady
-from ..model import OnnxModel
-from ..openapi import API_VERSION, MODEL_NAME_PARAMETER, MODEL_VERSION_PARAMETER, error_responses
+from .. import protocol, tensors
+from ..protocol import PLATFORM
+from .context import get_registry
+from .openapi import MODEL_NAME_PARAMETER, MODEL_VERSION_PARAMETER, error_responses
 
-log = logging.getLogger(__name__)
 bp = Blueprint("v2", __name__)
 
-SERVER_NAME = "mnist-serve"
-PLATFORM = "onnxruntime_onnx"
-# Extensions as Triton names them; `model_repository` is listed once its routes are registered.
-EXTENSIONS = ("binary_tensor_data", "classification")
 REPOSITORY_INDEX_RULE = "/v2/repository/index"
-# onnxruntime's own errors for inputs it refuses at run time (they are not RuntimeError subclasses).
-ORT_INPUT_ERRORS = (InvalidArgument, Fail, RuntimeException)
 
 
 @bp.get("/v2")
 def server_metadata():
-    extensions = list(EXTENSIONS)
-    if any(rule.rule == REPOSITORY_INDEX_RULE for rule in current_app.url_map.iter_rules()):
-        extensions.append("model_repository")
-    return jsonify(name=SERVER_NAME, version=API_VERSION, extensions=extensions)
+    repository = any(rule.rule == REPOSITORY_INDEX_RULE for rule in current_app.url_map.iter_rules())
+    return jsonify(protocol.server_metadata(repository_extension=repository))
 
 
 @bp.get("/v2/models/<name>")
 @bp.get("/v2/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None):
-    repository = get_repository()
-    model = repository.get(name, version)
-    versions = [version] if version else sorted(repository.models.get(name, {}), key=int)
-    return jsonify(
-        name=model.name,
-        versions=versions,
-        platform=PLATFORM,
-        inputs=[spec.as_dict() for spec in model.inputs],
-        outputs=[spec.as_dict() for spec in model.outputs],
-    )
+    return jsonify(protocol.model_metadata(get_registry(), name, version))
 
 
 @bp.get("/v2/models/<name>/ready")
 @bp.get("/v2/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None):
-    try:
-        model = get_repository().get(name, version)
-    except NotReady:
-        return jsonify(name=name, ready=False), 503
-    return jsonify(name=model.name, ready=model.ready), (200 if model.ready else 503)
+    ready = protocol.model_ready(get_registry(), name, version)
+    return jsonify(name=name, ready=ready), (200 if ready else 503)
 
 
 @bp.post("/v2/models/<name>/infer")
 @bp.post("/v2/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None):
-    model = get_repository().get(name, version)
+    model = get_registry().get(name, version)
     body = tensors.decompress(
         request.get_data(cache=False), request.headers.get("Content-Encoding"),
         current_app.config["MAX_CONTENT_LENGTH"],
@@ -74,14 +48,10 @@ def infer(name: str, version: str | None = None):
     request_id, parameters = tensors.request_fields(header)
     inputs = tensors.decode_inputs(header, binary, model.inputs)
     wanted = tensors.requested_outputs(header, parameters, model.outputs)
-    results = _run(model, inputs)
+    outputs = protocol.infer(model, inputs, wanted, g.get("request_id", "-"))
     answer = {"model_name": model.name, "model_version": model.version}
     if request_id is not None:
         answer["id"] = request_id
-    outputs = [
-        (output.name, _classified(model, results[output.name], output.classification), output.binary)
-        for output in wanted
-    ]
     return _response(*tensors.encode_outputs(answer, outputs))
 
 
@@ -98,24 +68,6 @@ def _response(payload: bytes, header_length: int | None) -> Response:
     if header_length is not None:  # the JSON's length before compression, as tritonclient reads it
         response.headers["Inference-Header-Content-Length"] = str(header_length)
     return response
-
-
-def _run(model: OnnxModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run the model (it records its own metrics); onnxruntime refusing the inputs is a 400."""
-    try:
-        return model.predict(inputs)
-    except ORT_INPUT_ERRORS as err:
-        # onnxruntime's text names its source files and kernels: log it, tell the client what to check.
-        request_id = g.get("request_id", "-")
-        log.info("model %s refused inputs, request id %s: %s", model.name, request_id, str(err).splitlines()[:1])
-        raise BadRequest(
-            f"onnxruntime could not run model {model.name!r} on these inputs: their values or shapes do not "
-            f"fit the graph together (e.g. different batch sizes); details in the server log, request id {request_id}"
-        ) from None
-
-
-def _classified(model: OnnxModel, array: np.ndarray, top: int) -> np.ndarray:
-    return tensors.classify(array, top, model.labels) if top else array
 
 
 def _json(schema: dict, description: str) -> dict:

@@ -1,4 +1,4 @@
-"""Image bytes -> MNIST-style 28x28 float array: pure functions on Pillow images and numpy arrays.
+"""The `mnist-digit` preset: any image of one digit -> MNIST-style 28x28 float array, pure functions.
 
 `mnist_digit` handles MNIST's own images (passed through unchanged), scans, canvas drawings and
 phone photos of a digit on paper: it measures ink against the paper's local brightness, removes
@@ -8,103 +8,23 @@ evaluation.
 """
 from __future__ import annotations
 
-import io
-import logging
 import math
-import numbers
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from server.errors import BadRequest, PayloadTooLarge, Unprocessable
+from .decoding import DRAFT_SIDE, MNIST_SIDE
+from .errors import InvalidInput, NoDigitFound
 
-log = logging.getLogger(__name__)
-
-ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
-# Photos are worked on at this many pixels on the longer side: a digit a tenth of the frame is
-# still ~50 px tall there, and a 12-megapixel upload costs little.
-WORK_SIDE = 512
-MNIST_SIDE = 28
+# Photos are worked on at this many pixels on the longer side, the size they are decoded at: a
+# digit a tenth of the frame is still ~50 px tall there, and a 12-megapixel upload costs little.
+WORK_SIDE = DRAFT_SIDE
 BOX_SIDE = 20
 # MNIST's images put the digit's centre of mass at pixel (14, 14) of the 28x28 field (measured on
 # its test set: mean 14.0, never more than a pixel off).
 MNIST_CENTRE = MNIST_SIDE / 2
 # Less ink contrast than this (relative to the paper) is no digit at all.
 MIN_CONTRAST = 0.08
-
-
-def decode_image(data: bytes, max_pixels: int, draft_side: int | None = WORK_SIDE) -> Image.Image:
-    """Decode `data` (first frame), checking its size before decoding and applying EXIF orientation.
-
-    JPEGs far larger than `draft_side` are decoded at a reduced DCT scale, still at least
-    `draft_side` on each side, which is all the preprocessing uses.
-    """
-    try:
-        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise PayloadTooLarge(f"image too large: {err}; the limit is {max_pixels} pixels") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
-        raise BadRequest(
-            f"could not decode the image ({len(data)} bytes starting {data[:8]!r}): {err}; "
-            f"expected one of {', '.join(ACCEPTED_FORMATS)}"
-        ) from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise PayloadTooLarge(
-            f"image of {width}x{height} = {width * height} pixels received; the limit is {max_pixels} pixels"
-        )
-    if width < 1 or height < 1:
-        raise BadRequest(f"image of {width}x{height} pixels received; expected at least 1x1")
-    try:
-        if draft_side and image.format == "JPEG":
-            image.draft(image.mode, (draft_side, draft_side))
-        image.load()  # the first frame of an animation
-        image = ImageOps.exif_transpose(image)
-        # Pillow converts LAB (a TIFF mode) to nothing else; its L channel is the lightness.
-        return image.getchannel("L") if image.mode == "LAB" else image
-    except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError, TypeError) as err:
-        raise BadRequest(
-            f"could not decode the {image.format} image of {width}x{height} pixels "
-            f"({len(data)} bytes received): {err}"
-        ) from None
-
-
-def pixels_to_array(value: object, shape: tuple[int, int] = (MNIST_SIDE, MNIST_SIDE)) -> np.ndarray:
-    """A nested list of numbers (0..1, or 0..255 when any exceeds 1) -> float32 array in [0, 1]."""
-    rows = _nested_shape(value, shape)
-    flat = [x for row in rows for x in row]
-    # JSON yields only int and float: one pass over the exact types costs a small part of the
-    # per-pixel Real ABC check, the largest Python cost of a pixels request (docs/benchmarks.md).
-    if not {type(x) for x in flat} <= {int, float}:
-        bad = next((x for x in flat if isinstance(x, bool) or not isinstance(x, numbers.Real)), None)
-        if bad is not None:
-            raise BadRequest(f"pixels must be numbers; received {type(bad).__name__} {bad!r:.40}")
-    try:
-        array = np.asarray(flat, dtype=np.float64).reshape(shape)
-    except OverflowError:  # an integer beyond float64's range: out of range like any other
-        raise BadRequest("pixels must lie in 0..1 or 0..255; received an integer too large for a number") from None
-    if not np.isfinite(array).all():
-        raise BadRequest("pixels must be finite numbers; received NaN or infinity")
-    low, high = float(array.min()), float(array.max())
-    if low < 0 or high > 255:
-        raise BadRequest(f"pixels must lie in 0..1 or 0..255; received values from {low} to {high}")
-    if high > 1:
-        array = array / 255.0
-    return array.astype(np.float32)
-
-
-def _nested_shape(value: object, shape: tuple[int, int]) -> list:
-    """Check that `value` is a list of `shape[0]` lists of `shape[1]` items; return it."""
-    expected = f"expected a {shape[0]}x{shape[1]} nested list of numbers"
-    if not isinstance(value, list):
-        raise BadRequest(f"pixels: received {type(value).__name__}; {expected}")
-    if len(value) != shape[0]:
-        raise BadRequest(f"pixels: received {len(value)} rows; {expected}")
-    for i, row in enumerate(value):
-        if not isinstance(row, list) or len(row) != shape[1]:
-            got = f"{len(row)} items" if isinstance(row, list) else type(row).__name__
-            raise BadRequest(f"pixels: row {i} has {got}; {expected}")
-    return value
 
 
 # --------------------------------------------------------------------------- grayscale
@@ -122,7 +42,6 @@ def reduce_large(image: Image.Image, side: int = WORK_SIDE) -> Image.Image:
     return image.reduce(factor)
 
 
-
 def to_grayscale(image: Image.Image) -> np.ndarray:
     """Luminance of any Pillow mode as float32 in [0, 1] (1 = white); transparency is composited."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
@@ -135,7 +54,7 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
         try:
             image = image.convert("L")
         except ValueError as err:
-            raise BadRequest(f"cannot read an image in colour mode {image.mode}: {err}") from None
+            raise InvalidInput(f"cannot read an image in colour mode {image.mode}: {err}") from None
     return np.asarray(image, dtype=np.float32) / np.float32(255)
 
 
@@ -346,11 +265,11 @@ def _remove_horizontal_lines(ink: np.ndarray, strip: int = 48, cover: float = 0.
 def select_digit(ink: np.ndarray) -> np.ndarray:
     """Keep the digit's connected ink (the heaviest stroke group and its neighbours); zero the rest.
 
-    Raises Unprocessable when nothing stands out from the paper.
+    Raises NoDigitFound when nothing stands out from the paper.
     """
     level = float(_filter2d(ink, 3, np.add).max()) / 9 if ink.size else 0.0
     if level < MIN_CONTRAST:
-        raise Unprocessable(
+        raise NoDigitFound(
             f"no digit found: the darkest stroke differs from the paper by {level:.0%}; "
             f"expected at least {MIN_CONTRAST:.0%}"
         )
@@ -489,7 +408,7 @@ def fit_to_mnist_box(ink: np.ndarray) -> np.ndarray:
     rows = np.nonzero(ink.max(axis=1) > 0)[0]
     cols = np.nonzero(ink.max(axis=0) > 0)[0]
     if rows.size == 0:
-        raise Unprocessable("no digit found: the image holds no ink")
+        raise NoDigitFound("no digit found: the image holds no ink")
     crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     height, width = crop.shape
     scale = BOX_SIDE / max(height, width)

@@ -11,27 +11,21 @@ import sys
 
 from flask import Blueprint, Flask, current_app, jsonify
 
-from .app import OPEN_PATHS
-from .layout import MODEL_NAME, VERSION
+from ..layout import MODEL_NAME, VERSION
+from ..protocol import SERVER_VERSION
+from .errors import ERROR_ANSWERS
+from .hooks import OPEN_PATHS
 
 OPENAPI_VERSION = "3.0.3"
 # The keys of a path item that are operations (others are `parameters`, `summary`...).
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
-API_VERSION = "0.1.0"
 
 bp = Blueprint("openapi", __name__)
 
 
-# The shared error answers (COMPONENTS["responses"] below) by HTTP status.
-ERROR_RESPONSES = {
-    "400": "BadRequest", "401": "Unauthorized", "404": "NotFound", "413": "PayloadTooLarge",
-    "415": "UnsupportedMediaType", "422": "Unprocessable", "503": "NotReady",
-}
-
-
 def error_responses(*codes: str) -> dict:
     """An operation's `responses` entries for these error statuses, pointing at the shared answers."""
-    return {code: {"$ref": f"#/components/responses/{ERROR_RESPONSES[code]}"} for code in codes}
+    return {code: {"$ref": f"#/components/responses/{ERROR_ANSWERS[code][0]}"} for code in codes}
 
 
 def parameter(name: str, where: str, pattern: str, description: str, required: bool = True) -> dict:
@@ -98,17 +92,7 @@ COMPONENTS: dict = {
             },
         },
     },
-    "responses": {
-        "BadRequest": _error_response("Malformed request: undecodable image, bad JSON, wrong pixel array"),
-        "Unauthorized": _error_response("API_TOKEN is set and the bearer token is missing or wrong"),
-        "NotFound": _error_response("Unknown model or version"),
-        "PayloadTooLarge": _error_response(
-            "Body over MAX_CONTENT_LENGTH, image over MAX_IMAGE_PIXELS or more images than MAX_IMAGES_PER_REQUEST"
-        ),
-        "UnsupportedMediaType": _error_response("Content-Type (or data: URL type) not accepted"),
-        "Unprocessable": _error_response("The image decoded but holds no digit (blank)"),
-        "NotReady": _error_response("The model is in the repository but failed to load"),
-    },
+    "responses": {name: _error_response(description) for name, description in ERROR_ANSWERS.values()},
     "securitySchemes": {
         "bearerAuth": {
             "type": "http",
@@ -135,7 +119,7 @@ def build_document(app: Flask) -> dict:
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": "mnist-serve",
-            "version": API_VERSION,
+            "version": SERVER_VERSION,
             "description": "Handwritten-digit classification with ONNX models: an image API "
             "(POST /predict), the Open Inference Protocol v2 (/v2/...), metrics and a drawing page.",
         },
@@ -156,7 +140,7 @@ def _require_token(document: dict) -> None:
             if path in OPEN_PATHS:
                 operation["security"] = []
             else:
-                operation.setdefault("responses", {})["401"] = {"$ref": "#/components/responses/Unauthorized"}
+                operation.setdefault("responses", {}).update(error_responses("401"))
 
 
 @bp.get("/openapi.json")

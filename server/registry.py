@@ -1,14 +1,17 @@
-"""The model repository: `<root>/<name>/<version>/model.onnx`, as Triton lays it out."""
+"""The registry of loaded models: which versions of which model serve now, which failed and why.
+
+Discovery (what is on disk) is `server/layout.py`; this module loads what it finds, swaps new
+versions in atomically, and answers lookups, the repository index and readiness.
+"""
 from __future__ import annotations
 
 import logging
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
-from . import metrics
-from .errors import NotFound, NotReady
+from .errors import ModelNotFound, ModelNotReady
 from .layout import MODEL_FILE, file_stamp, find_model_files, find_versions, valid_name, valid_version
 from .model import OnnxModel
 
@@ -32,15 +35,19 @@ class Failure:
     kept_serving: bool = False
 
 
-class ModelRepository:
-    """Every loadable model version under one folder; the highest version serves by default."""
+class ModelRegistry:
+    """Every loadable model version under one repository folder; the highest version serves by default."""
 
     def __init__(
-        self, root: str | Path, ort_threads: int = 1, batch_defaults: tuple[int, int, float] = (1, 0, 0.0)
+        self, root: str | Path, ort_threads: int = 1, batch_defaults: tuple[int, int, float] = (1, 0, 0.0),
+        on_run: Callable[[str, str, int, float], None] | None = None,
+        on_load_failure: Callable[[str, str], None] | None = None,
     ) -> None:
         self.root = Path(root)
         self.ort_threads = ort_threads
         self.batch_defaults = batch_defaults
+        self.on_run = on_run  # handed to every model: (name, version, rows, seconds) of each run
+        self.on_load_failure = on_load_failure  # (name, version) of each failed load
         # Replaced, never mutated, once serving (copy-on-write under _reload_lock): a request
         # that read it keeps a consistent view and its model object, even across a reload.
         self.models: dict[str, dict[str, OnnxModel]] = {}
@@ -71,7 +78,8 @@ class ModelRepository:
     def _load_file(self, name: str, version: str, path: Path, kept_serving: bool = False) -> OnnxModel | None:
         """Load and warm one file; on failure record why, log one line and return None."""
         self._stamps[(name, version)] = file_stamp(path)
-        model = OnnxModel(name, version, path, ort_threads=self.ort_threads, batch_defaults=self.batch_defaults)
+        model = OnnxModel(name, version, path, ort_threads=self.ort_threads, batch_defaults=self.batch_defaults,
+                          on_run=self.on_run)
         try:
             model.load()
         except Exception as err:  # onnxruntime raises many types; any of them means "skip it"
@@ -81,7 +89,8 @@ class ModelRepository:
             kept = " (the versions already loaded keep serving)" if kept_serving else ""
             log.error("model %s version %s failed to load from %s: %s%s", name, version, path, reason, kept)
             self.failures = {**self.failures, (name, version): Failure(name, version, reason, kept_serving)}
-            metrics.LOAD_FAILURES.labels(name, version).inc()
+            if self.on_load_failure is not None:
+                self.on_load_failure(name, version)
             return None
         self.failures = {key: f for key, f in self.failures.items() if key != (name, version)}
         log.info("loaded model %s version %s from %s", name, version, path)
@@ -98,7 +107,7 @@ class ModelRepository:
         with self._reload_lock:
             on_disk = dict(find_versions(self.root.resolve(), model_dir, self._warn_once))
             if not on_disk:
-                raise NotFound(f"no model {name!r} in the repository: expected {model_dir}/<version>/{MODEL_FILE}")
+                raise ModelNotFound(f"no model {name!r} in the repository: expected {model_dir}/<version>/{MODEL_FILE}")
             self.unloaded.discard(name)
             current = self.models.get(name, {})
             versions = {}
@@ -121,7 +130,7 @@ class ModelRepository:
         model_dir = self._model_dir(name)
         with self._reload_lock:
             if name not in self.names() and not model_dir.is_dir():
-                raise NotFound(f"unknown model {name!r}; known models: {', '.join(self.names()) or 'none'}")
+                raise ModelNotFound(f"unknown model {name!r}; known models: {', '.join(self.names()) or 'none'}")
             self.unloaded.add(name)
             self._forget(name, keep=set())
             self._switch(name, {})
@@ -152,8 +161,7 @@ class ModelRepository:
         return [row for row in listed if row["state"] == "READY"] if ready_only else listed
 
     def _model_dir(self, name: str) -> Path:
-        if not valid_name(name):
-            raise NotFound(f"unknown model {name!r}: names are letters, digits, '_', '-', '.'")
+        _check_name(name)
         return self.root.resolve() / name
 
     def _forget(self, name: str, keep: set[str]) -> None:
@@ -184,13 +192,12 @@ class ModelRepository:
 
     def get(self, name: str, version: str | None = None) -> OnnxModel:
         """The model `name` at `version` (the highest loaded one when None), or a 404/503 error."""
-        if not valid_name(name):
-            raise NotFound(f"unknown model {name!r}: names are letters, digits, '_', '-', '.'")
+        _check_name(name)
         if version is not None and not valid_version(version):
-            raise NotFound(f"unknown version {version!r} of model {name!r}: versions are numeric")
+            raise ModelNotFound(f"unknown version {version!r} of model {name!r}: versions are numeric")
         versions = self.models.get(name, {})
         if not versions and name in self.unloaded:
-            raise NotReady(f"model {name!r} is unloaded: load it with POST /v2/repository/models/{name}/load")
+            raise ModelNotReady(f"model {name!r} is unloaded: load it with POST /v2/repository/models/{name}/load")
         if version is None:
             if versions:
                 return latest(versions)
@@ -198,12 +205,18 @@ class ModelRepository:
             return versions[version]
         failed = [f for f in self.failures.values() if f.name == name and version in (None, f.version)]
         if failed:
-            raise NotReady(f"model {name!r} version {failed[0].version} is not ready: {failed[0].reason}")
+            raise ModelNotReady(f"model {name!r} version {failed[0].version} is not ready: {failed[0].reason}")
         if version is None:
-            raise NotFound(f"unknown model {name!r}; served models: {', '.join(self.names()) or 'none'}")
-        raise NotFound(f"model {name!r} has no version {version!r}; loaded: {', '.join(sorted(versions, key=int)) or 'none'}")
+            raise ModelNotFound(f"unknown model {name!r}; served models: {', '.join(self.names()) or 'none'}")
+        raise ModelNotFound(f"model {name!r} has no version {version!r}; loaded: {', '.join(sorted(versions, key=int)) or 'none'}")
 
     @property
     def ready(self) -> bool:
         """Ready when at least one model serves and every model with a failed version still serves."""
         return bool(self.models) and all(f.kept_serving for f in self.failures.values())
+
+
+def _check_name(name: str) -> None:
+    """Refuse a name that is not a model folder's before it comes near the filesystem."""
+    if not valid_name(name):
+        raise ModelNotFound(f"unknown model {name!r}: names are letters, digits, '_', '-', '.'")

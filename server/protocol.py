@@ -1,0 +1,83 @@
+"""The Open Inference Protocol (v2) without its transport: metadata, readiness and inference.
+
+What KServe's and Triton's v2 APIs answer, computed from the registry and the models; the HTTP
+routes (`server/api/v2.py`) put it in JSON or binary, and a second transport could reuse it as is.
+Works for any ONNX model: inputs, outputs, datatypes and shapes come from the graph.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
+from . import tensors
+from .errors import InvalidInput, ModelNotReady
+from .model import OnnxModel
+from .registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "mnist-serve"
+SERVER_VERSION = "0.1.0"
+PLATFORM = "onnxruntime_onnx"
+# Extensions as Triton names them; `model_repository` is added where its calls are served.
+EXTENSIONS = ("binary_tensor_data", "classification")
+# onnxruntime's own errors for inputs it refuses at run time (they are not RuntimeError subclasses).
+ORT_INPUT_ERRORS = (InvalidArgument, Fail, RuntimeException)
+
+Output = tuple[str, np.ndarray, bool]  # (name, array, send in binary)
+
+
+def server_metadata(repository_extension: bool) -> dict:
+    """The server's name, version and the protocol extensions it serves."""
+    extensions = list(EXTENSIONS) + (["model_repository"] if repository_extension else [])
+    return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": extensions}
+
+
+def model_metadata(registry: ModelRegistry, name: str, version: str | None = None) -> dict:
+    """A model's platform, versions, inputs and outputs (the highest version unless one is named)."""
+    model = registry.get(name, version)
+    versions = [version] if version else sorted(registry.models.get(name, {}), key=int)
+    return {
+        "name": model.name,
+        "versions": versions,
+        "platform": PLATFORM,
+        "inputs": [spec.as_dict() for spec in model.inputs],
+        "outputs": [spec.as_dict() for spec in model.outputs],
+    }
+
+
+def model_ready(registry: ModelRegistry, name: str, version: str | None = None) -> bool:
+    """Whether the model (version) serves; unknown ones raise ModelNotFound."""
+    try:
+        return registry.get(name, version).ready
+    except ModelNotReady:
+        return False
+
+
+def infer(model: OnnxModel, inputs: dict[str, np.ndarray], wanted: list[tensors.RequestedOutput],
+          request_id: str = "-") -> list[Output]:
+    """Run the model on decoded inputs; the outputs asked for, top-k classified where asked."""
+    results = run(model, inputs, request_id)
+    return [
+        (output.name, _classified(model, results[output.name], output.classification), output.binary)
+        for output in wanted
+    ]
+
+
+def run(model: OnnxModel, inputs: dict[str, np.ndarray], request_id: str = "-") -> dict[str, np.ndarray]:
+    """Run the model; onnxruntime refusing the inputs is InvalidInput."""
+    try:
+        return model.predict(inputs)
+    except ORT_INPUT_ERRORS as err:
+        # onnxruntime's text names its source files and kernels: log it, tell the client what to check.
+        log.info("model %s refused inputs, request id %s: %s", model.name, request_id, str(err).splitlines()[:1])
+        raise InvalidInput(
+            f"onnxruntime could not run model {model.name!r} on these inputs: their values or shapes do not "
+            f"fit the graph together (e.g. different batch sizes); details in the server log, request id {request_id}"
+        ) from None
+
+
+def _classified(model: OnnxModel, array: np.ndarray, top: int) -> np.ndarray:
+    return tensors.top_classes(array, top, model.labels) if top else array
