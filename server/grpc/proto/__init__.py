@@ -1,0 +1,1 @@
+"""Triton's gRPC protocol files and the Python stubs made from them by generate.sh (do not edit the stubs)."""
