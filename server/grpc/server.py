@@ -9,8 +9,7 @@ import grpc
 
 from ..model_sync import ModelSync
 from ..registry import ModelRegistry
-from .proto import grpc_service_pb2_grpc as pb_grpc
-from .service import InferenceService
+from .service import InferenceService, generic_handler
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ def start(registry: ModelRegistry, sync: ModelSync, settings: Mapping[str, Any])
             ("grpc.so_reuseport", 1),
         ],
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(registry, sync, settings), server)
+    server.add_generic_rpc_handlers((generic_handler(InferenceService(registry, sync, settings)),))
     host = settings["HOST"]
     address = f"[{host}]:{settings['GRPC_PORT']}" if ":" in host else f"{host}:{settings['GRPC_PORT']}"
     try:

@@ -5,6 +5,8 @@ answered; serving errors become gRPC status codes in one table (`STATUS_CODES`, 
 status each error carries). Every call but ServerLive and ServerReady needs the API_TOKEN as
 `authorization: Bearer ...` metadata, as every HTTP route but health does. Calls Triton has and
 this server does not (shared memory, statistics, tracing, streaming) answer UNIMPLEMENTED.
+Requests arrive as bytes and are parsed here, so that one that is not the message it should be
+is INVALID_ARGUMENT, as any other bad input (gRPC's own parsing would answer INTERNAL).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import uuid
 from typing import Any, Callable, Mapping
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from .. import access, metrics, model_control, protocol, tensors
 from ..errors import InvalidInput, ModelNotFound, ServingError
@@ -24,7 +27,6 @@ from ..model_sync import ModelSync
 from ..registry import ModelRegistry
 from . import messages
 from .proto import grpc_service_pb2 as pb
-from .proto import grpc_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +68,22 @@ class Call:
         self.request_id = sent_id if REQUEST_ID.fullmatch(sent_id) else uuid.uuid4().hex[:16]
 
 
-def rpc(open_call: bool = False) -> Callable:
-    """Wrap a handler: token check, serving errors as status codes, one log line, the metrics."""
+def rpc(request_type: type, response_type: type, open_call: bool = False) -> Callable:
+    """Wrap a handler: parse the request, check the token, serving errors as status codes, one log
+    line and the metrics. The wrapped handler takes the request's bytes."""
 
     def wrap(handler: Callable) -> Callable:
         route = f"/{SERVICE}/{handler.__name__}"
 
         @functools.wraps(handler)
-        def call(self: "InferenceService", request: Any, context: grpc.ServicerContext) -> Any:
+        def call(self: "InferenceService", data: bytes, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             current = Call(context)
             code, details = grpc.StatusCode.OK, ""
             try:
                 if not open_call:
                     access.check_token(self.api_token, current.metadata.get("authorization"))
-                return handler(self, request, current)
+                return handler(self, parse(request_type, data), current)
             except ServingError as err:
                 code, details = status_code(err.status), err.message
             except Exception:  # never a traceback to the client: the log has it, with the request id
@@ -92,12 +95,31 @@ def rpc(open_call: bool = False) -> Callable:
                 log.info("GRPC %s %s %.1fms id=%s", handler.__name__, code.name, elapsed * 1000, current.request_id)
             context.abort(code, details)  # raises: gRPC ends the call with this status
 
+        call.types = (request_type, response_type)
         return call
 
     return wrap
 
 
-class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+def parse(message_type: type, data: bytes) -> Any:
+    """The request message, or InvalidInput when the bytes are not one."""
+    try:
+        return message_type.FromString(data)
+    except DecodeError as err:
+        raise InvalidInput(f"the request is not a valid {message_type.DESCRIPTOR.full_name} message: {err}") from None
+
+
+def generic_handler(service: "InferenceService") -> grpc.GenericRpcHandler:
+    """Every call `service` answers, for grpc.Server.add_generic_rpc_handlers."""
+    handlers = {}
+    for name in dir(service):
+        method = getattr(service, name)
+        if hasattr(method, "types"):
+            handlers[name] = grpc.unary_unary_rpc_method_handler(method, response_serializer=method.types[1].SerializeToString)
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+class InferenceService:
     """The v2 gRPC calls over one worker's model registry."""
 
     def __init__(self, registry: ModelRegistry, sync: ModelSync, settings: Mapping[str, Any]) -> None:
@@ -106,15 +128,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.api_token: str = settings["API_TOKEN"]
         self.host: str = settings["HOST"]
 
-    @rpc(open_call=True)
+    @rpc(pb.ServerLiveRequest, pb.ServerLiveResponse, open_call=True)
     def ServerLive(self, request: pb.ServerLiveRequest, call: Call) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    @rpc(open_call=True)
+    @rpc(pb.ServerReadyRequest, pb.ServerReadyResponse, open_call=True)
     def ServerReady(self, request: pb.ServerReadyRequest, call: Call) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.registry.ready)
 
-    @rpc()
+    @rpc(pb.ModelReadyRequest, pb.ModelReadyResponse)
     def ModelReady(self, request: pb.ModelReadyRequest, call: Call) -> pb.ModelReadyResponse:
         # As Triton: an unknown model or version is not ready, not an error.
         try:
@@ -123,15 +145,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             ready = False
         return pb.ModelReadyResponse(ready=ready)
 
-    @rpc()
+    @rpc(pb.ServerMetadataRequest, pb.ServerMetadataResponse)
     def ServerMetadata(self, request: pb.ServerMetadataRequest, call: Call) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(**protocol.server_metadata(repository_extension=True))
 
-    @rpc()
+    @rpc(pb.ModelMetadataRequest, pb.ModelMetadataResponse)
     def ModelMetadata(self, request: pb.ModelMetadataRequest, call: Call) -> pb.ModelMetadataResponse:
         return messages.model_metadata(protocol.model_metadata(self.registry, request.name, request.version or None))
 
-    @rpc()
+    @rpc(pb.ModelInferRequest, pb.ModelInferResponse)
     def ModelInfer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
         model = self.registry.get(request.model_name, request.model_version or None)
         header, binary = messages.infer_request(request)
@@ -141,20 +163,20 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         outputs = protocol.infer(model, inputs, wanted, call.request_id)
         return messages.infer_response(model.name, model.version, request_id or "", outputs)
 
-    @rpc()
+    @rpc(pb.RepositoryIndexRequest, pb.RepositoryIndexResponse)
     def RepositoryIndex(self, request: pb.RepositoryIndexRequest, call: Call) -> pb.RepositoryIndexResponse:
         self._one_repository(request.repository_name)
         rows = model_control.index(self.registry, request.ready)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
 
-    @rpc()
+    @rpc(pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse)
     def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, call: Call) -> pb.RepositoryModelLoadResponse:
         self._require_admin(call)
         self._one_repository(request.repository_name)
         model_control.load(self.registry, self.sync, request.model_name, messages.parameters(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
-    @rpc()
+    @rpc(pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse)
     def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, call: Call) -> pb.RepositoryModelUnloadResponse:
         self._require_admin(call)
         self._one_repository(request.repository_name)
