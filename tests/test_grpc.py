@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from server.grpc.service import STATUS_CODES, peer_host, status_code
-from tests.conftest import LiveServer, free_port
+from tests.conftest import COMMITTED_REPOSITORY, ROOT, LiveServer, free_port
 from tests.onnx_factory import write_classifier
 from tests.v2_repository import (
     DIGIT_LABELS, OTHER, V2_ONNX_TYPES, _save, run_directly, sample_values, write_identity, write_repository,
@@ -607,3 +609,20 @@ def test_a_taken_grpc_port_stops_the_server_with_one_clear_line(repo):
         with pytest.raises(RuntimeError, match="server exited"):
             server.start()
     assert "cannot listen for gRPC on 127.0.0.1:" in server.log() and "GRPC_PORT" in server.log()
+
+
+# ----------------------------------------------------------------------------- the documented example
+
+def test_the_api_doc_grpc_example_works_as_written(tmp_path):
+    """docs/api.md's tritonclient.grpc example, run as written against the committed models."""
+    section = (ROOT / "docs" / "api.md").read_text().split("## v2 over gRPC", 1)[1]
+    (code,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.DOTALL)
+    printed = re.search(r"^# (.*)$", code, re.MULTILINE).group(1)
+    server, port = start(COMMITTED_REPOSITORY)
+    try:
+        out = subprocess.run([sys.executable, "-c", code.replace("127.0.0.1:8001", f"127.0.0.1:{port}")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        server.stop()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == printed
