@@ -11,7 +11,7 @@ DEV_VENV := .venv-dev
 PIP_FLAGS := --quiet --disable-pip-version-check --no-input
 PYTEST_ARGS ?=
 
-.PHONY: serve test train export bench bench-photos clean help image image-test
+.PHONY: serve test train export bench bench-grpc bench-photos clean help image image-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -95,6 +95,10 @@ bench: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENC
 	$(DEV_VENV)/bin/python -m bench.run $(BENCH_ARGS)
 	@# The photo evaluation is `make bench-photos`: at its default size it alone outlasts this target.
 	@if [ -f bench/batching.py ]; then echo "$(DEV_VENV)/bin/python -m bench.batching"; $(DEV_VENV)/bin/python -m bench.batching; fi
+	$(DEV_VENV)/bin/python -m bench.grpc_http
+
+bench-grpc: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp ## v2 inference over gRPC beside HTTP binary at 1, 8, 32 streams; writes docs/benchmarks-grpc.md
+	$(DEV_VENV)/bin/python -m bench.grpc_http $(BENCH_GRPC_ARGS)
 
 bench-photos: $(DEV_VENV)/.stamp ## accuracy of the image preprocessing on generated photos, scans, canvases; writes docs/preprocessing.md
 	$(DEV_VENV)/bin/python -m bench.photo_eval $(PHOTO_EVAL_ARGS)

@@ -28,6 +28,7 @@ from tritonclient.utils import InferenceServerException
 from server.grpc.service import STATUS_CODES, peer_host, status_code
 from tests.conftest import COMMITTED_REPOSITORY, ROOT, LiveServer, free_port
 from tests.onnx_factory import write_classifier
+from tests.test_lifecycle import wait_until
 from tests.v2_repository import (
     DIGIT_LABELS, OTHER, V2_ONNX_TYPES, _save, run_directly, sample_values, write_identity, write_repository,
 )
@@ -530,15 +531,6 @@ class GrpcTraffic:
             thread.join(timeout=30)
 
 
-def wait_until(condition, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 @pytest.mark.slow
 def test_hup_reload_under_grpc_load_loses_no_call(repo, live_server_factory):
     """Two workers, each listening on the gRPC port; two HUPs replace them all while six clients call."""
@@ -626,3 +618,16 @@ def test_the_api_doc_grpc_example_works_as_written(tmp_path):
         server.stop()
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == printed
+
+
+# ----------------------------------------------------------------------------- the benchmark's load generator
+
+@pytest.mark.slow
+def test_the_benchmark_load_reaches_both_transports(served):
+    """bench/grpc_http.py's streams get answers from both transports (a short run, not a measurement)."""
+    from bench.grpc_http import load
+
+    server, port = served
+    for transport, target in (("http", server.port), ("grpc", port)):
+        result = load(transport, target, streams=2, seconds=0.5)
+        assert result["requests"] > 0 and result["errors"] == 0, result
