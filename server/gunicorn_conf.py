@@ -114,11 +114,13 @@ def worker_exit(server, worker):
         return
     from server.grpc import handoff
 
+    from server.grpc.server import drain
+
     handoff.mark(_SYNC_DIR, worker.age, "stopping")
     waited = handoff.wait_for_successor(_SYNC_DIR, worker.age, timeout=graceful_timeout)
-    if waited > 0.1:
-        server.log.info("gRPC kept listening %.1fs until a new worker did", waited)
-    grpc_server.stop(grace=max(1.0, graceful_timeout - waited)).wait()
+    took = drain(grpc_server, _settings["GRPC_PORT"], timeout=max(1.0, graceful_timeout - waited))
+    server.log.info("gRPC stopped: %.1fs until a new worker listened, %.1fs to see clients off, %.1fs for calls in flight",
+                    waited, took["connections_seconds"], took["stop_seconds"])
 
 
 def child_exit(server, worker):
