@@ -631,3 +631,20 @@ def test_the_benchmark_load_reaches_both_transports(served):
     for transport, target in (("http", server.port), ("grpc", port)):
         result = load(transport, target, streams=2, seconds=0.5)
         assert result["requests"] > 0 and result["errors"] == 0, result
+
+
+def test_kserve_shaped_load_and_unload(repo, live_server_factory):
+    """KServe's grpc_predict_v2.proto puts the model name in field 1 of RepositoryModelLoad/Unload
+    (Triton's repository_name) and answers model_name (1) and isLoaded/isUnloaded (2)."""
+    port = free_port()
+    live_server_factory(repo, GRPC_PORT=port)
+    kserve_request = b"\x0a\x05mnist"  # KServe's RepositoryModelLoadRequest(model_name="mnist")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as opened:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(opened)
+        for method, ready in (("RepositoryModelUnload", False), ("RepositoryModelLoad", True)):
+            answer = opened.unary_unary(f"/inference.GRPCInferenceService/{method}")(kserve_request)
+            assert answer == b"\x0a\x05mnist\x10\x01"
+            assert stub.ModelReady(pb.ModelReadyRequest(name="mnist")).ready is ready
+        # Triton's message with a repository name beside the model is still refused.
+        code, details = status_of(lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(repository_name="x", model_name="mnist")))
+        assert code == Code.INVALID_ARGUMENT and "one repository" in details

@@ -79,6 +79,22 @@ def infer_response(model_name: str, model_version: str, request_id: str,
     return response
 
 
+def kserve_repository_answer(model_name: str, done: bool) -> bytes:
+    """KServe's RepositoryModelLoadResponse / UnloadResponse: `model_name` (1) and `isLoaded` /
+    `isUnloaded` (2). Triton's messages are empty, so these bytes mean nothing to Triton's clients."""
+    name = model_name.encode()
+    return b"\x0a" + _varint(len(name)) + name + (b"\x10\x01" if done else b"")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
 def model_metadata(metadata: Mapping[str, Any]) -> pb.ModelMetadataResponse:
     """`protocol.model_metadata`'s answer as its gRPC message."""
     return pb.ModelMetadataResponse(

@@ -109,13 +109,18 @@ def parse(message_type: type, data: bytes) -> Any:
         raise InvalidInput(f"the request is not a valid {message_type.DESCRIPTOR.full_name} message: {err}") from None
 
 
+def _serialized(answer: Any) -> bytes:
+    """A response message's bytes (a handler may answer bytes it has encoded itself)."""
+    return answer if isinstance(answer, bytes) else answer.SerializeToString()
+
+
 def generic_handler(service: "InferenceService") -> grpc.GenericRpcHandler:
     """Every call `service` answers, for grpc.Server.add_generic_rpc_handlers."""
     handlers = {}
     for name in dir(service):
         method = getattr(service, name)
         if hasattr(method, "types"):
-            handlers[name] = grpc.unary_unary_rpc_method_handler(method, response_serializer=method.types[1].SerializeToString)
+            handlers[name] = grpc.unary_unary_rpc_method_handler(method, response_serializer=_serialized)
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
@@ -170,18 +175,30 @@ class InferenceService:
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
 
     @rpc(pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse)
-    def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, call: Call) -> pb.RepositoryModelLoadResponse:
+    def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, call: Call) -> pb.RepositoryModelLoadResponse | bytes:
         self._require_admin(call)
-        self._one_repository(request.repository_name)
-        model_control.load(self.registry, self.sync, request.model_name, messages.parameters(request.parameters))
-        return pb.RepositoryModelLoadResponse()
+        name, kserve = self._model_name(request)
+        model_control.load(self.registry, self.sync, name, messages.parameters(request.parameters))
+        return messages.kserve_repository_answer(name, True) if kserve else pb.RepositoryModelLoadResponse()
 
     @rpc(pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse)
-    def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, call: Call) -> pb.RepositoryModelUnloadResponse:
+    def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, call: Call) -> pb.RepositoryModelUnloadResponse | bytes:
         self._require_admin(call)
+        name, kserve = self._model_name(request)
+        model_control.unload(self.registry, self.sync, name, messages.parameters(request.parameters))
+        return messages.kserve_repository_answer(name, True) if kserve else pb.RepositoryModelUnloadResponse()
+
+    def _model_name(self, request: Any) -> tuple[str, bool]:
+        """The model to load or unload, and whether the request is KServe's message.
+
+        KServe's grpc_predict_v2.proto numbers these messages differently from Triton's: its
+        `model_name` is field 1, Triton's `repository_name`. A request with only field 1 set is
+        KServe's, and gets KServe's answer (`model_name`, `isLoaded`/`isUnloaded`).
+        """
+        if request.repository_name and not request.model_name and not request.parameters:
+            return request.repository_name, True
         self._one_repository(request.repository_name)
-        model_control.unload(self.registry, self.sync, request.model_name, messages.parameters(request.parameters))
-        return pb.RepositoryModelUnloadResponse()
+        return request.model_name, False
 
     def _require_admin(self, call: Call) -> None:
         proxied = [header for header in access.PROXY_HEADERS if header.lower() in call.metadata]
