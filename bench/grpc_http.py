@@ -19,6 +19,7 @@ import argparse
 import http.client
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import threading
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import footprint  # noqa: E402
 from bench.bodies import RequestSpec  # noqa: E402
 from bench.procs import Gunicorn, free_port, wait_idle  # noqa: E402
 
@@ -217,7 +219,10 @@ def markdown(report: dict) -> str:
         "`make serve`'s settings) answering both transports on 127.0.0.1; one MNIST digit (raw FP32) a "
         f"request; each stream its own connection; best of {report['tries']} alternating tries of "
         f"{report['seconds']} s (every try's req/s shown). The clients (Python, up to 4 processes) share "
-        "the cores with the server, so the server's CPU time a request is the steadier comparison.",
+        "the cores with the server, so the server's CPU time a request is the steadier comparison. "
+        f"Load average before and after the run: {report['load_average_before']} and {report.get('load_average_after')} "
+        "(other jobs on the machine swing single tries; compare the two transports' columns, not these figures with "
+        "[benchmarks.md](benchmarks.md)'s).",
         "",
         "| streams | HTTP binary req/s | gRPC req/s | gRPC / HTTP | p50 ms HTTP / gRPC | p99 ms HTTP / gRPC | server CPU ms a request HTTP / gRPC | errors |",
         "|---|---|---|---|---|---|---|---|",
@@ -229,6 +234,11 @@ def markdown(report: dict) -> str:
             f"| {g['rps']:,} ({', '.join(f'{r:,}' for r in g['tries_rps'])}) | {g['rps'] / h['rps']:.2f}x "
             f"| {h['latency_ms']['p50']} / {g['latency_ms']['p50']} | {h['latency_ms']['p99']} / {g['latency_ms']['p99']} "
             f"| {h['server_cpu_ms_per_request']} / {g['server_cpu_ms_per_request']} | {h['errors'] + g['errors']} |")
+    env, closure = report.get("serve_env"), report.get("grpcio_closure")
+    if env and closure:
+        lines += ["", f"The serve environment ({env['path']}, without bytecode caches, as `make bench` measures it): "
+                  f"{env['bytes'] / 1e6:.0f} MB, of which grpcio {closure['version']} and what it requires "
+                  f"{closure['bytes'] / 1e6:.1f} MB ({', '.join(closure['largest'])})."]
     model = report.get("process_model")
     if model:
         mem = model["memory"]
@@ -263,10 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         args.seconds, args.tries, args.skip_process_model = 1.0, 1, True
     report = {
         "machine": f"{multiprocessing.cpu_count()} CPUs", "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average_before": round(os.getloadavg()[0], 1),
         "seconds": args.seconds, "tries": args.tries, "points": compare(args.seconds, args.tries),
+        "serve_env": footprint.venv_report(SERVE_PYTHON.parents[1]),
+        "grpcio_closure": footprint.closure_bytes(SERVE_PYTHON.parents[1], "grpcio"),
     }
     if not args.skip_process_model:
         report["process_model"] = process_model(args.seconds)
+    report["load_average_after"] = round(os.getloadavg()[0], 1)
     text = markdown(report)
     print(text)
     if not args.dry_run:

@@ -1,4 +1,4 @@
-"""Who may call what, for every transport: the bearer token, and the loopback rule for load/unload.
+"""Who may call what, for every transport: the bearer token, the loopback rule for load/unload, request ids.
 
 Plain Python: the HTTP hooks and routes and the gRPC service ask the same questions here, so both
 transports let in and refuse exactly the same callers.
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
+import uuid
 from typing import Iterable
 
 from .errors import AdminRefused, Unauthorized
@@ -14,6 +16,13 @@ from .errors import AdminRefused, Unauthorized
 # Headers (gRPC metadata keys are the same names, lower-cased) a reverse proxy adds: a request
 # carrying one did not come from this machine's own user.
 PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-Ip")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def request_id(sent: str | None) -> str:
+    """The request's id for its log line: the client's own when short and plain, so it cannot forge
+    log lines, else a new random one."""
+    return sent if sent and REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex[:16]
 
 
 def check_token(expected: str, authorization: str | None) -> None:

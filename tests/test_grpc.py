@@ -359,7 +359,17 @@ def test_token_limits_and_metrics(repository):
         with pytest.raises(InferenceServerException) as raised:
             connection.infer("mnist", [infer_input("input", digits(32), "FP32")], headers=token)
         assert raised.value.status() == str(Code.RESOURCE_EXHAUSTED)
+        # The limit holds for the message as it is once decompressed, not as it travels.
+        zeros = np.zeros((32, 1, 28, 28), np.float32)
+        with pytest.raises(InferenceServerException) as raised:
+            connection.infer("mnist", [infer_input("input", zeros, "FP32")], headers=token, compression_algorithm="gzip")
+        assert raised.value.status() == str(Code.RESOURCE_EXHAUSTED)
         assert connection.is_server_ready()
+        # The call's log line carries the client's x-request-id, or a fresh one for one that could forge lines.
+        connection.is_model_ready("mnist", headers={**token, "x-request-id": "grpc-call-7"})
+        connection.is_model_ready("mnist", headers={**token, "x-request-id": "a b"})
+        assert wait_until(lambda: "GRPC ModelReady OK" in server.log() and "id=grpc-call-7" in server.log(), timeout=10)
+        assert "id=a b" not in server.log()
 
         page = requests.get(server.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).text
         samples = {(s.name, frozenset(s.labels.items())): s.value
@@ -371,6 +381,7 @@ def test_token_limits_and_metrics(repository):
 
         assert count("ModelInfer", "OK") == 2 and count("ModelInfer", "UNAUTHENTICATED") == 2
         assert count("ServerLive", "OK") == 1 and count("ModelReady", "UNAUTHENTICATED") == 1
+        assert count("ModelReady", "OK") == 3
         assert TOKEN not in server.log()
     finally:
         connection.close()

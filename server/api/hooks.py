@@ -4,11 +4,10 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 
 from flask import current_app, g, request
 
-from ..access import check_token
+from ..access import check_token, request_id
 
 log = logging.getLogger(__name__)
 
@@ -17,16 +16,13 @@ log = logging.getLogger(__name__)
 # when it opens a page; the page asks for the token and sends it with its API calls).
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/")
 OPEN_PREFIXES = ("/static/",)
-REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # The path is logged percent-decoded: a %0A in the URL must not start a new, forged log line.
 UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def start_request() -> None:
     """before_request: give the request an id, start its clock, check the token when one is set."""
-    # A client's own request id is kept only when it is short and plain, so it cannot forge log lines.
-    sent_id = request.headers.get("X-Request-Id", "")
-    g.request_id = sent_id if REQUEST_ID.fullmatch(sent_id) else uuid.uuid4().hex[:16]
+    g.request_id = request_id(request.headers.get("X-Request-Id"))
     g.started = time.perf_counter()
     if request.path not in OPEN_PATHS and not request.path.startswith(OPEN_PREFIXES):
         check_token(current_app.config["API_TOKEN"], request.headers.get("Authorization"))

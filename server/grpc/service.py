@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import time
 import urllib.parse
-import uuid
 from typing import Any, Callable, Mapping
 
 import grpc
@@ -45,7 +43,6 @@ STATUS_CODES: dict[int, grpc.StatusCode] = {
     501: grpc.StatusCode.UNIMPLEMENTED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
-REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def status_code(http_status: int) -> grpc.StatusCode:
@@ -64,8 +61,7 @@ class Call:
         for key, value in context.invocation_metadata() or ():
             if isinstance(value, str):
                 self.metadata.setdefault(key.lower(), value)
-        sent_id = self.metadata.get("x-request-id", "")
-        self.request_id = sent_id if REQUEST_ID.fullmatch(sent_id) else uuid.uuid4().hex[:16]
+        self.request_id = access.request_id(self.metadata.get("x-request-id"))
 
 
 def rpc(request_type: type, response_type: type, open_call: bool = False) -> Callable:
