@@ -1,7 +1,7 @@
 """docs/benchmarks.md from one run's results: every figure in it comes from benchmarks.json."""
 from __future__ import annotations
 
-from bench.report import MB, mean_worker_kib, series
+from bench.results import MB, mean_worker_kib, series
 
 
 def table(header: list[str], rows: list[list]) -> str:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from server import config
-from tests.conftest import COMMITTED_REPOSITORY, ROOT, LiveServer
+from tests.conftest import COMMITTED_REPOSITORY, ROOT
 
 SECURITY = (ROOT / "docs" / "security.md").read_text()
 
@@ -37,10 +37,8 @@ def readme_blocks(language: str, section: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def committed_server():
-    server = LiveServer(COMMITTED_REPOSITORY).start()
-    yield server
-    server.stop()
+def committed_server(module_servers):
+    return module_servers(COMMITTED_REPOSITORY)
 
 
 def test_the_readme_curl_examples_work_as_written(committed_server) -> None:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from server import create_app
 from tests.api_client import FlaskCaller, HttpCaller, encode, png
-from tests.conftest import COMMITTED_MNIST, MNIST_SAMPLE, LiveServer
+from tests.conftest import COMMITTED_MNIST, MNIST_SAMPLE
 from tests.onnx_factory import write_classifier
 
 SAMPLE = np.load(MNIST_SAMPLE)
@@ -66,10 +66,8 @@ def random_repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def random_server(random_repo: Path):
-    server = LiveServer(random_repo, {k: str(v) for k, v in LIMITS.items()}).start()
-    yield server
-    server.stop()
+def random_server(module_servers, random_repo: Path):
+    return module_servers(random_repo, **LIMITS)
 
 
 @pytest.fixture(params=["flask", "gunicorn"])
@@ -140,10 +138,8 @@ def committed_repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def committed_server(committed_repo: Path):
-    server = LiveServer(committed_repo, {"MAX_IMAGES_PER_REQUEST": "50"}).start()
-    yield server
-    server.stop()
+def committed_server(module_servers, committed_repo: Path):
+    return module_servers(committed_repo, MAX_IMAGES_PER_REQUEST=50)
 
 
 @pytest.fixture(params=["flask", "gunicorn"])

@@ -47,26 +47,11 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    """Start real gunicorn servers once per module; all are stopped at its end."""
-    started: list[LiveServer] = []
-
-    def start(repository: Path, **env: str) -> LiveServer:
-        server = LiveServer(repository, env).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def random_server(servers, tmp_path_factory) -> LiveServer:
+def random_server(module_servers, tmp_path_factory) -> LiveServer:
     """gunicorn serving one random-weight digit classifier named `mnist`."""
     repo = tmp_path_factory.mktemp("random") / "models"
     write_classifier(repo / "mnist" / "1" / "model.onnx", labels=DIGITS)
-    return servers(repo)
+    return module_servers(repo)
 
 
 @pytest.fixture
@@ -356,13 +341,13 @@ def test_picker_chooses_among_several_classifiers(servers, tmp_path_factory, ope
 
 
 @pytest.fixture(scope="module")
-def committed_server(servers, tmp_path_factory) -> LiveServer:
+def committed_server(module_servers, tmp_path_factory) -> LiveServer:
     """gunicorn serving the committed models/ (linked from tmp, so its log stays out of the checkout)."""
     if not COMMITTED_MNIST.exists():
         pytest.skip("the trained model models/mnist/1/model.onnx is not committed yet")
     repo = tmp_path_factory.mktemp("committed") / "models"
     repo.symlink_to(COMMITTED_REPOSITORY, target_is_directory=True)
-    return servers(repo)
+    return module_servers(repo)
 
 
 @pytest.mark.browser

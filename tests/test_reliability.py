@@ -14,20 +14,17 @@ from schemathesis import checks
 from hypothesis import HealthCheck, given, settings
 
 from bench.procs import children
-from tests.conftest import LiveServer
 from tests.onnx_factory import write_classifier
 
 DIGIT_PIXELS = [[1.0 if 9 <= col <= 18 and 5 <= row <= 22 else 0.0 for col in range(28)] for row in range(28)]
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory):
+def fuzz_server(module_servers, tmp_path_factory):
     """One gunicorn for every fuzzed operation, serving a random-weight `mnist`."""
     repo = tmp_path_factory.mktemp("fuzz") / "models"
     write_classifier(repo / "mnist" / "1" / "model.onnx", labels=[str(i) for i in range(10)])
-    server = LiveServer(repo, {"WORKERS": "1", "THREADS": "4"}).start()
-    yield server
-    server.stop()
+    return module_servers(repo, WORKERS=1, THREADS=4)
 
 
 # "Every response matches the document". Left out: positive_data_acceptance, since an image

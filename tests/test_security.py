@@ -62,12 +62,8 @@ def repository(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path):
-    from tests.conftest import LiveServer
-
-    live = LiveServer(repository, {"API_TOKEN": TOKEN}).start()
-    yield live
-    live.stop()
+def server(module_servers, repository: Path):
+    return module_servers(repository, API_TOKEN=TOKEN)
 
 
 def bearer(token: str = TOKEN) -> dict[str, str]:
