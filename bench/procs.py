@@ -25,7 +25,6 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # Settings the benchmarks leave at their defaults, as `make serve` does, whatever the caller's shell says.
 SERVER_SETTINGS = ("WORKERS", "THREADS", "ORT_THREADS", "API_TOKEN", "LOG_LEVEL", "MAX_CONTENT_LENGTH")
 LIVE = RequestSpec("live", "GET", "/v2/health/live")
-STOP_SECONDS = 30.0  # gunicorn's own graceful_timeout is shorter; past this the group is killed
 
 
 def free_port() -> int:
@@ -94,6 +93,7 @@ class Gunicorn:
     log_dir: Path = ROOT / "bench" / "out"
     cwd: Path = ROOT
     port: int = field(default_factory=free_port)
+    stop_timeout: float = 30.0  # longer than gunicorn's graceful timeout: past it the group is killed
     process: subprocess.Popen | None = None
     started_at: float = 0.0
 
@@ -167,9 +167,10 @@ class Gunicorn:
             if self.process.poll() is None:
                 signal_group(self.process.pid, signal.SIGTERM)
                 try:
-                    self.process.wait(timeout=STOP_SECONDS)
+                    self.process.wait(timeout=self.stop_timeout)
                 except subprocess.TimeoutExpired:
-                    log.warning("%s did not stop within %.0f s of SIGTERM: killing its process group", self.name, STOP_SECONDS)
+                    log.warning("%s did not stop within %.0f s of SIGTERM: killing its process group", self.name,
+                                self.stop_timeout)
             signal_group(self.process.pid, signal.SIGKILL)
             self.process.wait()
         if getattr(self, "_log", None):

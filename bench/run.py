@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import bodies, footprint, profile, report, soak  # noqa: E402
+from bench import bodies, footprint, profile, recovery, report, soak  # noqa: E402
 from bench.loadgen import run_wrk, send_many, wrk_version  # noqa: E402
 from bench.procs import Gunicorn, model_server, send, wait_idle  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
@@ -296,6 +296,7 @@ def run(args: argparse.Namespace) -> dict:
         server.wait_serving()
         wait_idle(server, WORKERS)
         results["soak"] = soak.soak(server, png, seconds=args.soak_seconds, warmup=args.soak_warmup, connections=32)
+    log.info("a worker killed under load"); results["recovery"] = recovery.run(args.repository)
     log.info("profile"); results["profile"] = profile_server(args, png)
     results["sizes"] = sizes()
     results["training"] = training_metrics(args.checkpoint)

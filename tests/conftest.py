@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -96,3 +98,16 @@ def module_servers():
 def live_server(live_server_factory, random_repository: Path) -> LiveServer:
     """gunicorn serving the random-weight repository."""
     return live_server_factory(random_repository)
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 60.0) -> bool:
+    """Poll `condition` every 0.05 s until it holds or `timeout` passes; return whether it held.
+
+    Tests wait for events (a log line, a worker, an answer) this way; `timeout` only bounds a hang.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
