@@ -67,8 +67,12 @@ image: ## build the production image IMAGE on IMAGE_BASE (debian: made here from
 	$(call install-debian-packages,deploy/image/packages.txt,image)
 	IMAGE=$(IMAGE) IMAGE_BASE=$(IMAGE_BASE) deploy/image/build.sh
 
-image-test: image $(DEV_STAMP) ## build the image, start it by chroot, smoke-test it, write docs/image-size.json
-	$(DEV_VENV)/bin/python -m tests.image.smoke $(IMAGE)
+# Its figures go to tests/artifacts/image/ (ignored by git); UPDATE_DOCS=1 writes them into
+# docs/image-size.json and docs/deploy.md instead.
+UPDATE_DOCS ?=
+
+image-test: image $(DEV_STAMP) ## build the image, start it, smoke-test it; UPDATE_DOCS=1 writes its figures into docs/
+	$(DEV_VENV)/bin/python -m tests.image.smoke $(IMAGE) $(if $(UPDATE_DOCS),--update-docs)
 
 # $(call install-debian-packages,LIST,TARGET): the Debian packages named in file LIST, one a line,
 # installed only when missing, and only as root; elsewhere a line says what to install by hand.

@@ -2,6 +2,7 @@
 and used for real in front of a live gunicorn; and shipping a model version with a HUP."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -259,3 +260,23 @@ def test_new_model_version_ships_with_hup_and_no_failed_request(random_repositor
     assert (shipped["from_version"], shipped["to_version"], shipped["failures"]) == ("1", "2", 0)
     assert "Handling signal: hup" in server.log()
     assert "was sent SIG" not in server.log(), "old workers must drain and exit by themselves"
+
+
+def test_image_test_writes_its_figures_outside_the_tracked_tree_unless_asked(tmp_path: Path) -> None:
+    from tests.image import smoke
+
+    plain, asked = smoke.parse_args(["localhost/x:latest"]), smoke.parse_args(["localhost/x:latest", "--update-docs"])
+    ignored = subprocess.run(["git", "check-ignore", str(plain.json), str(plain.doc)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=30)
+    assert ignored.stdout.split() == [str(plain.json), str(plain.doc)], ignored
+    assert (asked.json, asked.doc) == (ROOT / "docs" / "image-size.json", ROOT / "docs" / "deploy.md")
+    # The committed figures rendered the way a run renders them: into a new file, and between a document's markers.
+    report = json.loads((ROOT / "docs" / "image-size.json").read_text())
+    section = tmp_path / "section.md"
+    smoke.write_reports(report, tmp_path / "size.json", section)
+    assert section.read_text().startswith(smoke.SIZE_BEGIN) and json.loads((tmp_path / "size.json").read_text()) == report
+    document = tmp_path / "deploy.md"
+    document.write_text(f"before\n{smoke.SIZE_BEGIN}\nold\n{smoke.SIZE_END}\nafter\n")
+    smoke.write_reports(report, tmp_path / "size.json", document)
+    assert document.read_text() == f"before\n{smoke.size_section(report)}\nafter\n"
+    assert smoke.size_section(report) in (ROOT / "docs" / "deploy.md").read_text()  # docs/ is what its JSON renders
