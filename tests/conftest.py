@@ -23,6 +23,11 @@ MNIST_SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
 LOG_DIR = ROOT / "tests" / "artifacts" / "logs"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-docs", action="store_true",
+                     help="write the answers the documents' examples gave into README.md and docs/ (tests/doc_examples.py)")
+
+
 @pytest.fixture
 def random_repository(tmp_path: Path) -> Path:
     """A repository holding a random-weight `mnist`-shaped classifier as version 1."""
