@@ -50,11 +50,13 @@ def examples(document: Path, sections: tuple[str, ...] | None = None) -> list[Ex
 
 
 def run(example: Example, url: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run `example` against the server at `url` (in place of the documented one)."""
-    code = example.code.replace(DOCUMENTED_URL, url).replace(DOCUMENTED_URL.removeprefix("http://"),
-                                                              url.removeprefix("http://"))
+    """Run `example` against the server at `url` in place of the documented one, which its output names again."""
+    documented_host, host = DOCUMENTED_URL.removeprefix("http://"), url.removeprefix("http://")
+    code = example.code.replace(documented_host, host)
     argv = ["bash", "-e", "-c", SHELL_PRELUDE + code] if example.language == "sh" else [sys.executable, "-c", code]
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    done.stdout = done.stdout.replace(host, documented_host)
+    return done
 
 
 def same_answer(shown: str, got: str, tolerance: float = 1e-5) -> bool:
