@@ -101,3 +101,34 @@ def test_an_answer_differing_from_the_shown_one_is_caught(tmp_path) -> None:
     assert example.shown == "old\n"
     doc_examples.write_output(example, "hi\n\n")
     assert doc_examples.examples(document)[0].shown == "hi\n" and document.read_text().endswith("```\n\nafter\n")
+
+
+# --------------------------------------------------------------------------- what the README tells a newcomer
+
+
+def test_the_readme_names_the_python_the_project_requires() -> None:
+    required = re.search(r'requires-python = ">=([0-9.]+)"', (ROOT / "pyproject.toml").read_text())[1]
+    assert f"Python ≥ {required}" in README
+
+
+def test_every_make_target_the_readme_names_exists_and_make_help_is_mentioned() -> None:
+    listed = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60).stdout
+    targets = {line.split("\t")[0] for line in listed.splitlines()}
+    named = set(re.findall(r"`make ([a-z-]+)", README)) | set(re.findall(r"^make ([a-z-]+)", README, re.M))
+    assert "help" in named and named <= targets, named - targets
+
+
+def test_the_readme_commands_run_as_written() -> None:
+    """The settings' --help is run the way the README writes it, from the checkout."""
+    command = re.search(r"`(\.venv-serve/bin/python -m server --help)`", README)[1]
+    out = subprocess.run(command.split(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--model-repository" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/api.md", "docs/models.md", "docs/deploy.md"])
+def test_pip_extras_are_quoted_for_every_shell(document: str) -> None:
+    """`pip install tritonclient[http]` fails in zsh, whose globbing reads the brackets."""
+    text = (ROOT / document).read_text()
+    unquoted = [line for line in re.findall(r"pip install [^`\n]*", text) if re.search(r"(?<!['\"])\b[\w.-]+\[[\w,]+\]", line)]
+    assert unquoted == [], unquoted
