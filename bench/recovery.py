@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,37 +20,27 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import ClientThreads  # noqa: E402
 from bench.procs import Gunicorn, children, model_server  # noqa: E402
 
 DIGIT_PIXELS = [[1.0 if 9 <= col <= 18 and 5 <= row <= 22 else 0.0 for col in range(28)] for row in range(28)]
 
 
-class Load:
+class Load(ClientThreads):
     """Client threads, each sending one request per fresh connection, recording when each ended."""
 
     def __init__(self, url: str, clients: int) -> None:
+        super().__init__(clients)
         self.url = url
         self.results: list[tuple[float, bool]] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._client) for _ in range(clients)]
 
-    def _client(self) -> None:
+    def client(self) -> None:
         while not self.stop.is_set():
             try:
                 ok = requests.post(self.url, json={"pixels": DIGIT_PIXELS}, timeout=10).status_code == 200
             except requests.RequestException:
                 ok = False
             self.results.append((time.monotonic(), ok))
-
-    def __enter__(self) -> "Load":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(15)
 
     def answered(self, since: float = 0.0) -> int:
         """Successful answers that ended at or after `since` (monotonic time)."""

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 from server import create_app
 from server.model_sync import ModelSync
 from server.registry import ModelRegistry
+from bench.loadgen import ClientThreads
 from tests.conftest import wait_until
 from tests.onnx_factory import write_classifier
 
@@ -242,18 +242,17 @@ def test_tritonclient_drives_the_repository_extension_with_the_token(repo, live_
         client.close()
 
 
-class Traffic:
+class Traffic(ClientThreads):
     """Client threads sending v2 inferences until stopped, each answer timed and kept."""
 
     def __init__(self, url: str, threads: int = 8, limit_seconds: float = 60.0, limit_requests: int = 20_000) -> None:
+        super().__init__(threads)
         self.url, self.deadline = url + "/v2/models/mnist/infer", time.monotonic() + limit_seconds
         self.limit_requests = limit_requests
         self.answers: list[tuple[float, int, str]] = []  # (monotonic time sent, status, model_version)
         self.errors: list[str] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._send, daemon=True) for _ in range(threads)]
 
-    def _send(self) -> None:
+    def client(self) -> None:
         with requests.Session() as session:
             while not self.stop.is_set() and time.monotonic() < self.deadline and len(self.answers) < self.limit_requests:
                 sent = time.monotonic()
@@ -263,16 +262,6 @@ class Traffic:
                     self.answers.append((sent, response.status_code, version))
                 except requests.RequestException as err:
                     self.errors.append(repr(err))
-
-    def __enter__(self) -> "Traffic":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=15)
 
     def versions_between(self, start: float, end: float) -> set[str]:
         """Versions that answered the requests sent from `start` to `end`."""
