@@ -589,6 +589,14 @@ def write_report(run: Run, path: Path, timings: dict[str, float]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+class Interrupted(Exception):
+    """SIGTERM arrived: recorded as a failure, then both servers are stopped."""
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise Interrupted(f"interrupted by signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.triton.compare", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -602,8 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="triton-compare-"))
     processes: list[Process] = []
     run = Run()
-    # SIGTERM (CI's timeout, make's interrupt) ends the run through `finally`, which stops both.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # SIGTERM (CI's timeout) ends the run as a failure through `finally`, which stops both servers.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         repo = scratch / "models"
         shutil.copytree(ROOT / "models", repo)
