@@ -288,7 +288,7 @@ def _read_labels(model_dir: Path | None, filename: str, where: str) -> tuple[str
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ModelConfigError(f"{where}: label_filename {filename!r} does not exist in {model_dir}") from None
+        raise ModelConfigError(f"{where}: label_filename {filename!r} does not exist in the model folder") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ModelConfigError(f"{where}: label_filename {filename!r} cannot be read: {error}") from None
     labels = tuple(text.splitlines())  # one label a line, as Triton reads it
