@@ -47,10 +47,10 @@ from tritonclient.utils import InferenceServerException
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from bench.triton_server import find_install, layout_backends, triton_argv, triton_env  # noqa: E402
 from server.model_config import VersionPolicy  # noqa: E402  (pure module: protobuf only)
 
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
-STANDIN_BACKEND = Path(__file__).with_name("standin_onnxruntime") / "model.py"
 MNIST_SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
 LOG_DIR = ROOT / "tests" / "artifacts" / "logs"
 GRPC_SKIP = "this server has no gRPC endpoint yet (issue 17)"
@@ -154,42 +154,11 @@ class Process:
         self.log_file.close()
 
 
-def triton_paths() -> tuple[Path, Path, Path]:
-    """tritonserver binary, the wheel's tritonserver folder and its bundled libraries."""
-    import pytriton
-
-    package = Path(pytriton.__file__).parent
-    return package / "tritonserver" / "bin" / "tritonserver", package / "tritonserver", package.parent / "nvidia_pytriton.libs"
-
-
-def layout_backends(dest: Path) -> Path:
-    """backends/python (the wheel's Python backend, copied: Triton refuses links that leave the
-    folder) and backends/onnxruntime/model.py (the stand-in)."""
-    _, server_dir, _ = triton_paths()
-    python = dest / "python"
-    python.mkdir(parents=True)
-    for item in ("libtriton_python.so", "triton_python_backend_utils.py"):
-        shutil.copy2(server_dir / "backends" / "python" / item, python / item)
-    stub = server_dir / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
-    shutil.copy2(stub / "triton_python_backend_stub", python / "triton_python_backend_stub")
-    (dest / "onnxruntime").mkdir()
-    shutil.copy2(STANDIN_BACKEND, dest / "onnxruntime" / "model.py")
-    return dest
-
-
 def start_triton(repo: Path, backends: Path) -> tuple[Process, int, int, float]:
-    binary, _, libs = triton_paths()
+    install = find_install(Path(sys.prefix))
     http_port, grpc_port = free_port(), free_port()
-    env = {**os.environ,
-           # The Python stub finds its interpreter (and so onnxruntime) through PATH, not PYTHONPATH.
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-           "LD_LIBRARY_PATH": ":".join(p for p in (str(libs), os.environ.get("LD_LIBRARY_PATH", "")) if p)}
-    argv = [str(binary), f"--model-repository={repo}", f"--backend-directory={backends}",
-            "--model-control-mode=explicit", "--load-model=*",
-            "--http-address=127.0.0.1", f"--http-port={http_port}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
-            "--allow-metrics=false", "--exit-on-error=true", "--log-verbose=0"]
-    process = Process("tritonserver", argv, env, repo.parent)
+    argv = triton_argv(install, repo, backends, http_port, grpc_port, explicit=True)
+    process = Process("tritonserver", argv, triton_env(install), repo.parent)
     try:
         seconds = process.wait_ready(f"http://127.0.0.1:{http_port}/v2/health/ready", 120)
     except Exception:
@@ -619,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
             repo / "mnist", repo / "mnist" / "1" / "model.onnx", version_policy=VersionPolicy("all"))
         print(f"wrote {repo / 'mnist' / 'config.pbtxt'}: max_batch_size {written.max_batch_size}, "
               f"labels {len(written.labels or ())}, version_policy {written.version_policy.kind}")
-        backends = layout_backends(scratch / "backends")
+        backends = layout_backends(scratch / "backends", find_install(Path(sys.prefix)))
         triton, http_port, grpc_port, triton_s = start_triton(repo, backends)
         processes.append(triton)
         server, server_port, server_s = start_server(repo)
