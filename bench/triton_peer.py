@@ -37,12 +37,17 @@ from bench.loadgen import run_wrk  # noqa: E402
 from bench.procs import Gunicorn, free_port, memory_kib, send, wait_idle  # noqa: E402
 from bench.triton_server import TRITON_VENV, find_install, layout_backends, triton_argv, triton_env  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
+from server.layout import latest_model_file  # noqa: E402
 
 log = logging.getLogger("bench.triton_peer")
 
 SERVE_VENV = ROOT / ".venv-serve"
 CONCURRENCY = (1, 8, 32)
 LABEL = "Triton 2.51 HTTP, stand-in Python onnxruntime backend (not the C++ one)"
+CONFIGS = {
+    "auto": "no config.pbtxt: Triton's auto-complete, max_batch_size 4 with dynamic batching",
+    "written": "config.pbtxt from export/triton_config.py: max_batch_size 64, no dynamic batching",
+}
 
 
 @dataclass
@@ -76,6 +81,10 @@ def measure(args: argparse.Namespace) -> dict:
     try:
         repository = scratch / "models"
         shutil.copytree(args.repository, repository)
+        if args.config == "written":
+            from export.triton_config import write_triton_config  # imports torch: only when asked
+
+            write_triton_config(repository / args.model, latest_model_file(repository, args.model))
         backends = layout_backends(scratch / "backends", find_install(TRITON_VENV))
 
         def triton() -> TritonProcess:
@@ -85,7 +94,7 @@ def measure(args: argparse.Namespace) -> dict:
             return Gunicorn("server", [str(SERVE_VENV / "bin" / "python"), "-m", "server"], specs[0],
                             env={"MODEL_REPOSITORY": str(repository)})
 
-        result: dict = {"label": LABEL, "apps": {}}
+        result: dict = {"label": f"{LABEL}; {CONFIGS[args.config]}", "config": args.config, "apps": {}}
         for name, make in (("server", server), ("triton", triton)):
             starts = []
             for _ in range(args.cold_starts):
@@ -195,11 +204,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (each: every request and concurrency)")
     parser.add_argument("--warmup", type=float, default=3.0, help="unrecorded wrk warm-up per app and request")
     parser.add_argument("--cold-starts", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "triton-peer.json")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="auto",
+                        help="; ".join(f"{k}: {v}" for k, v in CONFIGS.items()))
+    parser.add_argument("--out", type=Path, default=None, help="default bench/out/triton-peer-<config>.json")
     parser.add_argument("--quick", action="store_true", help="1 s runs, 1 round, 1 cold start: checks the machinery")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.rounds, args.warmup, args.cold_starts = 1.0, 1, 1.0, 1
+    args.out = args.out or ROOT / "bench" / "out" / f"triton-peer-{args.config}.json"
     return args
 
 
