@@ -87,19 +87,32 @@ class TritonPythonModel:
         self.batching = config.get("max_batch_size", 0) > 0
 
     def execute(self, requests):
-        """Run the requests Triton hands over as one onnxruntime call when the model batches."""
+        """Run the requests Triton hands over as one onnxruntime call when the model batches.
+
+        If that joint run fails, each request runs alone, so only the bad one gets the error.
+        """
         feeds = [{name: pb_utils.get_input_tensor_by_name(r, name).as_numpy()
                   for name in self.input_names} for r in requests]
+        results = None
         if self.batching and len(requests) > 1 and _same_shapes(feeds):
-            joined = {n: np.concatenate([f[n] for f in feeds]) for n in self.input_names}
-            results = self.session.run(self.output_names, joined)
-            bounds = np.cumsum([len(f[self.input_names[0]]) for f in feeds])[:-1]
-            per_request = zip(*(np.split(r, bounds) for r in results))
-        else:
-            per_request = (self.session.run(self.output_names, feed) for feed in feeds)
-        return [pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor(name, np.ascontiguousarray(array))
-            for name, array in zip(self.output_names, arrays)]) for arrays in per_request]
+            try:
+                joined = self.session.run(self.output_names,
+                                          {n: np.concatenate([f[n] for f in feeds]) for n in self.input_names})
+                bounds = np.cumsum([len(f[self.input_names[0]]) for f in feeds])[:-1]
+                results = list(zip(*(np.split(r, bounds) for r in joined)))
+            except Exception:  # onnxruntime's own error types: rerun one by one below
+                results = None
+        if results is None:
+            results = [self._run_one(feed) for feed in feeds]
+        return [arrays if isinstance(arrays, pb_utils.InferenceResponse) else pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor(name, np.ascontiguousarray(array))
+                            for name, array in zip(self.output_names, arrays)]) for arrays in results]
+
+    def _run_one(self, feed: dict):
+        try:
+            return self.session.run(self.output_names, feed)
+        except Exception as error:  # the client gets onnxruntime's reason, as from the C++ backend
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"onnxruntime: {error}"))
 
 
 def _same_shapes(feeds: list[dict]) -> bool:
