@@ -161,7 +161,8 @@ class ModelRegistry:
         with self._reload_lock:
             on_disk = dict(find_versions(self.root.resolve(), model_dir, self._warn_once))
             if not on_disk:
-                raise ModelNotFound(f"no model {name!r} in the repository: expected {model_dir}/<version>/{MODEL_FILE}")
+                # The repository-relative path: a client learns nothing of the server's file system.
+                raise ModelNotFound(f"no model {name!r} in the repository: expected {name}/<version>/{MODEL_FILE}")
             self.unloaded.discard(name)
             current = self.models.get(name, {})
             self._forget(name, keep=set(on_disk))

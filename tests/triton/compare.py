@@ -77,6 +77,9 @@ KNOWN_DIFFERENCES: dict[str, str] = {
     "infer.over_largest_batch[mnist-int8]": _OVER_BATCH,
     "classification.top3.binary[mnist-int8]": _NO_LABELS,
     "classification.top3.json[mnist-int8]": _NO_LABELS,
+    "repository.load_unknown_model": "loading a model that is not in the repository: Triton 500 'failed to poll "
+                                      "from model repository', this server 404 'no model ... expected "
+                                      "nope/<version>/model.onnx' (the client's mistake, so a 4xx)",
     "repository.unload": "an unloaded model's infer: Triton 404 'has no available versions', this server 503 "
                          "saying how to load it; readiness and index state (UNAVAILABLE) agree",
     "repository.broken_version": "both refuse the load (400) and keep versions 1 and 2 serving, but Triton "
@@ -256,6 +259,13 @@ def infer_answer(target: Target, model: str, array: np.ndarray, version: str = "
     return outcome(call)
 
 
+def _typed_input(target: Target, name: str, array: np.ndarray, datatype: str):
+    lib = grpcclient if target.grpc else httpclient
+    tensor = lib.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
 def _class_entry(raw: bytes) -> list:
     """`value:index[:label]` -> [value, index, label or None]."""
     parts = (raw.decode() if isinstance(raw, bytes) else raw).split(":", 2)
@@ -330,7 +340,8 @@ class Run:
 def _grpc_errors_as_http(answer: Any) -> Any:
     if isinstance(answer, dict) and "error" in answer:
         return {"error": {"400": "StatusCode.INVALID_ARGUMENT", "404": "StatusCode.NOT_FOUND",
-                          "503": "StatusCode.UNAVAILABLE"}.get(answer["error"], answer["error"])}
+                          "500": "StatusCode.INTERNAL", "503": "StatusCode.UNAVAILABLE"}.get(answer["error"],
+                                                                                               answer["error"])}
     return answer
 
 
@@ -380,6 +391,11 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
         triton, server = ask(lambda t: t.json_call("get_model_metadata", model))
         run.compare(check, triton, server)
         ask_grpc(check, triton, lambda t: t.json_call("get_model_metadata", model))
+
+    check = "model.metadata.named_version"
+    triton, server = ask(lambda t: t.json_call("get_model_metadata", "mnist", "1"))
+    run.compare(check, triton, server, expect=lambda a: a.get("versions") == ["1"] or a.get("versions") == [1])
+    ask_grpc(check, triton, lambda t: t.json_call("get_model_metadata", "mnist", "1"))
 
     def config_summary(t: Target, model: str) -> dict:
         config = t.json_call("get_model_config", model)
@@ -439,6 +455,8 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
         "infer.unknown_version": lambda t: infer_answer(t, "mnist", one, version="9"),
         "infer.unknown_model": lambda t: infer_answer(t, "nope", one),
         "infer.wrong_shape": lambda t: infer_answer(t, "mnist", np.zeros((1, 1, 27, 27), np.float32)),
+        "infer.wrong_datatype": lambda t: outcome(lambda: t.client.infer("mnist", [
+            _typed_input(t, "input", one.astype(np.float64), "FP64")]).get_response() and "answered"),
         "infer.wrong_input_name": lambda t: outcome(lambda: t.client.infer(
             "mnist", [t.tensor_input("pixels", one)]).get_response() and "answered"),
     }.items():
@@ -470,6 +488,11 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
     triton, server = ask(index)
     run.compare("repository.index", triton, server)
     ask_grpc("repository.index", triton, index)
+
+    check = "repository.load_unknown_model"
+    triton, server = ask(lambda t: t.client.load_model("nope") or "loaded")
+    run.compare(check, triton, server, expect=lambda a: isinstance(a, dict) and "error" in a)
+    ask_grpc(check, triton, lambda t: t.client.load_model("nope") or "loaded")
 
     def unload_then_ask(t: Target) -> dict:
         t.client.unload_model("mnist-int8")
