@@ -48,7 +48,8 @@ from tritonclient.utils import InferenceServerException
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from bench.triton_server import find_install, layout_backends, triton_argv, triton_env  # noqa: E402
-from server.model_config import VersionPolicy  # noqa: E402  (pure module: protobuf only)
+from server.model_config import (ModelConfigError, VersionPolicy, model_config_class,  # noqa: E402
+                                 parse_model_config)  # (a pure module: protobuf only)
 
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 MNIST_SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
@@ -413,6 +414,8 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
         configs[model] = triton
         run.compare(check, triton, server, expect=lambda a: "error" not in a)
         ask_grpc(check, triton, lambda t: config_summary(t, model))
+    for model in ("mnist", "mnist-int8"):
+        run.record(*_reads_tritons_config(th, repo, model))
     run.record(configs["mnist"].get("max_batch_size") == 64 and not configs["mnist"].get("dynamic_batching")
                and configs["mnist-int8"].get("max_batch_size") == 4 and configs["mnist-int8"].get("dynamic_batching"),
                "model.config.auto_complete",
@@ -556,6 +559,26 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
     run.compare("repository.broken_version", triton, server,
                 expect=lambda a: isinstance(a.get("load"), dict) and a["ready"]["3"] is False)
     shutil.rmtree(repo / "mnist" / "3")
+
+
+def _reads_tritons_config(triton: Target, repo: Path, model: str) -> tuple[bool, str, str]:
+    """server/model_config.py parses the configuration Triton itself serves (auto-completed or
+    written), turned back into config.pbtxt text, to the same values."""
+    from google.protobuf import json_format, text_format
+
+    check = f"model_config.reads_tritons_config[{model}]"
+    served = triton.client.get_model_config(model)
+    message = json_format.ParseDict(served, model_config_class()())
+    try:
+        config = parse_model_config(text_format.MessageToString(message), repo / model)
+    except ModelConfigError as error:
+        return False, check, f"refused Triton's own configuration: {error}"
+    got = (config.max_batch_size, config.dynamic_batching is not None, config.version_policy.kind,
+           [(t.name, t.datatype, list(t.dims)) for t in config.inputs + config.outputs], config.ignored)
+    want = (served["max_batch_size"], "dynamic_batching" in served, next(iter(served["version_policy"])),
+            [(t["name"], t["data_type"].removeprefix("TYPE_"), t["dims"]) for t in served["input"] + served["output"]])
+    ok = got[:4] == want
+    return ok, check, f"read {got[:4]}, ignoring {', '.join(config.ignored)}" if ok else f"read {got}, Triton {want}"
 
 
 def _settle(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
