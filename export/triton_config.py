@@ -12,15 +12,14 @@ Reads the graph with onnxruntime (not `onnx`), so the Triton test environment ca
 """
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import onnxruntime as ort
 from google.protobuf import text_format
 
+from server.model import V2_DATATYPES, TensorSpec, labels_from_metadata
 from server.model_config import (CONFIG_FILE, ONNX_PLATFORM, ModelConfigError, TritonModelConfig, VersionPolicy,
                                  datatype_number, model_config_class, parse_model_config)
 
@@ -28,59 +27,30 @@ LABELS_FILE = "labels.txt"
 # Rows a request may carry when the file says nothing: Triton refuses larger requests, this
 # server's export parity check runs batches up to 64.
 DEFAULT_MAX_BATCH_SIZE = 64
-ONNX_TO_V2 = {
-    "tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16", "tensor(bfloat16)": "BF16",
-    "tensor(int8)": "INT8", "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
-    "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64",
-    "tensor(bool)": "BOOL", "tensor(string)": "BYTES",
-}
 
 
 class TritonConfigError(ValueError):
     """The ONNX file cannot be described by a `config.pbtxt` as asked."""
 
 
-@dataclass(frozen=True)
-class GraphTensor:
-    """A graph input or output: v2 datatype and shape, -1 for a dynamic axis."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-
-def read_graph(onnx_file: Path) -> tuple[list[GraphTensor], list[GraphTensor], dict[str, str]]:
+def read_graph(onnx_file: Path) -> tuple[list[TensorSpec], list[TensorSpec], dict[str, str]]:
     """The graph's inputs, outputs and metadata_props, read through onnxruntime."""
     try:
         session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types for unreadable files
         raise TritonConfigError(f"{onnx_file}: onnxruntime cannot load it: {error}") from None
 
-    def tensors(nodes) -> list[GraphTensor]:
-        found = []
-        for node in nodes:
-            if node.type not in ONNX_TO_V2:
-                raise TritonConfigError(f"{onnx_file}: {node.name!r} has type {node.type}, which Triton has no name for")
-            found.append(GraphTensor(node.name, ONNX_TO_V2[node.type],
-                                     tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)))
-        return found
+    def tensors(nodes) -> list[TensorSpec]:
+        specs = [TensorSpec.from_node(node) for node in nodes]
+        for spec in specs:
+            if spec.datatype not in V2_DATATYPES.values():
+                raise TritonConfigError(f"{onnx_file}: {spec.name!r} has type {spec.datatype}, which Triton has no name for")
+        return specs
 
     return tensors(session.get_inputs()), tensors(session.get_outputs()), dict(session.get_modelmeta().custom_metadata_map)
 
 
-def labels_from_metadata(metadata: Mapping[str, str]) -> list[str] | None:
-    """The `labels` metadata key (a JSON list, or comma-separated), as the server reads it."""
-    raw = metadata.get("labels")
-    if not raw:
-        return None
-    try:
-        labels = json.loads(raw)
-    except ValueError:
-        labels = raw.split(",")
-    return [str(label).strip() for label in labels] if isinstance(labels, list) else None
-
-
-def config_text(name: str, inputs: Sequence[GraphTensor], outputs: Sequence[GraphTensor], *, max_batch_size: int,
+def config_text(name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *, max_batch_size: int,
                 version_policy: VersionPolicy = VersionPolicy("all"), label_output: str | None = None,
                 dynamic_batching: bool = False, max_queue_delay_us: int = 0) -> str:
     """The `config.pbtxt` text for a model with these graph tensors."""
@@ -144,7 +114,7 @@ def write_triton_config(model_dir: Path, onnx_file: Path, *, max_batch_size: int
     return parse_model_config(text, model_dir)
 
 
-def _label_output(outputs: Sequence[GraphTensor], labels: Sequence[str]) -> str | None:
+def _label_output(outputs: Sequence[TensorSpec], labels: Sequence[str]) -> str | None:
     """The output the labels name the classes of: the first whose last axis has one entry per label."""
     for tensor in outputs:
         if tensor.shape and tensor.shape[-1] == len(labels):

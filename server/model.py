@@ -49,6 +49,18 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
 }
 
 
+def labels_from_metadata(metadata: dict[str, str]) -> list[str] | None:
+    """Class labels from the `labels` metadata key (a JSON list, or comma-separated), when present."""
+    raw = metadata.get("labels")
+    if not raw:
+        return None
+    try:
+        labels = json.loads(raw)
+    except ValueError:
+        labels = [part.strip() for part in raw.split(",")]
+    return [str(label) for label in labels] if isinstance(labels, list) else None
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A graph input or output: name, v2 datatype and shape (-1 for a dynamic axis)."""
@@ -200,14 +212,7 @@ class OnnxModel:
         """Class labels from config.pbtxt's labels file, else the `labels` metadata key (a JSON list)."""
         if self.config is not None and self.config.labels is not None:
             return list(self.config.labels)
-        raw = self.metadata.get("labels")
-        if not raw:
-            return None
-        try:
-            labels = json.loads(raw)
-        except ValueError:
-            labels = [part.strip() for part in raw.split(",")]
-        return [str(label) for label in labels] if isinstance(labels, list) else None
+        return labels_from_metadata(self.metadata)
 
     @property
     def preprocessing(self) -> str | None:
