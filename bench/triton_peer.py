@@ -10,7 +10,7 @@ shared machine. Ratios are per round (Triton / this server), then their median.
 What the Triton row measures: Triton's HTTP frontend, its scheduler and its Python backend around
 the same onnxruntime release, one intra-op thread per instance as here. It is NOT NVIDIA's C++
 onnxruntime backend (not installable from PyPI), which skips the Python stub's shared-memory hop
-and would be faster; label the row so wherever it is shown.
+and was not measured; label the row so wherever it is shown.
 
 `triton_peer_row(result)` is the row for `make bench`'s peer table; the whole run is written to
 bench/out/triton-peer.json and printed as Markdown.
