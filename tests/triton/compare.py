@@ -194,6 +194,7 @@ class Target:
     label: str  # triton-http, server-http, triton-grpc
     client: Any
     grpc: bool
+    url: str = ""  # host:port, for a second client
 
     def tensor_input(self, name: str, array: np.ndarray, binary: bool = True):
         lib = grpcclient if self.grpc else httpclient
@@ -449,6 +450,26 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
         triton, server = ask(lambda t: infer_answer(t, model, over))
         run.compare(check, triton, server, expect=lambda a: "error" in a)
 
+    # Requests arriving together (Triton's dynamic batcher joins them for mnist-int8): each gets its own rows.
+    int8 = ort.InferenceSession(str(repo / "mnist-int8" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+
+    def concurrent_rows(t: Target) -> dict:
+        client = httpclient.InferenceServerClient(t.url, concurrency=16)
+        try:
+            batches = [digits(1 + i % 3, offset=5 * i)[0] for i in range(24)]
+            pending = [client.async_infer("mnist-int8", [t.tensor_input("input", b)]) for b in batches]
+            answers = [p.get_result().as_numpy("probabilities") for p in pending]
+        finally:
+            client.close()
+        wrong = [i for i, (b, a) in enumerate(zip(batches, answers))
+                 if not np.allclose(a, int8.run(["probabilities"], {"input": b})[0], atol=2e-5)]
+        return {"requests": len(batches), "rows": sum(len(b) for b in batches), "wrong": wrong}
+    triton, server = ask(concurrent_rows)
+    run.compare("infer.concurrent_requests_keep_their_rows", triton, server, expect=lambda a: a.get("wrong") == [])
+    stats = th.client.get_inference_statistics("mnist-int8")["model_stats"][0].get("batch_stats", [])
+    print(f"note: Triton ran mnist-int8 at batch sizes {sorted(int(b['batch_size']) for b in stats)} "
+          "(its dynamic batcher joins requests that arrive together)")
+
     check = "infer.named_version"
     triton, server = ask(lambda t: infer_answer(t, "mnist", one, version="1", binary=False))
     run.compare(check, triton, server, expect=lambda a: a.get("model_version") == "1")
@@ -641,8 +662,10 @@ def main(argv: list[str] | None = None) -> int:
         processes.append(server)
         print(f"tritonserver ready in {triton_s:.1f} s (http {http_port}, grpc {grpc_port}); "
               f"this server ready in {server_s:.1f} s (http {server_port})")
-        th = Target("triton-http", httpclient.InferenceServerClient(f"127.0.0.1:{http_port}"), False)
-        sv = Target("server-http", httpclient.InferenceServerClient(f"127.0.0.1:{server_port}"), False)
+        th = Target("triton-http", httpclient.InferenceServerClient(f"127.0.0.1:{http_port}"), False,
+                    f"127.0.0.1:{http_port}")
+        sv = Target("server-http", httpclient.InferenceServerClient(f"127.0.0.1:{server_port}"), False,
+                    f"127.0.0.1:{server_port}")
         tg = Target("triton-grpc", grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}"), True)
         try:
             run_checks(run, repo, th, sv, tg)
