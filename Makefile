@@ -31,7 +31,7 @@ else
 $(error TORCH=$(TORCH): expected cuda (the default) or cpu)
 endif
 
-.PHONY: serve test train export bench bench-photos clean help image image-test
+.PHONY: serve test train export bench bench-photos clean help image image-test triton-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -55,6 +55,20 @@ $(DEV_STAMP): requirements-serve.txt requirements-train.txt requirements-dev.txt
 
 serve: $(SERVE_VENV)/.stamp ## serve models/ with gunicorn on HOST:PORT (default 127.0.0.1:8000)
 	exec $(SERVE_VENV)/bin/python -m server
+
+# The real Triton beside this server (tests/triton/compare.py): tritonserver 2.51 from PyPI's
+# nvidia-pytriton wheel, with a stand-in onnxruntime backend written in Python (the wheel has no C++
+# one), in an environment of its own; nothing of it enters requirements-serve.txt or the image.
+TRITON_VENV := .venv-triton
+
+$(TRITON_VENV)/.stamp: tests/triton/requirements.txt
+	rm -rf $(TRITON_VENV)
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install $(PIP_FLAGS) -r tests/triton/requirements.txt
+	touch $@
+
+triton-test: $(SERVE_VENV)/.stamp $(TRITON_VENV)/.stamp ## real Triton (stand-in onnxruntime backend) and this server on one models/ copy, one tritonclient script
+	$(TRITON_VENV)/bin/python -m tests.triton.compare
 
 # The production image (Containerfile), built by podman with chroot isolation so that no container
 # engine has to run. IMAGE_BASE=debian makes the base from Debian's packages and caches it
@@ -140,4 +154,4 @@ export: $(DEV_STAMP) ## export VERSION=n [CHECKPOINT=runs/<run>/model.pt, defaul
 	$(DEV_VENV)/bin/python -m export --checkpoint $(CHECKPOINT) --name $(NAME) --version $(VERSION) --repo $(MODEL_REPOSITORY)
 
 clean: ## remove virtual environments and caches (keeps data/ and runs/)
-	rm -rf $(SERVE_VENV) $(DEV_VENV) .pytest_cache .hypothesis
+	rm -rf $(SERVE_VENV) $(DEV_VENV) $(TRITON_VENV) .pytest_cache .hypothesis

@@ -15,10 +15,11 @@ from tests.conftest import ROOT, SERVE_VENV
 
 SERVE_PYTHON = SERVE_VENV / "bin" / "python"
 FORBIDDEN_TOP_LEVEL = ("torch", "torchvision", "training", "export")
-# Flask and what it imports, gunicorn, onnxruntime, numpy, Pillow, prometheus-client, the server.
+# Flask and what it imports, gunicorn, onnxruntime, numpy, Pillow, prometheus-client, protobuf
+# (`google`: Triton's config.pbtxt, server/model_config.py), the server.
 ALLOWED_TOP_LEVEL = {
     "flask", "werkzeug", "jinja2", "markupsafe", "itsdangerous", "click", "blinker",
-    "gunicorn", "onnxruntime", "numpy", "PIL", "prometheus_client", "server",
+    "gunicorn", "onnxruntime", "numpy", "PIL", "prometheus_client", "google", "server",
 }
 
 
