@@ -8,28 +8,67 @@ export HOST PORT MODEL_REPOSITORY
 
 SERVE_VENV := .venv-serve
 DEV_VENV := .venv-dev
-PIP_FLAGS := --quiet --disable-pip-version-check --no-input
+# pip shows what it collects and installs: the dev environment takes minutes (README, "Installing").
+PIP_FLAGS := --disable-pip-version-check --no-input
 PYTEST_ARGS ?=
 
-.PHONY: serve test train export bench bench-grpc bench-photos clean help image image-test
+# PyTorch in the dev environment (training, export, their tests): TORCH=cuda, the default, is PyPI's
+# build (requirements-torch.txt), which on Linux brings 4.1 GB of NVIDIA libraries and Triton;
+# TORCH=cpu is PyTorch's CPU build (requirements-torch-cpu.txt), for machines without a GPU. It comes
+# from TORCH_WHEELS when that folder holds the wheel, else from PyTorch's CPU package index.
+TORCH ?= cuda
+TORCH_WHEELS ?= /opt/wheels
+TORCH_CPU_SOURCE = $(if $(wildcard $(TORCH_WHEELS)/torch-*+cpu-*.whl),--find-links $(TORCH_WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu)
+ifeq ($(TORCH),cuda)
+TORCH_REQUIREMENTS := requirements-torch.txt
+TORCH_SOURCE :=
+DEV_STAMP := $(DEV_VENV)/.stamp
+else ifeq ($(TORCH),cpu)
+TORCH_REQUIREMENTS := requirements-torch-cpu.txt
+TORCH_SOURCE = $(TORCH_CPU_SOURCE)
+DEV_STAMP := $(DEV_VENV)/.stamp-cpu
+else
+$(error TORCH=$(TORCH): expected cuda (the default) or cpu)
+endif
+
+.PHONY: serve test train export bench bench-grpc bench-photos clean help image image-test triton-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(SERVE_VENV)/.stamp: requirements-serve.txt
+	@echo "make: installing $(SERVE_VENV) from requirements-serve.txt (about 200 MB, under a minute)"
 	rm -rf $(SERVE_VENV)
 	$(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/pip install $(PIP_FLAGS) -r requirements-serve.txt
 	touch $@
 
-$(DEV_VENV)/.stamp: requirements-serve.txt requirements-train.txt requirements-dev.txt
+# One stamp per TORCH choice: switching it rebuilds the environment.
+$(DEV_STAMP): requirements-serve.txt requirements-train.txt requirements-dev.txt $(TORCH_REQUIREMENTS)
+	@echo "make: installing $(DEV_VENV) with TORCH=$(TORCH) (README, \"Installing\": sizes and times)"
+	@if [ "$(TORCH)" = cuda ] && ! command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "make: no GPU here (no nvidia-smi): TORCH=cpu installs PyTorch's CPU build, a fraction of the size" >&2; fi
 	rm -rf $(DEV_VENV)
 	$(PYTHON) -m venv $(DEV_VENV)
-	$(DEV_VENV)/bin/pip install $(PIP_FLAGS) -r requirements-dev.txt
+	$(DEV_VENV)/bin/pip install $(PIP_FLAGS) $(TORCH_SOURCE) -r requirements-dev.txt -r $(TORCH_REQUIREMENTS)
 	touch $@
 
 serve: $(SERVE_VENV)/.stamp ## serve models/ with gunicorn on HOST:PORT (default 127.0.0.1:8000)
 	exec $(SERVE_VENV)/bin/python -m server
+
+# The real Triton beside this server (tests/triton/compare.py): tritonserver 2.51 from PyPI's
+# nvidia-pytriton wheel, with a stand-in onnxruntime backend written in Python (the wheel has no C++
+# one), in an environment of its own; nothing of it enters requirements-serve.txt or the image.
+TRITON_VENV := .venv-triton
+
+$(TRITON_VENV)/.stamp: tests/triton/requirements.txt
+	rm -rf $(TRITON_VENV)
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install $(PIP_FLAGS) -r tests/triton/requirements.txt
+	touch $@
+
+triton-test: $(SERVE_VENV)/.stamp $(TRITON_VENV)/.stamp ## real Triton (stand-in onnxruntime backend) and this server on one models/ copy, one tritonclient script
+	$(TRITON_VENV)/bin/python -m tests.triton.compare
 
 # The production image (Containerfile), built by podman with chroot isolation so that no container
 # engine has to run. IMAGE_BASE=debian makes the base from Debian's packages and caches it
@@ -42,8 +81,12 @@ image: ## build the production image IMAGE on IMAGE_BASE (debian: made here from
 	$(call install-debian-packages,deploy/image/packages.txt,image)
 	IMAGE=$(IMAGE) IMAGE_BASE=$(IMAGE_BASE) deploy/image/build.sh
 
-image-test: image $(DEV_VENV)/.stamp ## build the image, start it by chroot, smoke-test it, write docs/image-size.json
-	$(DEV_VENV)/bin/python -m tests.image.smoke $(IMAGE)
+# Its figures go to tests/artifacts/image/ (ignored by git); UPDATE_DOCS=1 writes them into
+# docs/image-size.json and docs/deploy.md instead.
+UPDATE_DOCS ?=
+
+image-test: image $(DEV_STAMP) ## build the image, start it, smoke-test it; UPDATE_DOCS=1 writes its figures into docs/
+	$(DEV_VENV)/bin/python -m tests.image.smoke $(IMAGE) $(if $(UPDATE_DOCS),--update-docs)
 
 # $(call install-debian-packages,LIST,TARGET): the Debian packages named in file LIST, one a line,
 # installed only when missing, and only as root; elsewhere a line says what to install by hand.
@@ -57,11 +100,11 @@ define install-debian-packages
 endef
 
 # Debian packages the tests drive (a browser, nginx...).
-$(DEV_VENV)/.system-stamp: system-packages.txt $(DEV_VENV)/.stamp
+$(DEV_VENV)/.system-stamp: system-packages.txt $(DEV_STAMP)
 	$(call install-debian-packages,system-packages.txt,test)
 	touch $@
 
-test: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp $(DEV_VENV)/.system-stamp ## install what the tests need and run them
+test: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(DEV_VENV)/.system-stamp ## install what the tests need and run them
 	$(DEV_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The benchmarks' torch baseline gets its own environment with PyTorch's CPU build, the realistic
@@ -69,15 +112,12 @@ test: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp $(DEV_VENV)/.system-stamp ## insta
 # the wheel, else from PyTorch's CPU package index.
 BENCH_TORCH_VENV := .venv-bench-torch
 BENCH_TOOLS_VENV := .venv-bench-tools
-TORCH_WHEELS ?= /opt/wheels
 BENCH_ARGS ?=
 
 $(BENCH_TORCH_VENV)/.stamp: bench/requirements-torch.txt
 	rm -rf $(BENCH_TORCH_VENV)
 	$(PYTHON) -m venv $(BENCH_TORCH_VENV)
-	$(BENCH_TORCH_VENV)/bin/pip install $(PIP_FLAGS) \
-		$(if $(wildcard $(TORCH_WHEELS)/torch-*+cpu-*.whl),--find-links $(TORCH_WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu) \
-		-r bench/requirements-torch.txt
+	$(BENCH_TORCH_VENV)/bin/pip install $(PIP_FLAGS) $(TORCH_CPU_SOURCE) -r bench/requirements-torch.txt
 	touch $@
 
 # py-spy for bench/profile.py, kept out of every serving install.
@@ -87,7 +127,7 @@ $(BENCH_TOOLS_VENV)/.stamp: bench/requirements-tools.txt
 	$(BENCH_TOOLS_VENV)/bin/pip install $(PIP_FLAGS) -r bench/requirements-tools.txt
 	touch $@
 
-bench: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOLS_VENV)/.stamp ## measure speed, footprint, soak against baselines; writes docs/benchmarks.md
+bench: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOLS_VENV)/.stamp ## measure speed, footprint, soak against baselines; writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; \
@@ -100,7 +140,7 @@ bench: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENC
 bench-grpc: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp ## v2 inference over gRPC beside HTTP binary at 1, 8, 32 streams; writes docs/benchmarks-grpc.md
 	$(DEV_VENV)/bin/python -m bench.grpc_http $(BENCH_GRPC_ARGS)
 
-bench-photos: $(DEV_VENV)/.stamp ## accuracy of the image preprocessing on generated photos, scans, canvases; writes docs/preprocessing.md
+bench-photos: $(DEV_STAMP) ## accuracy of the image preprocessing on generated photos, scans, canvases; writes docs/preprocessing.md
 	$(DEV_VENV)/bin/python -m bench.photo_eval $(PHOTO_EVAL_ARGS)
 
 # Training and export. TRAIN_ARGS passes options (TRAIN_ARGS=--fast, --epochs 20, --device cuda...).
@@ -109,13 +149,13 @@ NAME ?= mnist
 VERSION ?=
 CHECKPOINT ?= $(shell ls -t runs/*/model.pt 2>/dev/null | head -n1)
 
-train: $(DEV_VENV)/.stamp ## train the default recipe (MNIST fetched into data/ if missing) into runs/<UTC time>/
+train: $(DEV_STAMP) ## train the default recipe (MNIST fetched into data/ if missing) into runs/<UTC time>/
 	$(DEV_VENV)/bin/python -m training.train $(TRAIN_ARGS)
 
-export: $(DEV_VENV)/.stamp ## export VERSION=n [CHECKPOINT=runs/<run>/model.pt, default newest] [NAME=mnist] to models/
+export: $(DEV_STAMP) ## export VERSION=n [CHECKPOINT=runs/<run>/model.pt, default newest] [NAME=mnist] to models/
 	@[ -n "$(VERSION)" ] || { echo "make export: say which version to write, e.g. make export VERSION=2" >&2; exit 2; }
 	@[ -n "$(CHECKPOINT)" ] || { echo "make export: no runs/*/model.pt; run make train or pass CHECKPOINT=" >&2; exit 2; }
 	$(DEV_VENV)/bin/python -m export --checkpoint $(CHECKPOINT) --name $(NAME) --version $(VERSION) --repo $(MODEL_REPOSITORY)
 
 clean: ## remove virtual environments and caches (keeps data/ and runs/)
-	rm -rf $(SERVE_VENV) $(DEV_VENV) .pytest_cache .hypothesis
+	rm -rf $(SERVE_VENV) $(DEV_VENV) $(TRITON_VENV) .pytest_cache .hypothesis

@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 
 from bench import bodies  # noqa: E402
 from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import Gunicorn, wait_idle  # noqa: E402
+from bench.procs import model_server, wait_idle  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
 
 REQUESTS = ("predict_png", "predict_pixels", "v2_infer_binary", "v2_infer_json")
@@ -43,8 +43,7 @@ def short_hash(revision: str) -> str:
 
 
 def measure(tree: Path, label: str, spec: bodies.RequestSpec, args: argparse.Namespace) -> dict:
-    server = Gunicorn(f"ab-{label}", [str(ROOT / ".venv-serve" / "bin" / "python"), "-m", "server"], spec,
-                      env={"MODEL_REPOSITORY": str(args.repository.resolve())}, cwd=tree)
+    server = model_server(args.repository.resolve(), name=f"ab-{label}", probe=spec, cwd=tree)
     with server:
         server.wait_serving()
         wait_idle(server, BY_NAME["WORKERS"].default)

@@ -25,12 +25,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bench.bodies import RequestSpec
 from bench.loadgen import run_wrk, wrk_version
-from bench.procs import ROOT, Gunicorn, send
+from bench.procs import ROOT, Gunicorn, model_server, send
+from server.layout import model_path
 
 log = logging.getLogger("bench.batching")
 
-SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
-COMMITTED_DIGITS = ROOT / "models" / "mnist" / "1" / "model.onnx"
+COMMITTED_DIGITS = model_path(ROOT / "models", "mnist", 1)
 READY = RequestSpec("ready", "GET", "/v2/health/ready")
 METRICS = RequestSpec("metrics", "GET", "/metrics")
 
@@ -166,7 +166,7 @@ def server_modes(args: argparse.Namespace, repository: Path) -> dict[str, dict[s
 def measure_model(name: str, repository: Path, shape: tuple[int, ...], args: argparse.Namespace) -> dict:
     """Alternate short wrk runs between identical servers but for batching, round after round."""
     spec = infer_request(name, shape)
-    servers = {mode: Gunicorn(f"batching-{name}-{index}", [str(SERVE_PYTHON), "-m", "server"], READY, env=env)
+    servers = {mode: model_server(repository, name=f"batching-{name}-{index}", probe=READY, env=env)
                for index, (mode, env) in enumerate(server_modes(args, repository).items())}
     runs: dict[int, dict[str, list[dict]]] = {c: {mode: [] for mode in servers} for c in args.concurrency}
     try:
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-batching-") as scratch:
         for name in args.models.split(","):
             repository = Path(scratch) / name  # one repository per model: each server loads only it
-            path = repository / name / "1" / "model.onnx"
+            path = model_path(repository, name, 1)
             if name == "resnet18":
                 write_resnet18(path)
             elif args.digit_model.is_file():

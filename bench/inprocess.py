@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 MNIST_SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
 
+from server.layout import model_path  # noqa: E402  (standard library only: imports in any environment)
+
 
 def time_calls(call: Callable[[], object], seconds: float, warmup: int = 5) -> list[float]:
     """Call `call` for about `seconds` after `warmup` calls; return each call's duration."""
@@ -81,7 +83,7 @@ def measure(runner: Callable[[np.ndarray], object], batches: list[int], seconds:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--engine", choices=("ort", "torch"), default="ort")
-    parser.add_argument("--model", default=str(ROOT / "models" / "mnist" / "1" / "model.onnx"),
+    parser.add_argument("--model", default=str(model_path(ROOT / "models", "mnist", 1)),
                         help="ONNX file (ort engine)")
     parser.add_argument("--checkpoint", default="", help="training checkpoint (torch engine); empty = random weights")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts to try")

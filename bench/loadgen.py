@@ -19,6 +19,27 @@ from bench.bodies import RequestSpec
 LUA_SCRIPT = Path(__file__).with_name("wrk_request.lua")
 
 
+class ClientThreads:
+    """`clients` threads each running `client()` until `stop` is set; a context manager starts and ends them."""
+
+    def __init__(self, clients: int) -> None:
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(clients)]
+
+    def client(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=15)
+
+
 def wrk_version() -> str:
     done = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
     return (done.stdout + done.stderr).splitlines()[0].strip()

@@ -1,7 +1,7 @@
 """docs/benchmarks.md from one run's results: every figure in it comes from benchmarks.json."""
 from __future__ import annotations
 
-from bench.report import MB, mean_worker_kib, series
+from bench.results import MB, mean_worker_kib, series
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -222,6 +222,21 @@ def soak_section(r: dict) -> str:
 """
 
 
+def recovery_section(r: dict) -> str:
+    k = r.get("recovery")
+    if not k:  # runs before bench/recovery.py existed
+        return ""
+    met = k["recovered_fraction"] is not None and k["recovered_fraction"] >= k["goal_fraction"]
+    return f"""## A worker killed under load
+
+`bench/recovery.py`: {k['clients']} clients on `/predict` (pixels) against 2 workers; one worker is
+killed with SIGKILL. Rate before: {k['rate_before_per_s']:,.0f}/s; best whole second 1-5 s after the
+kill: {k['best_second_after_per_s']:,.0f}/s (**{k['recovered_fraction']}** of it, goal >= {k['goal_fraction']}:
+{'met' if met else '**missed**'}); requests per second from 3 s before: {k['per_second_from_3_s_before']};
+lost: {k['lost']}; worker replaced: {'yes' if k['replaced'] else '**no**'}.
+"""
+
+
 GENERIC_FRAMES = ("process ", "Thread.", "_worker (", "_WorkItem.run", "<module>", "_run_", "run (app/",
                   "Arbiter.", "BaseApplication.", "Application.run", "Worker.init_process", "ThreadWorker.init_process",
                   "ThreadWorker.run")
@@ -323,5 +338,6 @@ Compressed, it is {image.get('fraction_of_slimmest_big_server')} of the slimmest
 
 def render(r: dict, plots: list[str]) -> str:
     sections = [header(r), targets_section(r), method(r), load_section(r), inprocess_section(r),
-                profile_section(r), ab_section(r), footprint_section(r), soak_section(r), extras_section(r)]
-    return "\n".join(sections)
+                profile_section(r), ab_section(r), footprint_section(r), soak_section(r), recovery_section(r),
+                extras_section(r)]
+    return "\n".join(section for section in sections if section)

@@ -23,6 +23,7 @@ from bench.photo_pages import CLEAN_KINDS, KINDS, PHOTO_KINDS, Sample, encode, m
 from server.decoding import decode_image
 from server.digit import fit_to_mnist_box, histogram_margin, is_mnist_like, mnist_digit, to_grayscale
 from server.errors import ServingError
+from server.layout import model_path
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ def write_doc(doc: Path, generated: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("models/mnist/1/model.onnx"), help="ONNX digit model")
+    parser.add_argument("--model", type=Path, default=model_path("models", "mnist", 1), help="ONNX digit model")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="MNIST folder (training.data layout)")
     parser.add_argument("--per-kind", type=int, default=1000, help="inputs generated per kind")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated set")

@@ -1,4 +1,7 @@
-"""Start, probe, measure and stop a gunicorn server: cold start, RSS per worker, CPU time."""
+"""Start, probe, measure and stop a gunicorn server: cold start, RSS per worker, CPU time.
+
+The one launcher of real servers: the benchmarks use it, and so do the tests (tests/conftest.py).
+"""
 from __future__ import annotations
 
 import http.client
@@ -16,13 +19,16 @@ from bench.bodies import RequestSpec
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
+SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # Settings the benchmarks leave at their defaults, as `make serve` does, whatever the caller's shell says.
 SERVER_SETTINGS = ("WORKERS", "THREADS", "ORT_THREADS", "API_TOKEN", "LOG_LEVEL", "MAX_CONTENT_LENGTH")
+LIVE = RequestSpec("live", "GET", "/v2/health/live")
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -87,8 +93,13 @@ class Gunicorn:
     log_dir: Path = ROOT / "bench" / "out"
     cwd: Path = ROOT
     port: int = field(default_factory=free_port)
+    stop_timeout: float = 30.0  # longer than gunicorn's graceful timeout: past it the group is killed
     process: subprocess.Popen | None = None
     started_at: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "Gunicorn":
         environ = {k: v for k, v in os.environ.items() if k not in SERVER_SETTINGS}
@@ -96,6 +107,7 @@ class Gunicorn:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_dir / f"{self.name}.log"
         self._log = open(self.log_path, "ab")
+        self._log_offset = self._log.tell()  # log() shows this run's lines only
         self.started_at = time.perf_counter()
         self.process = subprocess.Popen(
             self.argv, cwd=self.cwd, env=environ, stdout=self._log, stderr=subprocess.STDOUT,
@@ -108,7 +120,7 @@ class Gunicorn:
         deadline = self.started_at + timeout
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()[-5000:]}")
             try:
                 status, body = send(self.port, self.probe, timeout=5)
             except OSError:
@@ -118,7 +130,23 @@ class Gunicorn:
             if status:
                 raise RuntimeError(f"{self.name}: probe {self.probe.path} answered {status}: {body[:300]!r}")
             time.sleep(0.01)
-        raise RuntimeError(f"{self.name} did not serve within {timeout}s; see {self.log_path}")
+        raise RuntimeError(f"{self.name} did not serve within {timeout}s:\n{self.log()[-5000:]}")
+
+    def serve(self, timeout: float = 120.0) -> "Gunicorn":
+        """start() and wait_serving(); the process is stopped when it does not come up."""
+        self.start()
+        try:
+            self.wait_serving(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def log(self) -> str:
+        """What this run wrote to its log so far (stdout and stderr of every process)."""
+        with open(self.log_path, "rb") as log_file:
+            log_file.seek(self._log_offset)
+            return log_file.read().decode(errors="replace")
 
     def workers(self) -> list[int]:
         return children(self.process.pid)
@@ -131,13 +159,20 @@ class Gunicorn:
         return [memory_kib(pid) for pid in self.workers()]
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        """SIGTERM to the whole process group (master and workers), SIGKILL to it when that hangs.
+
+        A group outlives its leader: workers orphaned by a dead master are killed too.
+        """
+        if self.process:
+            if self.process.poll() is None:
+                signal_group(self.process.pid, signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=self.stop_timeout)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop within %.0f s of SIGTERM: killing its process group", self.name,
+                                self.stop_timeout)
+            signal_group(self.process.pid, signal.SIGKILL)
+            self.process.wait()
         if getattr(self, "_log", None):
             self._log.close()
 
@@ -146,6 +181,21 @@ class Gunicorn:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def signal_group(pgid: int, signum: int) -> None:
+    """Send `signum` to every process of group `pgid`; a group already gone is no error."""
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def model_server(repository: Path, *, name: str = "server", probe: RequestSpec = LIVE, env: dict[str, str] | None = None,
+                 python: Path = SERVE_PYTHON, **options) -> Gunicorn:
+    """This project's server (`python -m server`, as `make serve` runs it) on `repository`, not yet started."""
+    return Gunicorn(name, [str(python), "-m", "server"], probe, env={"MODEL_REPOSITORY": str(repository), **(env or {})},
+                    **options)
 
 
 def wait_idle(server: Gunicorn, workers: int, settle: float = 1.0, timeout: float = 60.0) -> list[dict[str, int]]:

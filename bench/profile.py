@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
 
 from bench import bodies  # noqa: E402
 from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import Gunicorn, wait_idle  # noqa: E402
+from bench.procs import Gunicorn, model_server, wait_idle  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
 
 PY_SPY = ROOT / ".venv-bench-tools" / "bin" / "py-spy"
@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     spec = {s.name: s for s in bodies.server_requests("mnist", "input", "probabilities")}[args.request]
     if args.app == "server":
-        server = Gunicorn("server", [str(ROOT / ".venv-serve/bin/python"), "-m", "server"], spec,
-                          env={"MODEL_REPOSITORY": str(args.repository)})
+        server = model_server(args.repository, probe=spec)
     else:
         server = Gunicorn("torch", [str(ROOT / ".venv-bench-torch/bin/python"), "-m", "bench.torch_app"], spec,
                           env={"TORCH_CHECKPOINT": args.checkpoint})

@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import bodies, footprint, profile, report, soak  # noqa: E402
+from bench import bodies, footprint, profile, recovery, report, soak  # noqa: E402
 from bench.loadgen import run_wrk, send_many, wrk_version  # noqa: E402
-from bench.procs import Gunicorn, send, wait_idle  # noqa: E402
+from bench.procs import Gunicorn, model_server, send, wait_idle  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
+from server.layout import latest_model_file, model_path as model_path_of  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -116,8 +117,7 @@ def find_checkpoint(choice: str, model: dict) -> str:
 
 
 def server_app(args: argparse.Namespace, probe: bodies.RequestSpec) -> Gunicorn:
-    return Gunicorn("server", [str(SERVE_VENV / "bin" / "python"), "-m", "server"], probe,
-                    env={"MODEL_REPOSITORY": str(args.repository)})
+    return model_server(args.repository, probe=probe, python=SERVE_VENV / "bin" / "python")
 
 
 def trivial_app(args: argparse.Namespace) -> Gunicorn:
@@ -213,12 +213,6 @@ def inprocess(args: argparse.Namespace, model_path: Path, int8_path: Path | None
     return results
 
 
-def newest_model(repository: Path, name: str) -> Path | None:
-    """`<repository>/<name>/<highest version>/model.onnx`, or None when there is none."""
-    versions = [p.name for p in (repository / name).glob("*") if p.name.isdigit() and (p / "model.onnx").is_file()]
-    return repository / name / max(versions, key=int) / "model.onnx" if versions else None
-
-
 def sizes() -> dict:
     return {
         "serve": footprint.venv_report(SERVE_VENV),
@@ -272,10 +266,10 @@ def profile_server(args: argparse.Namespace, png: bodies.RequestSpec) -> dict | 
 
 def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
-    model_path = newest_model(args.repository, args.model)
+    model_path = latest_model_file(args.repository, args.model)
     if model_path is None:
-        raise SystemExit(f"error: no {args.repository}/{args.model}/<version>/model.onnx to benchmark")
-    int8_path = newest_model(args.repository, f"{args.model}-int8")
+        raise SystemExit(f"error: no {model_path_of(args.repository, args.model, '<version>')} to benchmark")
+    int8_path = latest_model_file(args.repository, f"{args.model}-int8")
     model = model_info(model_path)
     args.checkpoint = find_checkpoint(args.checkpoint, model)
     specs = bodies.server_requests(args.model, model["input"], model["output"])
@@ -302,6 +296,7 @@ def run(args: argparse.Namespace) -> dict:
         server.wait_serving()
         wait_idle(server, WORKERS)
         results["soak"] = soak.soak(server, png, seconds=args.soak_seconds, warmup=args.soak_warmup, connections=32)
+    log.info("a worker killed under load"); results["recovery"] = recovery.run(args.repository)
     log.info("profile"); results["profile"] = profile_server(args, png)
     results["sizes"] = sizes()
     results["training"] = training_metrics(args.checkpoint)

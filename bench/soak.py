@@ -20,10 +20,9 @@ if str(ROOT) not in sys.path:
 
 from bench import bodies  # noqa: E402  (after the path set-up, so `python bench/soak.py` works)
 from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import Gunicorn, wait_idle  # noqa: E402
+from bench.procs import Gunicorn, model_server, wait_idle  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
 
-SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 MAX_RSS_GROWTH = 0.10
 
 
@@ -64,8 +63,7 @@ def soak(server: Gunicorn, spec: bodies.RequestSpec, *, seconds: float, warmup: 
 def serve(repository: Path, name: str = "soak") -> Gunicorn:
     """The server as `make serve` runs it, on a free port, probed with a PNG /predict."""
     image, _ = bodies.mnist_digit()
-    return Gunicorn(name, [str(SERVE_PYTHON), "-m", "server"], bodies.predict_png(image),
-                    env={"MODEL_REPOSITORY": str(repository)})
+    return model_server(repository, name=name, probe=bodies.predict_png(image))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

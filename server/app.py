@@ -7,7 +7,7 @@ from flask import Flask
 
 from . import config as settings
 from . import metrics
-from .api import context, errors, health, hooks, images, model_repository, openapi, page, v2
+from .api import api_page, context, errors, health, hooks, images, model_repository, openapi, page, v2
 from .api import metrics as metrics_api
 from .model_sync import ModelSync
 from .registry import ModelRegistry
@@ -38,7 +38,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.after_request(hooks.log_request)
     app.after_request(metrics_api.count_request)
 
-    for blueprint in (health.bp, images.bp, model_repository.bp, openapi.bp, page.bp, v2.bp, metrics_api.bp):
+    for blueprint in (health.bp, images.bp, model_repository.bp, openapi.bp, page.bp, api_page.bp, v2.bp, metrics_api.bp):
         app.register_blueprint(blueprint)
 
     sync.start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import numbers
+import re
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,6 +21,16 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 DRAFT_SIDE = 512
 # The input of the image API's pixel arrays when the model does not say: MNIST's.
 MNIST_SIDE = 28
+# Pillow's messages may name the in-memory file (`<_io.BytesIO object at 0x7f...>`): an address a
+# user must not see and cannot use.
+OBJECT_REPR = re.compile(r"\s*<[^<>]* (?:object )?at 0x[0-9a-fA-F]+>")
+
+
+def describe_error(err: BaseException) -> str:
+    """`err`'s message for a user: no internal object names or addresses."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image of a format the server reads"
+    return OBJECT_REPR.sub("", str(err)) or type(err).__name__
 
 
 def decode_image(data: bytes, max_pixels: int, draft_side: int | None = DRAFT_SIDE) -> Image.Image:
@@ -31,10 +42,10 @@ def decode_image(data: bytes, max_pixels: int, draft_side: int | None = DRAFT_SI
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise TooLarge(f"image too large: {err}; the limit is {max_pixels} pixels") from None
+        raise TooLarge(f"image too large: {describe_error(err)}; the limit is {max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
         raise InvalidInput(
-            f"could not decode the image ({len(data)} bytes starting {data[:8]!r}): {err}; "
+            f"could not decode the image ({len(data)} bytes starting {data[:8]!r}): {describe_error(err)}; "
             f"expected one of {', '.join(ACCEPTED_FORMATS)}"
         ) from None
     width, height = image.size
@@ -54,7 +65,7 @@ def decode_image(data: bytes, max_pixels: int, draft_side: int | None = DRAFT_SI
     except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError, TypeError) as err:
         raise InvalidInput(
             f"could not decode the {image.format} image of {width}x{height} pixels "
-            f"({len(data)} bytes received): {err}"
+            f"({len(data)} bytes received): {describe_error(err)}"
         ) from None
 
 

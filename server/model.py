@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .batching import Batcher, BatchPolicy
+from .model_config import ModelConfigError, TritonModelConfig, graph_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,18 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
 }
 
 
+def labels_from_metadata(metadata: dict[str, str]) -> list[str] | None:
+    """Class labels from the `labels` metadata key (a JSON list, or comma-separated), when present."""
+    raw = metadata.get("labels")
+    if not raw:
+        return None
+    try:
+        labels = json.loads(raw)
+    except ValueError:
+        labels = [part.strip() for part in raw.split(",")]
+    return [str(label) for label in labels] if isinstance(labels, list) else None
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A graph input or output: name, v2 datatype and shape (-1 for a dynamic axis)."""
@@ -81,6 +94,9 @@ class OnnxModel:
     batch_defaults: tuple[int, int, float] = (1, 0, 0.0)
     batch_policy: BatchPolicy = BatchPolicy(1, 0)
     warmup_ms: float = 0.0
+    # The model folder's Triton config.pbtxt, when it has one: labels, batching and the row limit
+    # come from it before the file's metadata (docs/models.md, "Triton's config.pbtxt").
+    config: TritonModelConfig | None = None
     # Told of every counted run: (name, version, rows, seconds); the app hands in its metrics.
     on_run: Callable[[str, str, int, float], None] | None = field(default=None, repr=False)
     _session: ort.InferenceSession | None = field(default=None, repr=False)
@@ -98,6 +114,7 @@ class OnnxModel:
         self.inputs = tuple(TensorSpec.from_node(n) for n in session.get_inputs())
         self.outputs = tuple(TensorSpec.from_node(n) for n in session.get_outputs())
         self.metadata = dict(session.get_modelmeta().custom_metadata_map)
+        self._check_config()
         self._session = session
         self.warmup_ms = self._warm_up()
         self.batch_policy = self._choose_batch_policy()
@@ -113,12 +130,28 @@ class OnnxModel:
             best = min(best, (time.perf_counter() - started) * 1000)
         return best
 
-    def _choose_batch_policy(self) -> BatchPolicy:
-        """Batching per the file's `max_batch_size`/`max_batch_delay_us` metadata, else the defaults.
+    def _check_config(self) -> None:
+        """A config.pbtxt that disagrees with the graph refuses the version, as Triton refuses it."""
+        if self.config is None:
+            return
+        problems = graph_mismatches(self.config, {s.name: (s.datatype, s.shape) for s in self.inputs},
+                                    {s.name: (s.datatype, s.shape) for s in self.outputs})
+        if problems:
+            raise ModelConfigError(f"config.pbtxt does not fit {self.name}/{self.version}/model.onnx: "
+                                   + "; ".join(problems))
 
-        Without metadata, batching is on only for models whose single run takes at least the
+    def _choose_batch_policy(self) -> BatchPolicy:
+        """Batching per config.pbtxt's `dynamic_batching`, else the file's `max_batch_size`/
+        `max_batch_delay_us` metadata, else the defaults.
+
+        Without either, batching is on only for models whose single run takes at least the
         configured time: for small ones the delay costs more than the shared run saves.
         """
+        if self.config is not None:
+            batching = self.config.dynamic_batching
+            if batching is None or self.config.max_batch_size < 2:
+                return BatchPolicy(1, 0)  # as Triton: no dynamic_batching block, no batching
+            return BatchPolicy(self.config.max_batch_size, batching.max_queue_delay_us)
         size, delay_us, min_ms = self.batch_defaults
         size = self._metadata_int("max_batch_size", size if self.warmup_ms >= min_ms else 1)
         delay_us = self._metadata_int("max_batch_delay_us", delay_us)
@@ -170,16 +203,16 @@ class OnnxModel:
         return self._session is not None
 
     @property
+    def max_rows(self) -> int | None:
+        """The most rows one request may carry: config.pbtxt's `max_batch_size` when above 0, else no limit."""
+        return self.config.max_batch_size if self.config is not None and self.config.max_batch_size > 0 else None
+
+    @property
     def labels(self) -> list[str] | None:
-        """Class labels from the `labels` metadata key (a JSON list), when present."""
-        raw = self.metadata.get("labels")
-        if not raw:
-            return None
-        try:
-            labels = json.loads(raw)
-        except ValueError:
-            labels = [part.strip() for part in raw.split(",")]
-        return [str(label) for label in labels] if isinstance(labels, list) else None
+        """Class labels from config.pbtxt's labels file, else the `labels` metadata key (a JSON list)."""
+        if self.config is not None and self.config.labels is not None:
+            return list(self.config.labels)
+        return labels_from_metadata(self.metadata)
 
     @property
     def preprocessing(self) -> str | None:

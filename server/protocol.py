@@ -59,11 +59,22 @@ def model_ready(registry: ModelRegistry, name: str, version: str | None = None) 
 def infer(model: OnnxModel, inputs: dict[str, np.ndarray], wanted: list[tensors.RequestedOutput],
           request_id: str = "-") -> list[Output]:
     """Run the model on decoded inputs; the outputs asked for, top-k classified where asked."""
+    check_rows(model, inputs)
     results = run(model, inputs, request_id)
     return [
         (output.name, _classified(model, results[output.name], output.classification), output.binary)
         for output in wanted
     ]
+
+
+def check_rows(model: OnnxModel, inputs: dict[str, np.ndarray]) -> None:
+    """Refuse more rows than the model's config.pbtxt `max_batch_size`, in Triton's words."""
+    if model.max_rows is None or not inputs:
+        return
+    rows = max(array.shape[0] if array.ndim else 1 for array in inputs.values())
+    if rows > model.max_rows:
+        raise InvalidInput(f"inference request batch-size must be <= {model.max_rows} for {model.name!r} "
+                           f"(max_batch_size in its config.pbtxt), got {rows}")
 
 
 def run(model: OnnxModel, inputs: dict[str, np.ndarray], request_id: str = "-") -> dict[str, np.ndarray]:

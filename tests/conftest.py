@@ -1,26 +1,31 @@
 """Shared fixtures: model repositories built in tmp_path, the Flask app and client, live gunicorn."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
-import requests
 
+from bench.procs import SERVE_PYTHON, free_port, model_server
+from bench.procs import Gunicorn as LiveServer  # noqa: F401  (the type of a running test server)
+from server.layout import model_path
 from tests.onnx_factory import write_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_VENV = ROOT / ".venv-serve"
 COMMITTED_REPOSITORY = ROOT / "models"
-COMMITTED_MNIST = COMMITTED_REPOSITORY / "mnist" / "1" / "model.onnx"
+COMMITTED_MNIST = model_path(COMMITTED_REPOSITORY, "mnist", 1)
 # The first 200 official MNIST test images and labels (docs/training.md says how it was written).
 MNIST_SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
 # Server logs stay after a run for CI to show; the folder is gitignored.
 LOG_DIR = ROOT / "tests" / "artifacts" / "logs"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-docs", action="store_true",
+                     help="write the answers the documents' examples gave into README.md and docs/ (tests/doc_examples.py)")
 
 
 @pytest.fixture
@@ -43,83 +48,71 @@ def client(app):
     return app.test_client()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# One launcher for benchmarks and tests (bench/procs.py); tests use it with these settings unless told.
+TEST_SETTINGS = {"WORKERS": "1", "THREADS": "4", "LOG_LEVEL": "info"}
+START_TIMEOUT_S = 60.0
 
 
-class LiveServer:
-    """A real gunicorn process on 127.0.0.1, started from the serve environment."""
+def start_server(repository: Path, env: dict[str, str] | None = None, python: Path | None = None) -> LiveServer:
+    """A real gunicorn (`python -m server` from the serve environment) on 127.0.0.1, once it answers.
 
-    def __init__(self, repository: Path, env: dict[str, str] | None = None, python: Path | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "MODEL_REPOSITORY": str(repository),
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "WORKERS": "1",
-            "THREADS": "4",
-            "LOG_LEVEL": "info",
-            **(env or {}),
-        }
-        self.python = python or (SERVE_VENV / "bin" / "python" if SERVE_VENV.exists() else Path(sys.executable))
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
-        self.log_path = LOG_DIR / f"gunicorn-{self.port}.log"
-        self.process: subprocess.Popen | None = None
+    Its log goes to tests/artifacts/logs/gunicorn-<port>.log, kept for CI to show.
+    """
+    port = free_port()
+    server = model_server(
+        repository, name=f"gunicorn-{port}", port=port, log_dir=LOG_DIR,
+        env={**TEST_SETTINGS, **{key: str(value) for key, value in (env or {}).items()}},
+        python=python or (SERVE_PYTHON if SERVE_PYTHON.exists() else Path(sys.executable)),
+    )
+    return server.serve(timeout=START_TIMEOUT_S)
 
-    def start(self, timeout: float = 30.0) -> "LiveServer":
-        self.log_file = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [str(self.python), "-m", "server"], cwd=ROOT, env=self.env,
-            stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                requests.get(self.url + "/v2/health/live", timeout=1)
-                return self
-            except (requests.ConnectionError, requests.Timeout):  # bound but still loading
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server did not answer within {timeout}s:\n{self.log()}")
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+class Servers:
+    """Start real gunicorn servers; close() stops every one, whatever happened in between."""
 
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if getattr(self, "log_file", None):
-            self.log_file.close()
+    def __init__(self) -> None:
+        self.started: list[LiveServer] = []
+
+    def __call__(self, repository: Path, **env: str) -> LiveServer:
+        server = start_server(repository, env)
+        self.started.append(server)
+        return server
+
+    def close(self) -> None:
+        for server in self.started:
+            server.stop()
 
 
 @pytest.fixture
 def live_server_factory():
     """Start real gunicorn servers on free ports; every one is stopped at the end of the test."""
-    servers: list[LiveServer] = []
+    servers = Servers()
+    yield servers
+    servers.close()
 
-    def start(repository: Path, **env: str) -> LiveServer:
-        server = LiveServer(repository, {k: str(v) for k, v in env.items()}).start()
-        servers.append(server)
-        return server
 
-    yield start
-    for server in servers:
-        server.stop()
+@pytest.fixture(scope="module")
+def module_servers():
+    """The same for a whole test module: servers started once, stopped at the module's end."""
+    servers = Servers()
+    yield servers
+    servers.close()
 
 
 @pytest.fixture
 def live_server(live_server_factory, random_repository: Path) -> LiveServer:
     """gunicorn serving the random-weight repository."""
     return live_server_factory(random_repository)
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 60.0) -> bool:
+    """Poll `condition` every 0.05 s until it holds or `timeout` passes; return whether it held.
+
+    Tests wait for events (a log line, a worker, an answer) this way; `timeout` only bounds a hang.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

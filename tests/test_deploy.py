@@ -2,6 +2,7 @@
 and used for real in front of a live gunicorn; and shipping a model version with a HUP."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -17,7 +18,8 @@ import pytest
 import requests
 
 from server import config
-from tests.conftest import MNIST_SAMPLE, ROOT, free_port
+from bench.procs import signal_group
+from tests.conftest import MNIST_SAMPLE, ROOT, free_port, wait_until
 from tests.image.smoke import digit_bodies, png_bytes, ship_new_version
 
 UNIT = ROOT / "deploy/systemd/mnist-serve.service"
@@ -169,21 +171,29 @@ def nginx_in_front(tmp_path: Path, tls_certificate, live_server_factory, random_
     http_port, https_port = free_port(), free_port()
     conf = nginx_config(tmp_path, live_server.port, http_port, https_port, *tls_certificate)
     with open(tmp_path / "nginx.stderr", "wb") as stderr:
-        process = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path)], stderr=stderr)
+        # Its own process group: nginx's master and workers end together, whatever happens.
+        process = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path)], stderr=stderr, start_new_session=True)
     base = f"https://127.0.0.1:{https_port}"
-    deadline = time.monotonic() + 15
-    while True:
+
+    def answers() -> bool:
         try:
             requests.get(base + "/v2/health/live", verify=str(tls_certificate[0]), timeout=2)
-            break
+            return True
         except requests.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"nginx did not start: {(tmp_path / 'nginx.stderr').read_text()}")
-            time.sleep(0.1)
-    yield {"https": base, "http": f"http://127.0.0.1:{http_port}", "cert": str(tls_certificate[0]), "server": live_server}
-    process.send_signal(signal.SIGQUIT)  # graceful shutdown
-    process.wait(timeout=15)
+            return process.poll() is not None  # it exited: stop waiting
+
+    try:
+        if not wait_until(answers, timeout=15) or process.poll() is not None:
+            pytest.fail(f"nginx did not start: {(tmp_path / 'nginx.stderr').read_text()}")
+        yield {"https": base, "http": f"http://127.0.0.1:{http_port}", "cert": str(tls_certificate[0]), "server": live_server}
+    finally:
+        signal_group(process.pid, signal.SIGQUIT)  # graceful shutdown
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        signal_group(process.pid, signal.SIGKILL)  # workers still draining, or a master that hung
+        process.wait()
 
 
 def test_nginx_proxies_tls_to_gunicorn(nginx_in_front) -> None:
@@ -209,11 +219,23 @@ def test_a_slow_client_is_held_by_nginx_not_by_gunicorn(nginx_in_front) -> None:
         slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100\r\n\r\n")
         for _ in range(4):
             slow.sendall(b"x")
-            started = time.monotonic()
-            answer = requests.get(nginx_in_front["https"] + "/v2/health/live", verify=nginx_in_front["cert"], timeout=5)
-            assert answer.status_code == 200 and time.monotonic() - started < 2
+            answer = requests.get(nginx_in_front["https"] + "/v2/health/live", verify=nginx_in_front["cert"], timeout=10)
+            # Answered while the slow request is still unanswered: it did not queue behind it.
+            assert answer.status_code == 200 and unanswered(slow)
             time.sleep(1)
     assert "POST /predict" not in nginx_in_front["server"].log(), "the unfinished body must not reach gunicorn"
+
+
+def unanswered(connection: ssl.SSLSocket) -> bool:
+    """True while `connection` has received nothing, not even its end, from the other side."""
+    connection.setblocking(False)
+    try:
+        connection.recv(1)
+        return False
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return True
+    finally:
+        connection.setblocking(True)
 
 
 def test_nginx_refuses_oversized_bodies_before_the_server(nginx_in_front) -> None:
@@ -239,3 +261,23 @@ def test_new_model_version_ships_with_hup_and_no_failed_request(random_repositor
     assert (shipped["from_version"], shipped["to_version"], shipped["failures"]) == ("1", "2", 0)
     assert "Handling signal: hup" in server.log()
     assert "was sent SIG" not in server.log(), "old workers must drain and exit by themselves"
+
+
+def test_image_test_writes_its_figures_outside_the_tracked_tree_unless_asked(tmp_path: Path) -> None:
+    from tests.image import smoke
+
+    plain, asked = smoke.parse_args(["localhost/x:latest"]), smoke.parse_args(["localhost/x:latest", "--update-docs"])
+    ignored = subprocess.run(["git", "check-ignore", str(plain.json), str(plain.doc)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=30)
+    assert ignored.stdout.split() == [str(plain.json), str(plain.doc)], ignored
+    assert (asked.json, asked.doc) == (ROOT / "docs" / "image-size.json", ROOT / "docs" / "deploy.md")
+    # The committed figures rendered the way a run renders them: into a new file, and between a document's markers.
+    report = json.loads((ROOT / "docs" / "image-size.json").read_text())
+    section = tmp_path / "section.md"
+    smoke.write_reports(report, tmp_path / "size.json", section)
+    assert section.read_text().startswith(smoke.SIZE_BEGIN) and json.loads((tmp_path / "size.json").read_text()) == report
+    document = tmp_path / "deploy.md"
+    document.write_text(f"before\n{smoke.SIZE_BEGIN}\nold\n{smoke.SIZE_END}\nafter\n")
+    smoke.write_reports(report, tmp_path / "size.json", document)
+    assert document.read_text() == f"before\n{smoke.size_section(report)}\nafter\n"
+    assert smoke.size_section(report) in (ROOT / "docs" / "deploy.md").read_text()  # docs/ is what its JSON renders

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from server import config
-from tests.conftest import COMMITTED_REPOSITORY, ROOT, LiveServer
+from tests import doc_examples
+from tests.conftest import COMMITTED_REPOSITORY, ROOT
 
 SECURITY = (ROOT / "docs" / "security.md").read_text()
 
@@ -37,10 +38,8 @@ def readme_blocks(language: str, section: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def committed_server():
-    server = LiveServer(COMMITTED_REPOSITORY).start()
-    yield server
-    server.stop()
+def committed_server(module_servers):
+    return module_servers(COMMITTED_REPOSITORY)
 
 
 def test_the_readme_curl_examples_work_as_written(committed_server) -> None:
@@ -63,3 +62,73 @@ def test_the_readme_tritonclient_example_works_as_written(committed_server) -> N
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "7"
+
+
+# --------------------------------------------------------------------------- every example and its answer
+
+DOCUMENTED = [*doc_examples.examples(ROOT / "README.md", ("Call it",)), *doc_examples.examples(ROOT / "docs" / "api.md")]
+
+
+@pytest.mark.parametrize("example", DOCUMENTED, ids=lambda example: example.name)
+def test_the_documents_show_what_their_examples_answer(example: doc_examples.Example, committed_server, request) -> None:
+    """README's and docs/api.md's examples run against the committed model; the answers they show are the real ones."""
+    done = doc_examples.run(example, committed_server.url, ROOT)
+    assert done.returncode == 0, (example.code, done.stderr)
+    if example.shown is None:  # shown nowhere: every answer is JSON and no error
+        answers = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        assert answers and all("error" not in answer for answer in answers if isinstance(answer, dict)), done.stdout
+    elif request.config.getoption("--update-docs"):
+        doc_examples.write_output(example, done.stdout)
+    else:
+        assert doc_examples.same_answer(example.shown, done.stdout), (
+            f"{example.document.name} shows another answer than the server gives; run "
+            f"`pytest tests/test_docs.py --update-docs` to write the real one:\n{done.stdout}")
+
+
+def test_the_documents_show_answers() -> None:
+    shown = [example for example in DOCUMENTED if example.shown is not None]
+    assert {example.document.name for example in shown} == {"README.md", "api.md"}
+
+
+def test_an_answer_differing_from_the_shown_one_is_caught(tmp_path) -> None:
+    shown = '{"label":"7","confidence":0.906504}\n{"ready":true}'
+    assert doc_examples.same_answer(shown, '{"label":"7","confidence":0.906505}\n\n{"ready":true}\n')
+    assert not doc_examples.same_answer(shown, '{"label":"7","confidence":0.99}\n{"ready":true}')
+    assert not doc_examples.same_answer(shown, '{"label":"7","confidence":0.906504}')
+    document = tmp_path / "doc.md"
+    document.write_text(f"## A\n\n```sh\necho hi\n```\n\n{doc_examples.OUTPUT_MARK}\n```text\nold\n```\n\nafter\n")
+    (example,) = doc_examples.examples(document)
+    assert example.shown == "old\n"
+    doc_examples.write_output(example, "hi\n\n")
+    assert doc_examples.examples(document)[0].shown == "hi\n" and document.read_text().endswith("```\n\nafter\n")
+
+
+# --------------------------------------------------------------------------- what the README tells a newcomer
+
+
+def test_the_readme_names_the_python_the_project_requires() -> None:
+    required = re.search(r'requires-python = ">=([0-9.]+)"', (ROOT / "pyproject.toml").read_text())[1]
+    assert f"Python ≥ {required}" in README
+
+
+def test_every_make_target_the_readme_names_exists_and_make_help_is_mentioned() -> None:
+    listed = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60).stdout
+    targets = {line.split("\t")[0] for line in listed.splitlines()}
+    named = set(re.findall(r"`make ([a-z-]+)", README)) | set(re.findall(r"^make ([a-z-]+)", README, re.M))
+    assert "help" in named and named <= targets, named - targets
+
+
+def test_the_readme_commands_run_as_written() -> None:
+    """The settings' --help is run the way the README writes it, from the checkout."""
+    command = re.search(r"`(\.venv-serve/bin/python -m server --help)`", README)[1]
+    out = subprocess.run(command.split(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--model-repository" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/api.md", "docs/models.md", "docs/deploy.md"])
+def test_pip_extras_are_quoted_for_every_shell(document: str) -> None:
+    """`pip install tritonclient[http]` fails in zsh, whose globbing reads the brackets."""
+    text = (ROOT / document).read_text()
+    unquoted = [line for line in re.findall(r"pip install [^`\n]*", text) if re.search(r"(?<!['\"])\b[\w.-]+\[[\w,]+\]", line)]
+    assert unquoted == [], unquoted

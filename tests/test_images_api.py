@@ -16,7 +16,7 @@ from PIL import Image
 
 from server import create_app
 from tests.api_client import FlaskCaller, HttpCaller, encode, png
-from tests.conftest import COMMITTED_MNIST, MNIST_SAMPLE, LiveServer
+from tests.conftest import COMMITTED_MNIST, MNIST_SAMPLE
 from tests.onnx_factory import write_classifier
 
 SAMPLE = np.load(MNIST_SAMPLE)
@@ -66,10 +66,8 @@ def random_repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def random_server(random_repo: Path):
-    server = LiveServer(random_repo, {k: str(v) for k, v in LIMITS.items()}).start()
-    yield server
-    server.stop()
+def random_server(module_servers, random_repo: Path):
+    return module_servers(random_repo, **LIMITS)
 
 
 @pytest.fixture(params=["flask", "gunicorn"])
@@ -140,10 +138,8 @@ def committed_repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def committed_server(committed_repo: Path):
-    server = LiveServer(committed_repo, {"MAX_IMAGES_PER_REQUEST": "50"}).start()
-    yield server
-    server.stop()
+def committed_server(module_servers, committed_repo: Path):
+    return module_servers(committed_repo, MAX_IMAGES_PER_REQUEST=50)
 
 
 @pytest.fixture(params=["flask", "gunicorn"])
@@ -479,3 +475,43 @@ def test_gunicorn_stays_healthy_after_every_bad_request(random_server) -> None:
     assert caller.get("/v2/health/live").json == {"live": True}
     assert caller.post("/predict", body=DIGIT_PNG, content_type="image/png").status == 200
     assert "Traceback" not in random_server.log()
+
+
+# --------------------------------------------------------------------------- what a newcomer meets first (issue 21)
+
+
+@pytest.mark.parametrize("call", [
+    pytest.param(lambda: raw(b"# mnist-serve\nA README, not an image\n"), id="raw"),
+    pytest.param(lambda: raw(b"plain bytes", "application/octet-stream"), id="octet-stream"),
+    pytest.param(lambda: files(b"not an image at all"), id="multipart"),
+])
+def test_a_non_image_upload_says_so_without_internal_details(caller, call) -> None:
+    answer = caller.post("/predict", **call())
+    assert answer.status == 400, answer.json
+    error = answer.json["error"]
+    assert "not an image of a format the server reads" in error and "PNG, JPEG, GIF, BMP, WEBP, TIFF" in error
+    assert "0x" not in error and "BytesIO" not in error and "<" not in error, error
+
+
+@pytest.mark.parametrize("content_type", ["image/tiff", "application/octet-stream"])
+def test_tiff_and_untyped_raw_bodies_are_read(committed_caller, content_type) -> None:
+    """TIFF is listed as accepted, so a raw image/tiff body is; octet-stream (curl's and many clients' default) is sniffed."""
+    for fmt in ("TIFF", "PNG", "JPEG"):
+        answer = committed_caller.post("/predict", body=encode(DIGIT_IMAGES[0], fmt), content_type=content_type)
+        assert answer.status == 200, (fmt, answer.json)
+        assert answer.json["predictions"][0]["label"] == str(DIGIT_LABELS[0]), fmt
+
+
+@pytest.mark.parametrize("path", ["/predict", "/models/mnist/predict"])
+def test_get_on_an_image_route_says_to_post_an_image(caller, path) -> None:
+    answer = caller.get(path)
+    assert answer.status == 405 and answer.headers["Content-Type"] == "application/json"
+    assert "POST" in answer.headers["Allow"]
+    error = answer.json["error"]
+    assert f"GET {path} is not allowed; it takes POST" in error and "curl -F image=@digit.png " in error, error
+    assert error.split("curl -F image=@digit.png ", 1)[1].split(";")[0].endswith(path)
+
+
+def test_other_routes_say_which_methods_they_take(caller) -> None:
+    answer = caller.post("/v2/health/live")
+    assert answer.status == 405 and answer.json["error"].endswith("POST /v2/health/live is not allowed; it takes GET")

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from tritonclient.utils import InferenceServerException
 from server import create_app
 from server.model_sync import ModelSync
 from server.registry import ModelRegistry
+from bench.loadgen import ClientThreads
+from tests.conftest import wait_until
 from tests.onnx_factory import write_classifier
 
 DIGITS = [str(i) for i in range(10)]
@@ -241,67 +242,61 @@ def test_tritonclient_drives_the_repository_extension_with_the_token(repo, live_
         client.close()
 
 
-class Traffic:
+class Traffic(ClientThreads):
     """Client threads sending v2 inferences until stopped, each answer timed and kept."""
 
-    def __init__(self, url: str, threads: int = 8, limit_seconds: float = 20.0, limit_requests: int = 20_000) -> None:
+    def __init__(self, url: str, threads: int = 8, limit_seconds: float = 60.0, limit_requests: int = 20_000) -> None:
+        super().__init__(threads)
         self.url, self.deadline = url + "/v2/models/mnist/infer", time.monotonic() + limit_seconds
         self.limit_requests = limit_requests
-        self.answers: list[tuple[float, int, str]] = []  # (monotonic time, status, model_version)
+        self.answers: list[tuple[float, int, str]] = []  # (monotonic time sent, status, model_version)
         self.errors: list[str] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._send, daemon=True) for _ in range(threads)]
 
-    def _send(self) -> None:
+    def client(self) -> None:
         with requests.Session() as session:
             while not self.stop.is_set() and time.monotonic() < self.deadline and len(self.answers) < self.limit_requests:
+                sent = time.monotonic()
                 try:
                     response = session.post(self.url, json=ZERO_DIGIT, timeout=10)
                     version = response.json().get("model_version", "") if response.status_code == 200 else response.text
-                    self.answers.append((time.monotonic(), response.status_code, version))
+                    self.answers.append((sent, response.status_code, version))
                 except requests.RequestException as err:
                     self.errors.append(repr(err))
 
-    def __enter__(self) -> "Traffic":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=15)
-
     def versions_between(self, start: float, end: float) -> set[str]:
-        return {version for at, _, version in self.answers if start <= at < end}
+        """Versions that answered the requests sent from `start` to `end`."""
+        return {version for at, _, version in list(self.answers) if start <= at < end}
+
+    def sent_since(self, start: float) -> int:
+        return sum(1 for at, _, _ in list(self.answers) if at >= start)
 
 
 @pytest.mark.slow
 def test_switch_under_load_in_two_workers_loses_no_request(repo, live_server_factory) -> None:
     server = two_workers(live_server_factory, repo, THREADS=4)
-    settle = 3.0  # the other worker sees the announcement within 0.5 s, then loads and warms
-    with Traffic(server.url) as traffic:
-        time.sleep(1.0)
-        dropped = time.monotonic()
-        add_version(repo, "2", seed=2)
-        loaded = requests.post(server.url + "/v2/repository/models/mnist/load", timeout=30)
-        switched = time.monotonic()
-        assert loaded.status_code == 200 and loaded.json()["default_version"] == "2", loaded.text
-        time.sleep(settle)
-        add_corrupt_version(repo, "3")
-        rejected = requests.post(server.url + "/v2/repository/models/mnist/load", timeout=30)
-        time.sleep(1.5)
-    assert rejected.status_code == 400 and "version 3" in rejected.json()["error"]
-    assert traffic.errors == [] and len(traffic.answers) > 50
-    assert [a for a in traffic.answers if a[1] != 200] == []
-    assert traffic.versions_between(0, dropped) == {"1"}
-    assert traffic.versions_between(switched + settle, float("inf")) == {"2"}
-    assert wait_until(lambda: len(switched_workers(server.log())) == 2), server.log()[-3000:]
 
     def rejections() -> int:
         return server.log().count("model mnist version 3 failed to load")
 
-    assert wait_until(lambda: rejections() >= 2) and rejections() == 2  # one line per worker
+    with Traffic(server.url) as traffic:
+        assert wait_until(lambda: traffic.sent_since(0) >= 50)
+        dropped = time.monotonic()
+        add_version(repo, "2", seed=2)
+        loaded = requests.post(server.url + "/v2/repository/models/mnist/load", timeout=30)
+        assert loaded.status_code == 200 and loaded.json()["default_version"] == "2", loaded.text
+        # The other worker hears of it through the sync folder, loads and switches: each logs it.
+        assert wait_until(lambda: len(switched_workers(server.log())) == 2), server.log()[-3000:]
+        switched = time.monotonic()
+        assert wait_until(lambda: traffic.sent_since(switched) >= 50)
+        add_corrupt_version(repo, "3")
+        rejected = requests.post(server.url + "/v2/repository/models/mnist/load", timeout=30)
+        assert wait_until(lambda: rejections() >= 2)
+    assert rejected.status_code == 400 and "version 3" in rejected.json()["error"]
+    assert traffic.errors == [] and len(traffic.answers) > 50
+    assert [a for a in traffic.answers if a[1] != 200] == []
+    assert traffic.versions_between(0, dropped) == {"1"}
+    assert traffic.versions_between(switched, float("inf")) == {"2"}
+    assert rejections() == 2  # one line per worker
     assert requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 200
     assert "Traceback" not in server.log()
 
@@ -342,16 +337,6 @@ def two_workers(live_server_factory, repo: Path, **env: str):
     server = live_server_factory(repo, WORKERS=2, **env)
     assert wait_until(lambda: server.log().count("loaded model mnist version 1") == 2), server.log()
     return server
-
-
-def wait_until(condition, timeout: float = 60.0) -> bool:
-    """Poll `condition` every 0.1 s until it holds or `timeout` passes; return whether it held."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def switched_workers(log: str) -> set[str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -11,7 +12,7 @@ import requests
 from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.conftest import COMMITTED_MNIST, COMMITTED_REPOSITORY, MNIST_SAMPLE, ROOT, LiveServer
+from tests.conftest import COMMITTED_MNIST, COMMITTED_REPOSITORY, MNIST_SAMPLE, ROOT, SERVE_VENV, LiveServer
 from tests.onnx_factory import write_classifier
 
 CHROMIUM = "/usr/bin/chromium"
@@ -47,26 +48,11 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    """Start real gunicorn servers once per module; all are stopped at its end."""
-    started: list[LiveServer] = []
-
-    def start(repository: Path, **env: str) -> LiveServer:
-        server = LiveServer(repository, env).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def random_server(servers, tmp_path_factory) -> LiveServer:
+def random_server(module_servers, tmp_path_factory) -> LiveServer:
     """gunicorn serving one random-weight digit classifier named `mnist`."""
     repo = tmp_path_factory.mktemp("random") / "models"
     write_classifier(repo / "mnist" / "1" / "model.onnx", labels=DIGITS)
-    return servers(repo)
+    return module_servers(repo)
 
 
 @pytest.fixture
@@ -74,7 +60,8 @@ def open_page(browser: Browser, request):
     """Open the page of a server in a fresh context; fail the test on any request off the server."""
     contexts = []
 
-    def open_(server: LiveServer, viewport: dict = DESKTOP, **options) -> Page:
+    def open_(server: LiveServer, viewport: dict = DESKTOP, path: str = "/", ready: str = "#model option",
+              **options) -> Page:
         context = browser.new_context(viewport=viewport, **options)
         contexts.append(context)
         page = context.new_page()
@@ -85,8 +72,8 @@ def open_page(browser: Browser, request):
                 or page.off_origin.append(r.url))
         page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
         page.on("pageerror", lambda e: page.console_errors.append(str(e)))
-        page.goto(server.url + "/")
-        page.wait_for_selector("#model option", state="attached")
+        page.goto(server.url + path)
+        page.wait_for_selector(ready, state="attached")
         return page
 
     yield open_
@@ -282,10 +269,10 @@ def test_server_error_is_shown(random_server, open_page, capsys):
 
 
 @pytest.mark.browser
-def test_a_server_with_a_token_asks_for_it(browser, servers, tmp_path_factory, capsys):
+def test_a_server_with_a_token_asks_for_it(browser, module_servers, tmp_path_factory, capsys):
     repo = tmp_path_factory.mktemp("token") / "models"
     write_classifier(repo / "mnist" / "1" / "model.onnx", labels=DIGITS)
-    server = servers(repo, API_TOKEN="s3cret-token")
+    server = module_servers(repo, API_TOKEN="s3cret-token")
     page = browser.new_page(viewport=DESKTOP)
     try:
         assert page.goto(server.url + "/").status == 200
@@ -324,13 +311,13 @@ def test_phone_width_fits_and_draws_with_touch(random_server, open_page, capsys)
 
 
 @pytest.mark.browser
-def test_picker_chooses_among_several_classifiers(servers, tmp_path_factory, open_page):
+def test_picker_chooses_among_several_classifiers(module_servers, tmp_path_factory, open_page):
     repo = tmp_path_factory.mktemp("several") / "models"
     write_classifier(repo / "mnist" / "1" / "model.onnx", labels=DIGITS)
     letters = list("ABCDEFGHIJ")
     write_classifier(repo / "letters" / "3" / "model.onnx", labels=letters, seed=1)
     write_classifier(repo / "plain" / "1" / "model.onnx", labels=DIGITS, preprocessing=None)
-    page = open_page(servers(repo))
+    page = open_page(module_servers(repo))
     picker = page.get_by_label("Model", exact=True)
     assert picker.is_visible()
     options = picker.locator("option")
@@ -356,13 +343,13 @@ def test_picker_chooses_among_several_classifiers(servers, tmp_path_factory, ope
 
 
 @pytest.fixture(scope="module")
-def committed_server(servers, tmp_path_factory) -> LiveServer:
+def committed_server(module_servers, tmp_path_factory) -> LiveServer:
     """gunicorn serving the committed models/ (linked from tmp, so its log stays out of the checkout)."""
     if not COMMITTED_MNIST.exists():
         pytest.skip("the trained model models/mnist/1/model.onnx is not committed yet")
     repo = tmp_path_factory.mktemp("committed") / "models"
     repo.symlink_to(COMMITTED_REPOSITORY, target_is_directory=True)
-    return servers(repo)
+    return module_servers(repo)
 
 
 @pytest.mark.browser
@@ -381,3 +368,73 @@ def test_committed_model_reads_uploaded_mnist_digits(committed_server, open_page
         png, label = sample_png(index)
         upload(page, f"mnist-{index}.png", png, "image/png")
         assert page.locator("#digit").inner_text() == label
+
+
+# --------------------------------------------------------------------------- the API page, GET /docs
+
+
+@pytest.mark.browser
+def test_the_api_page_renders_every_operation_from_the_server_alone(random_server, open_page, capsys):
+    """Swagger UI's files come from the serve environment through this server: no CDN, no validator."""
+    page = open_page(random_server, path="/docs", ready=".opblock")
+    document = requests.get(random_server.url + "/openapi.json", timeout=10).json()
+    operations = {(method.upper(), path) for path, item in document["paths"].items() for method in item
+                  if method in ("get", "post", "put", "delete", "patch")}
+    shown = {(block.locator(".opblock-summary-method").inner_text().strip(),
+              block.locator(".opblock-summary-path").get_attribute("data-path"))
+             for block in page.locator(".opblock").all()}
+    assert shown == operations
+    assert page.locator(".info .title").first.inner_text().startswith(document["info"]["title"])
+    assert page.off_origin == [] and page.console_errors == [], (page.off_origin, page.console_errors)
+    save_screenshot(page, "api", capsys)
+
+
+@pytest.mark.browser
+def test_the_api_page_calls_the_server(random_server, open_page):
+    """Try it out on GET /v2/health/ready: Swagger UI sends the request and shows the server's answer."""
+    page = open_page(random_server, path="/docs", ready=".opblock")
+    block = page.locator(".opblock", has=page.locator('[data-path="/v2/health/ready"]'))
+    block.locator(".opblock-summary").click()
+    block.get_by_role("button", name="Try it out").click()
+    with page.expect_response(lambda r: r.url.endswith("/v2/health/ready")) as answered:
+        block.get_by_role("button", name="Execute").click()
+    assert answered.value.status == 200
+    body = block.locator(".responses-wrapper .live-responses-table .response-col_description pre").first
+    body.wait_for()
+    assert '"ready": true' in body.inner_text()
+    assert page.off_origin == [] and page.console_errors == [], (page.off_origin, page.console_errors)
+
+
+@pytest.mark.browser
+def test_the_api_page_asks_for_the_token_a_server_needs(browser, module_servers, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("docs-token") / "models"
+    write_classifier(repo / "mnist" / "1" / "model.onnx", labels=DIGITS)
+    server = module_servers(repo, API_TOKEN="s3cret-token")
+    page = browser.new_page(viewport=DESKTOP)
+    try:
+        assert page.goto(server.url + "/docs").status == 200  # the page itself needs no token
+        page.wait_for_selector("#token-form:not([hidden])")
+        page.fill("#token", "s3cret-token")
+        with page.expect_response(lambda r: r.url.endswith("/openapi.json")) as loaded:
+            page.get_by_role("button", name="Open the API").click()
+        assert loaded.value.status == 200 and loaded.value.request.headers["authorization"] == "Bearer s3cret-token"
+        page.wait_for_selector(".opblock")
+        assert page.locator(".opblock").count() >= 10
+    finally:
+        page.close()
+
+
+def test_the_api_page_files_come_from_the_serve_environment(client):
+    from server.api import api_page
+
+    folder = api_page.swagger_ui_dir()
+    assert folder is not None and "site-packages" in folder.parts, folder
+    in_serve_env = subprocess.run(
+        [str(SERVE_VENV / "bin" / "python"), "-c", "from server.api.api_page import swagger_ui_dir; print(swagger_ui_dir())"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert Path(in_serve_env.stdout.strip()).is_relative_to(SERVE_VENV), in_serve_env
+    with client.get("/docs/swagger-ui/swagger-ui-bundle.js") as served:
+        assert served.status_code == 200 and served.data == (folder / "swagger-ui-bundle.js").read_bytes()
+    refused = client.get("/docs/swagger-ui/index.css")
+    assert refused.status_code == 404 and "swagger-ui.css" in refused.json["error"]
+    assert client.get("/docs").status_code == 200

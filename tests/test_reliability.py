@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -13,21 +12,17 @@ import schemathesis
 from schemathesis import checks
 from hypothesis import HealthCheck, given, settings
 
-from bench.procs import children
-from tests.conftest import LiveServer
+from bench.recovery import DIGIT_PIXELS, Load
+from tests.conftest import wait_until
 from tests.onnx_factory import write_classifier
-
-DIGIT_PIXELS = [[1.0 if 9 <= col <= 18 and 5 <= row <= 22 else 0.0 for col in range(28)] for row in range(28)]
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory):
+def fuzz_server(module_servers, tmp_path_factory):
     """One gunicorn for every fuzzed operation, serving a random-weight `mnist`."""
     repo = tmp_path_factory.mktemp("fuzz") / "models"
     write_classifier(repo / "mnist" / "1" / "model.onnx", labels=[str(i) for i in range(10)])
-    server = LiveServer(repo, {"WORKERS": "1", "THREADS": "4"}).start()
-    yield server
-    server.stop()
+    return module_servers(repo, WORKERS=1, THREADS=4)
 
 
 # "Every response matches the document". Left out: positive_data_acceptance, since an image
@@ -71,63 +66,29 @@ def test_fuzzed_server_is_still_healthy(fuzz_server) -> None:
     assert "Traceback" not in fuzz_server.log()
 
 
-class Load:
-    """Client threads, each sending one request per fresh connection, recording when each ended."""
-
-    def __init__(self, url: str, clients: int) -> None:
-        self.url = url
-        self.results: list[tuple[float, bool]] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._client) for _ in range(clients)]
-
-    def _client(self) -> None:
-        while not self.stop.is_set():
-            try:
-                ok = requests.post(self.url, json={"pixels": DIGIT_PIXELS}, timeout=10).status_code == 200
-            except requests.RequestException:
-                ok = False
-            self.results.append((time.monotonic(), ok))
-
-    def __enter__(self) -> "Load":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(15)
-
-    def rate(self, start: float, end: float) -> float:
-        return sum(1 for t, ok in self.results if start <= t < end and ok) / (end - start)
-
-
 def test_killed_worker_is_replaced_and_only_its_requests_are_lost(live_server_factory, random_repository: Path) -> None:
+    """What must hold; how fast the throughput comes back is measured by bench/recovery.py (`make bench`)."""
     server = live_server_factory(random_repository, WORKERS=2, THREADS=4)
-    deadline = time.monotonic() + 30
-    while len(children(server.process.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    workers = children(server.process.pid)
-    assert len(workers) == 2
+    assert wait_until(lambda: len(server.workers()) == 2)
+    workers = server.workers()
     clients = 8
     with Load(server.url + "/predict", clients=clients) as load:
-        time.sleep(3)
+        assert wait_until(lambda: load.answered() >= 50)  # under load before the kill
         killed_at = time.monotonic()
         os.kill(workers[0], signal.SIGKILL)
-        time.sleep(7)
-    before = load.rate(killed_at - 2, killed_at)
-    # Other work shares these cores, so one slow second proves nothing: throughput counts as back
-    # when some whole second within the 5 s after the kill reaches most of the rate before it.
-    recovered = max(load.rate(killed_at + k, killed_at + k + 1) for k in range(1, 5))
+
+        def replacement() -> set[int]:
+            return set(server.workers()) - set(workers)
+
+        assert wait_until(lambda: len(replacement()) == 1
+                          and f"Booting worker with pid: {min(replacement())}" in server.log()), server.log()[-3000:]
+        replaced_at = time.monotonic()
+        assert wait_until(lambda: load.answered(since=replaced_at) >= 100)  # and it keeps serving after
     lost = [t for t, ok in load.results if not ok]
-    replacement = set(children(server.process.pid)) - set(workers)
-    per_second = [round(load.rate(killed_at + k, killed_at + k + 1)) for k in range(-3, 7)]
-    print(f"requests per second from 3 s before the kill: {per_second}")
-    print(f"rate before {before:.0f}/s, best second 1-5 s after the kill {recovered:.0f}/s, lost {len(lost)}")
-    assert len(replacement) == 1 and workers[1] in children(server.process.pid)
+    print(f"lost {len(lost)} of {len(load.results)} requests")
+    assert len(replacement()) == 1 and workers[1] in server.workers()
     # Lost = what the killed worker held at that instant: each client has one request in flight,
-    # and the failures all come at the kill, none once the replacement serves.
+    # and the failures all come at the kill, none once the replacement has booted.
     assert len(lost) <= clients, lost
-    assert all(killed_at <= t <= killed_at + 1 for t in lost), [round(t - killed_at, 2) for t in lost]
-    assert before > 0 and recovered >= 0.7 * before
+    assert all(killed_at <= t <= replaced_at for t in lost), [round(t - killed_at, 2) for t in lost]
     assert requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 200

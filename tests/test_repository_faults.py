@@ -133,3 +133,13 @@ def test_models_that_zeros_of_side_one_cannot_warm_still_load(tmp_path: Path) ->
     expected = ort.InferenceSession(str(conv), providers=["CPUExecutionProvider"]).run(None, {"image": image})[0]
     got = repository.get("conv").predict({"image": image})["scores"]
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_loading_a_model_not_on_disk_names_no_server_path(faulty: Path) -> None:
+    from server.errors import ModelNotFound
+
+    repository = ModelRegistry(faulty)
+    with pytest.raises(ModelNotFound) as error:
+        repository.load_model("nope")
+    assert error.value.status == 404 and "nope/<version>/model.onnx" in error.value.message
+    assert str(faulty) not in error.value.message

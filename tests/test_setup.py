@@ -15,13 +15,14 @@ from tests.conftest import ROOT, SERVE_VENV
 
 SERVE_PYTHON = SERVE_VENV / "bin" / "python"
 FORBIDDEN_TOP_LEVEL = ("torch", "torchvision", "training", "export")
-# Flask and what it imports, gunicorn, onnxruntime, numpy, Pillow, prometheus-client, the server,
-# and the gRPC transport's grpcio (with typing_extensions and its compiled Cython module's runtime
-# modules, cython_runtime and _cython_<version>) and protobuf (google).
+# Flask and what it imports, gunicorn, onnxruntime, numpy, Pillow, prometheus-client, protobuf
+# (`google`: Triton's config.pbtxt, server/model_config.py, and the gRPC messages), the server, and
+# the gRPC transport's grpcio (with typing_extensions and its compiled Cython module's runtime
+# modules, cython_runtime and _cython_<version>).
 ALLOWED_TOP_LEVEL = {
     "flask", "werkzeug", "jinja2", "markupsafe", "itsdangerous", "click", "blinker",
-    "gunicorn", "onnxruntime", "numpy", "PIL", "prometheus_client", "server",
-    "grpc", "google", "typing_extensions", "cython_runtime",
+    "gunicorn", "onnxruntime", "numpy", "PIL", "prometheus_client", "google", "server",
+    "grpc", "typing_extensions", "cython_runtime",
 }
 
 
@@ -30,7 +31,8 @@ def requirement_lines(name: str) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith(("#", "-r"))]
 
 
-@pytest.mark.parametrize("name", ["requirements-serve.txt", "requirements-train.txt", "requirements-dev.txt"])
+@pytest.mark.parametrize("name", ["requirements-serve.txt", "requirements-train.txt", "requirements-dev.txt",
+                                  "requirements-torch.txt", "requirements-torch-cpu.txt"])
 def test_requirements_are_pinned(name: str) -> None:
     for line in requirement_lines(name):
         assert re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[A-Za-z0-9_,\-]+\])?==[0-9][0-9A-Za-z.+]*", line), line
@@ -111,3 +113,34 @@ def test_gunicorn_serves_health(live_server) -> None:
     ready = requests.get(live_server.url + "/v2/health/ready", timeout=5)
     assert ready.status_code == 200 and ready.json() == {"ready": True}
     assert "[INFO] Booting worker" in live_server.log() or "Booting worker" in live_server.log()
+
+
+def make_dry_run(*args: str) -> subprocess.CompletedProcess:
+    """The commands `make` would run, printed and not run (-n), as if every target were out of date (-B)."""
+    return subprocess.run(["make", "-n", "-B", "--no-print-directory", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_torch_cpu_installs_the_cpu_build_from_the_wheel_folder(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").touch()
+    planned = make_dry_run(".venv-dev/.stamp-cpu", "TORCH=cpu", f"TORCH_WHEELS={wheels}")
+    install = [line for line in planned.stdout.splitlines() if "pip install" in line]
+    assert len(install) == 1, planned.stdout
+    assert f"--find-links {wheels}" in install[0] and "-r requirements-torch-cpu.txt" in install[0]
+    assert "requirements-torch.txt" not in install[0] and "--quiet" not in install[0]
+    assert (ROOT / "requirements-torch-cpu.txt").read_text().count("+cpu") == 1
+
+
+def test_the_default_torch_is_the_pinned_pypi_build_and_pip_shows_progress() -> None:
+    planned = make_dry_run(".venv-dev/.stamp")
+    install = [line for line in planned.stdout.splitlines() if "pip install" in line]
+    assert len(install) == 1 and "-r requirements-torch.txt" in install[0], planned.stdout
+    assert "--quiet" not in install[0] and "--find-links" not in install[0]
+    assert "torch==2.14.1" in requirement_lines("requirements-torch.txt")
+
+
+def test_an_unknown_torch_choice_is_one_clear_error() -> None:
+    planned = make_dry_run("test", "TORCH=gpu")
+    assert planned.returncode != 0 and "TORCH=gpu: expected cuda (the default) or cpu" in planned.stderr

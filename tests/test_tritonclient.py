@@ -8,7 +8,6 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import LiveServer
 from tests.v2_repository import (
     COMMITTED_MNIST, COMMITTED_REPOSITORY, DIGIT_LABELS, OTHER, V2_ONNX_TYPES, committed_digit_models, mnist_sample,
     run_directly, sample_values, write_repository,
@@ -21,12 +20,11 @@ def repository(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(repository: Path):
-    server = LiveServer(repository).start()
+def client(module_servers, repository: Path):
+    server = module_servers(repository)
     connection = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}", concurrency=4)
     yield connection
     connection.close()
-    server.stop()
 
 
 def infer_input(name: str, array: np.ndarray, datatype: str, binary: bool) -> triton.InferInput:
@@ -144,8 +142,8 @@ def test_errors_reach_the_client(client, call, status, fragment):
     assert client.is_server_ready()
 
 
-def test_bearer_token_travels_in_the_client_headers(repository):
-    server = LiveServer(repository, {"API_TOKEN": "s3cret-token"}).start()
+def test_bearer_token_travels_in_the_client_headers(repository, live_server_factory):
+    server = live_server_factory(repository, API_TOKEN="s3cret-token")
     connection = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
     try:
         assert connection.is_server_live() and connection.is_server_ready()  # health needs no token
@@ -159,12 +157,11 @@ def test_bearer_token_travels_in_the_client_headers(repository):
         assert connection.infer("mnist", digit, headers=token).as_numpy("probabilities").shape == (1, 10)
     finally:
         connection.close()
-        server.stop()
 
 
 @pytest.mark.skipif(not COMMITTED_MNIST.exists(), reason="models/mnist/1/model.onnx is not committed yet")
-def test_committed_models_read_real_digits():
-    server = LiveServer(COMMITTED_REPOSITORY).start()
+def test_committed_models_read_real_digits(live_server_factory):
+    server = live_server_factory(COMMITTED_REPOSITORY)
     connection = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
     try:
         images, labels = mnist_sample(50)
@@ -177,4 +174,3 @@ def test_committed_models_read_real_digits():
             assert (probabilities.argmax(axis=1) == labels).sum() >= 49, f"{name}/{version}"
     finally:
         connection.close()
-        server.stop()

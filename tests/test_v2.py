@@ -41,10 +41,8 @@ def v2_client(repository: Path):
 
 
 @pytest.fixture(scope="module")
-def gunicorn(repository: Path):
-    server = LiveServer(repository).start()
-    yield server
-    server.stop()
+def gunicorn(module_servers, repository: Path):
+    return module_servers(repository)
 
 
 def model_file(repository: Path, name: str, version: str) -> Path:

@@ -6,9 +6,10 @@ and `ERROR_ANSWERS` names each status's shared answer in the OpenAPI document.
 from __future__ import annotations
 
 import logging
+import re
 
 from flask import Flask, g, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from ..errors import ServingError
 
@@ -27,10 +28,15 @@ ERROR_ANSWERS: dict[str, tuple[str, str]] = {
 }
 
 
+# The image routes, whose 405 says how to call them: a browser's GET is the usual first try.
+IMAGE_ROUTE = re.compile(r"/(?:models/[^/]+/)?predict")
+
+
 def register_error_handlers(app: Flask) -> None:
     """Answer every error of `app` as JSON with the right status."""
     app.register_error_handler(ServingError, _serving_error)
     app.register_error_handler(RequestEntityTooLarge, _too_large)
+    app.register_error_handler(MethodNotAllowed, _wrong_method)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
 
@@ -46,8 +52,17 @@ def _too_large(err: RequestEntityTooLarge):
     return jsonify(error=f"request too large: {err.description} (body limit {limit} bytes, MAX_CONTENT_LENGTH)"), 413
 
 
-def _http_error(err: HTTPException):
-    response = jsonify(error=f"{err.name}: {err.description}")
+def _wrong_method(err: MethodNotAllowed):
+    allowed = [method for method in err.valid_methods or () if method not in ("HEAD", "OPTIONS")]
+    message = f"{err.name}: {request.method} {request.path:.100} is not allowed; it takes {', '.join(allowed) or 'no method'}"
+    if "POST" in allowed and IMAGE_ROUTE.fullmatch(request.path):
+        message += (f". POST an image to it, e.g. curl -F image=@digit.png {request.host_url}{request.path[1:]}; "
+                    "in a browser, draw a digit at / or try the API at /docs")
+    return _http_error(err, message)
+
+
+def _http_error(err: HTTPException, message: str | None = None):
+    response = jsonify(error=message or f"{err.name}: {err.description}")
     # Keep werkzeug's own headers (Allow on a 405, as RFC 9110 requires) but not its HTML type.
     response.headers.extend((k, v) for k, v in err.get_headers() if k.lower() != "content-type")
     return response, err.code

@@ -23,7 +23,9 @@ from .openapi import error_responses, parameter
 bp = Blueprint("images", __name__)
 
 IMAGE_FIELD = "image"
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp")
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "image/tiff")
+# Many clients' default for a file: its bytes are sniffed like any raw image body's.
+UNTYPED = "application/octet-stream"
 JSON_KEYS = ("image", "images", "pixels", "return_input")
 DATA_URL = re.compile(r"data:(?P<type>[^;,]*)(?P<params>(?:;[^;,]*)*),", re.IGNORECASE)
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
@@ -55,7 +57,7 @@ def read_items() -> tuple[list[Item], bool]:
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         items, return_input = _read_multipart()
-    elif mimetype in IMAGE_TYPES:
+    elif mimetype in IMAGE_TYPES or mimetype == UNTYPED:
         items, return_input = [request.get_data()], _flag(request.args.get("return_input"), "return_input")
     elif mimetype == "application/json" or mimetype.endswith("+json"):
         items, return_input = _read_json()
@@ -63,7 +65,7 @@ def read_items() -> tuple[list[Item], bool]:
         received = f"Content-Type {request.content_type!r:.80}" if request.content_type else "no Content-Type"
         raise UnsupportedFormat(
             f"received {received}; expected multipart/form-data with files in field {IMAGE_FIELD!r}, "
-            f"a raw image body ({', '.join(IMAGE_TYPES)}) or application/json"
+            f"a raw image body ({', '.join(IMAGE_TYPES)}, or {UNTYPED} to let the server tell) or application/json"
         )
     for number, item in enumerate(items, 1):
         if isinstance(item, bytes) and not item:
@@ -229,7 +231,7 @@ def _predict_operation(summary: str, parameters: list) -> dict:
                 "content": {
                     "multipart/form-data": {"schema": _MULTIPART_BODY},
                     "application/json": {"schema": _JSON_BODY},
-                    **{media_type: {"schema": _IMAGE_BODY} for media_type in IMAGE_TYPES},
+                    **{media_type: {"schema": _IMAGE_BODY} for media_type in (*IMAGE_TYPES, UNTYPED)},
                 },
             },
             "responses": {

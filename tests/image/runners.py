@@ -16,10 +16,11 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from bench.procs import free_port
 
 NPROC_LIMIT = 4096  # a container's processes and threads: plenty for gunicorn's workers
 
@@ -42,12 +43,6 @@ def podman(*args: str) -> str:
 
 def inspect(kind: str, name: str) -> dict:
     return json.loads(podman(kind, "inspect", name))[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rlimit_flags() -> list[str]:

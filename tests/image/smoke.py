@@ -6,7 +6,10 @@ every file of the image, asks /v2/health/ready, runs the image's HEALTHCHECK, pr
 test digits through /predict, sends a bounded load and measures the workers' memory, ships a new
 model version with a HUP while clients keep uploading, stops it with SIGTERM (as `docker stop`
 does) and measures the image: uncompressed, and as `podman save | gzip` gives it. The figures go
-to docs/image-size.json and into docs/deploy.md between the image-size markers.
+to tests/artifacts/image/ (git ignores it): image-size.json and the size section of docs/deploy.md
+as it would read. With --update-docs they go to docs/image-size.json and into docs/deploy.md
+between the image-size markers (`make image-test UPDATE_DOCS=1`), so a plain run leaves the
+checkout as it found it.
 
 Run by `make image-test`, outside pytest: `make test` stays free of container tools.
 """
@@ -60,6 +63,9 @@ BIG_SERVERS = [
 RESERVED_MIB = 250  # a small Debian VPS: kernel, sshd, journald, nginx, some page cache
 SIZE_BEGIN = "<!-- image-size:begin (written by tests/image/smoke.py; do not edit) -->"
 SIZE_END = "<!-- image-size:end -->"
+# Where a run's figures go: ignored by git unless --update-docs writes them into the documents.
+ARTIFACTS = ROOT / "tests" / "artifacts" / "image"
+DOCS_JSON, DOCS_DOC = ROOT / "docs" / "image-size.json", ROOT / "docs" / "deploy.md"
 
 
 def list_files(rootfs: Path) -> list[str]:
@@ -344,12 +350,17 @@ def size_section(report: dict) -> str:
 
 
 def write_reports(report: dict, json_path: Path, doc_path: Path) -> None:
+    """The figures as JSON; the size section into `doc_path` between its markers, or as a new file of its own."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2) + "\n")
-    if doc_path.exists():
+    if not doc_path.exists():
+        doc_path.write_text(size_section(report) + "\n")
+    else:
         text = doc_path.read_text()
-        if SIZE_BEGIN in text and SIZE_END in text:
-            head, rest = text.split(SIZE_BEGIN, 1)
-            doc_path.write_text(head + size_section(report) + rest.split(SIZE_END, 1)[1])
+        if SIZE_BEGIN not in text or SIZE_END not in text:
+            raise ImageTestFailure(f"{doc_path} has no image-size markers ({SIZE_BEGIN} ... {SIZE_END})")
+        head, rest = text.split(SIZE_BEGIN, 1)
+        doc_path.write_text(head + size_section(report) + rest.split(SIZE_END, 1)[1])
     log(f"wrote {json_path} and the size section of {doc_path}")
 
 
@@ -363,12 +374,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-right", type=int, default=19, help="fewest right answers that pass")
     parser.add_argument("--load-requests", type=int, default=1000, help="requests sent before memory is measured")
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for readiness")
-    parser.add_argument("--json", type=Path, default=ROOT / "docs/image-size.json", help="figures written here")
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs/deploy.md", help="document whose size section is rewritten")
+    parser.add_argument("--update-docs", action="store_true",
+                        help=f"write the figures to {DOCS_JSON.relative_to(ROOT)} and {DOCS_DOC.relative_to(ROOT)} "
+                             f"instead of {ARTIFACTS.relative_to(ROOT)}/")
     parser.add_argument("--runner", choices=("auto", "podman", "chroot"), default="auto",
                         help="start the image with podman run, through chroot, or podman run if it can")
     parser.add_argument("--no-write", action="store_true", help="check only; write no figures")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.json, args.doc = ((DOCS_JSON, DOCS_DOC) if args.update_docs
+                           else (ARTIFACTS / DOCS_JSON.name, ARTIFACTS / "deploy-size-section.md"))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,12 +393,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         report = check_image(args)
+        if not args.no_write:
+            write_reports(report, args.json, args.doc)
     except ImageTestFailure as failure:
         print(f"image-test: {failure}", file=sys.stderr)
         print(f"image-test: {len(PASSED)} passed, 1 failed", flush=True)
         return 1
-    if not args.no_write:
-        write_reports(report, args.json, args.doc)
     print(f"image-test: {len(PASSED)} passed, 0 failed", flush=True)
     return 0
 

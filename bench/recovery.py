@@ -1,0 +1,93 @@
+"""Throughput through a worker's death: 2 workers under load, one killed, the rate before and after.
+
+A test (tests/test_reliability.py) holds what must be true (only the killed worker's requests are
+lost, a replacement serves); how fast the throughput comes back is measured here, by `make bench`
+or alone: `python -m bench.recovery [--repository models]`. Prints JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.loadgen import ClientThreads  # noqa: E402
+from bench.procs import Gunicorn, children, model_server  # noqa: E402
+
+DIGIT_PIXELS = [[1.0 if 9 <= col <= 18 and 5 <= row <= 22 else 0.0 for col in range(28)] for row in range(28)]
+
+
+class Load(ClientThreads):
+    """Client threads, each sending one request per fresh connection, recording when each ended."""
+
+    def __init__(self, url: str, clients: int) -> None:
+        super().__init__(clients)
+        self.url = url
+        self.results: list[tuple[float, bool]] = []
+
+    def client(self) -> None:
+        while not self.stop.is_set():
+            try:
+                ok = requests.post(self.url, json={"pixels": DIGIT_PIXELS}, timeout=10).status_code == 200
+            except requests.RequestException:
+                ok = False
+            self.results.append((time.monotonic(), ok))
+
+    def answered(self, since: float = 0.0) -> int:
+        """Successful answers that ended at or after `since` (monotonic time)."""
+        return sum(1 for t, ok in list(self.results) if ok and t >= since)
+
+    def rate(self, start: float, end: float) -> float:
+        return sum(1 for t, ok in list(self.results) if start <= t < end and ok) / (end - start)
+
+
+def measure(server: Gunicorn, clients: int = 8, before_s: float = 3.0, after_s: float = 7.0) -> dict:
+    """Kill one of `server`'s workers after `before_s` of load; the rate around it, per second."""
+    workers = server.workers()
+    with Load(server.url + "/predict", clients=clients) as load:
+        time.sleep(before_s)
+        killed_at = time.monotonic()
+        os.kill(workers[0], signal.SIGKILL)
+        time.sleep(after_s)
+    before = load.rate(killed_at - 2, killed_at)
+    # One slow second proves nothing on a shared machine: the best whole second 1-5 s after the kill.
+    recovered = max(load.rate(killed_at + k, killed_at + k + 1) for k in range(1, 5))
+    return {
+        "clients": clients, "rate_before_per_s": round(before, 1), "best_second_after_per_s": round(recovered, 1),
+        "recovered_fraction": round(recovered / before, 3) if before else None, "goal_fraction": 0.7,
+        "per_second_from_3_s_before": [round(load.rate(killed_at + k, killed_at + k + 1)) for k in range(-3, 7)],
+        "lost": sum(1 for _, ok in load.results if not ok),
+        "replaced": len(set(children(server.process.pid)) - set(workers)) == 1,
+    }
+
+
+def run(repository: Path) -> dict:
+    """A 2-worker server on `repository`, its workers up, then measure()."""
+    with model_server(repository, name="recovery", env={"WORKERS": "2", "THREADS": "4"}) as server:
+        server.wait_serving()
+        deadline = time.monotonic() + 60
+        while len(server.workers()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return measure(server)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--repository", type=Path, default=ROOT / "models", help="model repository to serve")
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.repository), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
