@@ -659,3 +659,23 @@ def test_kserve_shaped_load_and_unload(repo, live_server_factory):
         # Triton's message with a repository name beside the model is still refused.
         code, details = status_of(lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(repository_name="x", model_name="mnist")))
         assert code == Code.INVALID_ARGUMENT and "one repository" in details
+
+
+def test_the_messages_come_from_the_committed_proto_and_stay_out_of_the_default_pool():
+    """server/grpc/schema.py builds every message of server/proto/grpc_service.proto in a pool of its
+    own, beside the copies tritonclient.grpc (imported here) put in protobuf's default pool."""
+    from google.protobuf import descriptor_pool
+
+    from server.grpc import schema
+
+    proto = (schema.DESCRIPTOR_SET.parent / "grpc_service.proto").read_text()
+    declared = set(re.findall(r"^message (\w+)", proto, flags=re.MULTILINE))
+    compiled = set(schema.ModelInferRequest.DESCRIPTOR.file.message_types_by_name)
+    assert declared == compiled and "ModelInferRequest" in compiled
+    assert schema.ModelInferRequest.DESCRIPTOR.file.pool is not descriptor_pool.Default()
+    assert descriptor_pool.Default().FindMessageTypeByName("inference.ModelInferRequest")  # tritonclient's
+    # The two agree on the wire: a request written by one is read by the other.
+    ours = schema.ModelInferRequest(model_name="m", id="7", raw_input_contents=[b"\x01\x02"],
+                                    inputs=[schema.ModelInferRequest.InferInputTensor(name="x", datatype="UINT8", shape=[2])])
+    theirs = pb.ModelInferRequest.FromString(ours.SerializeToString())
+    assert (theirs.model_name, theirs.id, theirs.inputs[0].name, list(theirs.inputs[0].shape)) == ("m", "7", "x", [2])

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import tensors
 from ..errors import InvalidInput
-from .proto import grpc_service_pb2 as pb
+from . import schema as pb
 
 # Which typed `contents` field holds each datatype's values, and the numpy type it is packed as
 # (INT8 and INT16 travel in int_contents as int32, UINT8 and UINT16 in uint_contents as uint32).

@@ -24,7 +24,7 @@ from ..errors import InvalidInput, ModelNotFound, ServingError
 from ..model_sync import ModelSync
 from ..registry import ModelRegistry
 from . import messages
-from .proto import grpc_service_pb2 as pb
+from . import schema as pb
 
 log = logging.getLogger(__name__)
 
