@@ -33,8 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import footprint  # noqa: E402
-from bench.bodies import RequestSpec  # noqa: E402
-from bench.procs import Gunicorn, free_port, wait_idle  # noqa: E402
+from bench.procs import Gunicorn, free_port, model_server, wait_idle  # noqa: E402
 
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
@@ -150,13 +149,9 @@ def load(transport: str, port: int, streams: int, seconds: float, server: Gunico
 
 
 def serve(name: str, **env: str) -> Gunicorn:
-    argv = [str(SERVE_PYTHON), "-m", "gunicorn", "--config", "server/gunicorn_conf.py", "server:create_app()"]
-    probe = RequestSpec("ready", "GET", "/v2/health/ready", {}, b"")
-    server = Gunicorn(name, argv, probe, env={"MODEL_REPOSITORY": str(ROOT / "models"), "LOG_LEVEL": "warning",
-                                              **{k: str(v) for k, v in env.items()}})
-    server.start()
-    server.wait_serving()
-    return server
+    """The server as `make serve` runs it, on the committed models, serving."""
+    environment = {"LOG_LEVEL": "warning", **{key: str(value) for key, value in env.items()}}
+    return model_server(ROOT / "models", name=name, env=environment, python=SERVE_PYTHON).serve()
 
 
 def compare(seconds: float, tries: int) -> list[dict]:

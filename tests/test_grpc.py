@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,26 +23,23 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from bench.loadgen import ClientThreads
 from server.grpc.service import STATUS_CODES, peer_host, status_code
-from tests.conftest import COMMITTED_REPOSITORY, ROOT, LiveServer, free_port
+from tests.conftest import LiveServer, start_server, wait_until
 from tests.onnx_factory import write_classifier
-from tests.test_lifecycle import wait_until
 from tests.v2_repository import (
     DIGIT_LABELS, OTHER, V2_ONNX_TYPES, _save, run_directly, sample_values, write_identity, write_repository,
 )
 
 Code = grpc.StatusCode
 TOKEN = "s3cret-token"
-
-
-def start(repository: Path, **env: str) -> tuple[LiveServer, int]:
-    """gunicorn with gRPC on a free port of its own (not the default 8001, which may be taken)."""
-    port = free_port()
-    return LiveServer(repository, {"GRPC_PORT": str(port), **{k: str(v) for k, v in env.items()}}).start(), port
-
-
 # Every datatype that has a typed contents field (FP16 travels only raw).
 TYPED_CONTENTS = [datatype for datatype in V2_ONNX_TYPES if datatype != "FP16"]
+
+
+def grpc_port(server: LiveServer) -> int:
+    """The gRPC port tests/conftest.py gave the test server (each has its own)."""
+    return int(server.env["GRPC_PORT"])
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +51,9 @@ def repository(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(repository: Path):
-    server, port = start(repository)
-    yield server, port
-    server.stop()
+def served(repository: Path, module_servers):
+    server = module_servers(repository)
+    return server, grpc_port(server)
 
 
 @pytest.fixture(scope="module")
@@ -340,7 +334,8 @@ def test_peer_addresses(peer, host):
 def test_token_limits_and_metrics(repository):
     """API_TOKEN as `authorization: Bearer` metadata; messages over MAX_CONTENT_LENGTH refused;
     calls counted in /metrics with transport="grpc"."""
-    server, port = start(repository, API_TOKEN=TOKEN, MAX_CONTENT_LENGTH=100_000)
+    server = start_server(repository, {"API_TOKEN": TOKEN, "MAX_CONTENT_LENGTH": 100_000})
+    port = grpc_port(server)
     connection = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
     token = {"authorization": f"Bearer {TOKEN}"}
     try:
@@ -414,8 +409,8 @@ def index(client) -> list[tuple[str, str, str, str]]:
 @pytest.mark.slow
 def test_repository_calls_behave_as_the_http_ones(repo, live_server_factory):
     """The expectations of tests/test_lifecycle.py's HTTP tests, over gRPC."""
-    port = free_port()
-    server = live_server_factory(repo, GRPC_PORT=port)
+    server = live_server_factory(repo)
+    port = grpc_port(server)
     client = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
     try:
         add_version(repo, "2", seed=2)
@@ -479,8 +474,7 @@ def test_repository_errors(stub, call, code, fragment):
 
 
 def test_unload_with_unload_dependents_and_load_with_the_token_over_the_network_rule(repo, live_server_factory):
-    port = free_port()
-    live_server_factory(repo, GRPC_PORT=port, API_TOKEN=TOKEN)
+    port = grpc_port(live_server_factory(repo, API_TOKEN=TOKEN))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as opened:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(opened)
         token = [("authorization", f"Bearer {TOKEN}")]
@@ -509,17 +503,16 @@ def write_slow_model(path: Path, steps: int = 12, side: int = 1024) -> Path:
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
-class GrpcTraffic:
+class GrpcTraffic(ClientThreads):
     """Threads, each with its own channel (so connections spread over workers), sending inferences."""
 
     def __init__(self, port: int, threads: int = 6, limit_seconds: float = 40.0) -> None:
+        super().__init__(threads)
         self.port, self.deadline = port, time.monotonic() + limit_seconds
         self.answers: list[str] = []
         self.errors: list[str] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._send, daemon=True) for _ in range(threads)]
 
-    def _send(self) -> None:
+    def client(self) -> None:
         connection = triton.InferenceServerClient(url=f"127.0.0.1:{self.port}")
         try:
             while not self.stop.is_set() and time.monotonic() < self.deadline:
@@ -531,33 +524,25 @@ class GrpcTraffic:
         finally:
             connection.close()
 
-    def __enter__(self) -> "GrpcTraffic":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
-
 
 @pytest.mark.slow
 def test_hup_reload_under_grpc_load_loses_no_call(repo, live_server_factory):
     """Two workers, each listening on the gRPC port; two HUPs replace them all while six clients call."""
-    port = free_port()
-    server = live_server_factory(repo, GRPC_PORT=port, WORKERS=2)
+    server = live_server_factory(repo, WORKERS=2)
+    port = grpc_port(server)
     assert wait_until(lambda: server.log().count("gRPC (inference.GRPCInferenceService) listening") == 2), server.log()
     with GrpcTraffic(port) as traffic:
         for round_ in (1, 2):
-            time.sleep(1.5)
+            answered = len(traffic.answers)
+            assert wait_until(lambda: len(traffic.answers) >= answered + 50), traffic.errors[:5]
             booted = server.log().count("gRPC (inference.GRPCInferenceService) listening")
             os.kill(server.process.pid, signal.SIGHUP)
             assert wait_until(lambda: server.log().count("gRPC (inference.GRPCInferenceService) listening") == booted + 2), server.log()[-4000:]
-            assert wait_until(lambda: server.log().count("Worker exiting") == 2 * round_), server.log()[-4000:]
-        time.sleep(1.0)
+            assert wait_until(lambda: server.log().count("gRPC stopped") == 2 * round_), server.log()[-4000:]
+        answered = len(traffic.answers)
+        assert wait_until(lambda: len(traffic.answers) >= answered + 50), traffic.errors[:5]  # the new workers answer
     assert traffic.errors == [], traffic.errors[:5]
-    assert len(traffic.answers) > 50 and set(traffic.answers) == {"1"}
+    assert len(traffic.answers) > 150 and set(traffic.answers) == {"1"}
     assert "Traceback" not in server.log()
 
 
@@ -565,8 +550,8 @@ def test_hup_reload_under_grpc_load_loses_no_call(repo, live_server_factory):
 def test_term_lets_a_call_in_flight_finish(tmp_path, live_server_factory):
     repo = tmp_path / "models"
     write_slow_model(repo / "slow" / "1" / "model.onnx")
-    port = free_port()
-    server = live_server_factory(repo, GRPC_PORT=port)
+    server = live_server_factory(repo)
+    port = grpc_port(server)
     connection = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
     x = np.ones((256, 1024), np.float32)
     started = time.monotonic()
@@ -592,43 +577,18 @@ def test_term_lets_a_call_in_flight_finish(tmp_path, live_server_factory):
 
 
 def test_grpc_port_zero_serves_no_grpc(repo, live_server_factory):
-    port = free_port()
     server = live_server_factory(repo, GRPC_PORT=0)
     assert requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 200
-    assert "gRPC" not in server.log()
-    connection = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
-    try:
-        with pytest.raises(InferenceServerException):
-            connection.is_server_live(client_timeout=3)
-    finally:
-        connection.close()
+    assert "gRPC" not in server.log()  # a worker that serves it logs where it listens
 
 
 def test_a_taken_grpc_port_stops_the_server_with_one_clear_line(repo):
     with __import__("socket").socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        server = LiveServer(repo, {"GRPC_PORT": str(taken.getsockname()[1])})
-        with pytest.raises(RuntimeError, match="server exited"):
-            server.start()
-    assert "cannot listen for gRPC on 127.0.0.1:" in server.log() and "GRPC_PORT" in server.log()
-
-
-# ----------------------------------------------------------------------------- the documented example
-
-def test_the_api_doc_grpc_example_works_as_written(tmp_path):
-    """docs/api.md's tritonclient.grpc example, run as written against the committed models."""
-    section = (ROOT / "docs" / "api.md").read_text().split("## v2 over gRPC", 1)[1]
-    (code,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.DOTALL)
-    printed = re.search(r"^# (.*)$", code, re.MULTILINE).group(1)
-    server, port = start(COMMITTED_REPOSITORY)
-    try:
-        out = subprocess.run([sys.executable, "-c", code.replace("127.0.0.1:8001", f"127.0.0.1:{port}")],
-                             cwd=ROOT, capture_output=True, text=True, timeout=60)
-    finally:
-        server.stop()
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == printed
+        with pytest.raises(RuntimeError, match="exited with") as raised:
+            start_server(repo, {"GRPC_PORT": taken.getsockname()[1]})
+    assert "cannot listen for gRPC on 127.0.0.1:" in str(raised.value) and "GRPC_PORT" in str(raised.value)
 
 
 # ----------------------------------------------------------------------------- the benchmark's load generator
@@ -647,8 +607,7 @@ def test_the_benchmark_load_reaches_both_transports(served):
 def test_kserve_shaped_load_and_unload(repo, live_server_factory):
     """KServe's grpc_predict_v2.proto puts the model name in field 1 of RepositoryModelLoad/Unload
     (Triton's repository_name) and answers model_name (1) and isLoaded/isUnloaded (2)."""
-    port = free_port()
-    live_server_factory(repo, GRPC_PORT=port)
+    port = grpc_port(live_server_factory(repo))
     kserve_request = b"\x0a\x05mnist"  # KServe's RepositoryModelLoadRequest(model_name="mnist")
     with grpc.insecure_channel(f"127.0.0.1:{port}") as opened:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(opened)
