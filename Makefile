@@ -28,8 +28,12 @@ $(DEV_VENV)/.stamp: requirements-serve.txt requirements-train.txt requirements-d
 	$(DEV_VENV)/bin/pip install $(PIP_FLAGS) -r requirements-dev.txt
 	touch $@
 
+# The en_US.UTF-8 locale that text models need (onnxruntime's StringNormalizer) is compiled into
+# the venv when the system lacks it, and found through LOCPATH (docs/models.md).
 serve: $(SERVE_VENV)/.stamp ## serve models/ with gunicorn on HOST:PORT (default 127.0.0.1:8000)
-	exec $(SERVE_VENV)/bin/python -m server
+	@locales=$$(deploy/locales.sh $(SERVE_VENV)/locale); \
+	echo "$(SERVE_VENV)/bin/python -m server"; \
+	exec env $${locales:+LOCPATH=$$locales:/usr/lib/locale} $(SERVE_VENV)/bin/python -m server
 
 # The production image (Containerfile), built by podman with chroot isolation so that no container
 # engine has to run. IMAGE_BASE=debian makes the base from Debian's packages and caches it
