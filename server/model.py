@@ -136,13 +136,13 @@ class OnnxModel:
         """Log in one line what v2 cannot carry; refuse a model none of whose outputs it can."""
         if not self.left_out_inputs and not self.left_out_outputs:
             return
+        hint = ZIPMAP_HINT if any(t.startswith("seq(map(") for t in self.left_out_outputs.values()) else ""
         if not self.outputs:
             raise RuntimeError(
-                f"none of its outputs can be carried by the v2 protocol: {_typed(self.left_out_outputs)}{ZIPMAP_HINT}"
+                f"none of its outputs can be carried by the v2 protocol: {_typed(self.left_out_outputs)}{hint}"
             )
         parts = [f"{kind} {_typed(left)}" for kind, left in
                  (("inputs", self.left_out_inputs), ("outputs", self.left_out_outputs)) if left]
-        hint = ZIPMAP_HINT if any(t.startswith("seq(map(") for t in self.left_out_outputs.values()) else ""
         log.warning("model %s version %s: leaving out %s, which the v2 protocol cannot carry%s",
                     self.name, self.version, " and ".join(parts), hint)
 

@@ -255,10 +255,26 @@ def write_model_with_extra_input(path: Path, kind: str) -> Path:
     return path
 
 
+def write_sequence_only_model(path: Path) -> Path:
+    """A model whose one output is a sequence of tensors: nothing v2 can answer with."""
+    element = helper.make_tensor_type_proto(TensorProto.FLOAT, ["N", 2])
+    graph = helper.make_graph(
+        [helper.make_node("SequenceConstruct", ["x", "x"], ["parts"])], "sequence_only",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_value_info("parts", helper.make_sequence_type_proto(element))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
 def test_inputs_v2_cannot_carry_are_left_out_or_the_load_says_why(tmp_path) -> None:
     repository = tmp_path / "models"
     write_model_with_extra_input(repository / "optional" / "1" / "model.onnx", "optional")
     write_model_with_extra_input(repository / "sequence" / "1" / "model.onnx", "sequence")
+    write_sequence_only_model(repository / "outputs-none" / "1" / "model.onnx")
     client = create_app({"TESTING": True, "MODEL_REPOSITORY": str(repository)}).test_client()
     metadata = client.get("/v2/models/optional").json
     assert [t["name"] for t in metadata["inputs"]] == ["x"]
@@ -273,6 +289,9 @@ def test_inputs_v2_cannot_carry_are_left_out_or_the_load_says_why(tmp_path) -> N
     assert index["sequence"]["state"] == "UNAVAILABLE"
     assert "'extra' (seq(tensor(float)))" in index["sequence"]["reason"] and "cannot be carried" in index["sequence"]["reason"]
     assert client.post("/v2/models/sequence/infer", json=body).status_code == 503
+    assert index["outputs-none"]["state"] == "UNAVAILABLE"
+    assert index["outputs-none"]["reason"] == (
+        "none of its outputs can be carried by the v2 protocol: 'parts' (seq(tensor(float)))")
 
 
 # --------------------------------------------------------------------------- locale and readiness
