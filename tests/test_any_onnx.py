@@ -123,6 +123,18 @@ def test_zipmap_is_left_out_with_one_log_line_and_a_400_by_name(server, converte
     assert len(lines) == 1 and "'zipmap': False" in lines[0]
 
 
+def test_without_zipmap_the_probabilities_take_the_classification_extension(server, converted) -> None:
+    inputs = converted[1]["sk-tensor"]
+    body = {**json_body(inputs), "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}]}
+    answer = requests.post(f"{server.url}/v2/models/sk-tensor/infer", json=body, timeout=10)
+    assert answer.status_code == 200, answer.text
+    (output,) = answer.json()["outputs"]
+    expected = run_directly(converted[0] / "sk-tensor" / "1" / "model.onnx", inputs)["probabilities"]
+    assert output["datatype"] == "BYTES" and output["shape"] == [len(expected), 2]
+    best = [int(text.split(":")[1]) for text in output["data"][::2]]
+    assert best == expected.argmax(axis=1).tolist()
+
+
 def test_old_export_lists_its_weights_as_inputs_but_serves_only_the_real_one(converted) -> None:
     path = converted[0] / "old-opset" / "1" / "model.onnx"
     assert len(cm.graph_inputs(path)) > 1 and carried(path, "inputs") == ["x"]
