@@ -146,8 +146,10 @@ PRESETS: dict[str, Preset] = {
 
 def image_input(shape: tuple[int, ...], metadata: Mapping[str, str]) -> ImageInput | str:
     """The image a model's input `shape` takes, with the preset parameters of its `metadata`
-    (`image_layout`, `image_mean`, `image_std`, `image_resize`); or why it takes none."""
-    expected = "expected [N, C, H, W], [N, H, W, C] or [N, H, W] with fixed H and W (C: 1, 3 or 4)"
+    (`image_layout`, `image_size` for a graph with free H and W, `image_mean`, `image_std`,
+    `image_resize`); or why it takes none."""
+    expected = ("expected [N, C, H, W], [N, H, W, C] or [N, H, W] with fixed H and W, or image_size metadata "
+                "(C: 1, 3 or 4)")
     layout = metadata.get("image_layout", "").strip().upper()
     if layout and layout not in LAYOUTS:
         return f"its image_layout metadata is {layout!r}; expected one of {', '.join(LAYOUTS)}"
@@ -159,6 +161,11 @@ def image_input(shape: tuple[int, ...], metadata: Mapping[str, str]) -> ImageInp
         channels, height, width = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
     else:
         return f"its input has shape {list(shape)}; {expected}"
+    try:
+        if min(height, width) < 1 and "image_size" in metadata:
+            height, width = _size(metadata["image_size"], height, width)
+    except ValueError as err:
+        return str(err)
     if channels not in MODES or min(height, width) < 1:
         return f"its input has shape {list(shape)} ({layout}); {expected}"
     try:
@@ -170,6 +177,18 @@ def image_input(shape: tuple[int, ...], metadata: Mapping[str, str]) -> ImageInp
     if any(value <= 0 for value in std) or resize_side < 0:
         return "its image_std metadata must be positive and image_resize a non-negative integer"
     return ImageInput(channels, height, width, layout, mean, std, resize_side)
+
+
+def _size(text: str, height: int, width: int) -> tuple[int, int]:
+    """(H, W) from `image_size` metadata (an integer, or a JSON [H, W]) for the sides the graph leaves free."""
+    try:
+        value = json.loads(text)
+        sides = [int(value)] * 2 if isinstance(value, (int, str)) else [int(side) for side in value]
+    except (ValueError, TypeError):
+        sides = []
+    if len(sides) != 2 or min(sides) < 1:
+        raise ValueError(f"its image_size metadata is {text[:40]!r}; expected a positive integer or a JSON [H, W]")
+    return (height if height > 0 else sides[0]), (width if width > 0 else sides[1])
 
 
 def _floats(metadata: Mapping[str, str], key: str, default: tuple[float, ...], channels: int) -> tuple[float, ...]:

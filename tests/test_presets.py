@@ -99,6 +99,9 @@ def test_resize_matches_torchvision(channels, mode, source) -> None:
     ((1, 4, 16, 8), {}, ("NCHW", 4, 16, 8)),
     ((-1, 3, 3, 3), {}, ("NCHW", 3, 3, 3)),                       # ambiguous: NCHW, as PyTorch
     ((-1, 3, 3, 3), {"image_layout": "nhwc"}, ("NHWC", 3, 3, 3)),  # unless the metadata says
+    ((-1, 3, -1, -1), {"image_size": "224"}, ("NCHW", 3, 224, 224)),  # free sides: from metadata
+    ((-1, -1, -1, 3), {"image_size": "[240, 320]"}, ("NHWC", 3, 240, 320)),
+    ((-1, 3, 64, 64), {"image_size": "224"}, ("NCHW", 3, 64, 64)),  # fixed sides win
 ])
 def test_image_input_reads_the_layout_from_the_shape(shape, metadata, expected) -> None:
     target = image_input(shape, metadata)
@@ -114,6 +117,8 @@ def test_image_input_reads_the_layout_from_the_shape(shape, metadata, expected) 
     ((-1, 3, 8, 8), {"image_std": "fast"}, "JSON list of numbers"),
     ((-1, 3, 8, 8), {"image_std": "[1, 0, 1]"}, "positive"),
     ((-1, 3, 8, 8), {"image_resize": "big"}, "invalid literal"),
+    ((-1, 3, -1, -1), {"image_size": "[224]"}, "expected a positive integer or a JSON [H, W]"),
+    ((-1, 3, -1, -1), {"image_size": "0"}, "expected a positive integer or a JSON [H, W]"),
 ])
 def test_image_input_says_why_a_shape_or_metadata_takes_no_image(shape, metadata, why) -> None:
     problem = image_input(shape, metadata)
