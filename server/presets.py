@@ -32,6 +32,8 @@ CROP_FRACTION = 224 / 256
 LAYOUTS = ("NCHW", "NHWC")
 # Pillow modes by channel count, for the `resize` preset.
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+# Greyscale modes wider than 8 bits (16-bit PNGs, TIFFs).
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ def mnist_digit(image: Image.Image, target: ImageInput) -> np.ndarray:
 def imagenet(image: Image.Image, target: ImageInput) -> np.ndarray:
     """RGB; shorter side resized to `target.resize_side` (bilinear, antialiased); centre crop to
     height x width (zero padding where the image is smaller); /255; (x - mean) / std: [3, H, W]."""
-    image = image.convert("RGB")
+    image = eight_bit(image).convert("RGB")
     image = image.resize(shorter_side_size(image.size, target.resize_side), Image.Resampling.BILINEAR)
     pixels = centre_crop(np.asarray(image), target.height, target.width)
     scaled = pixels.astype(np.float32) / np.float32(255)
@@ -100,9 +102,17 @@ def imagenet(image: Image.Image, target: ImageInput) -> np.ndarray:
 def resize(image: Image.Image, target: ImageInput) -> np.ndarray:
     """The image in Pillow's mode for the channel count (L, RGB, RGBA), resized to height x width
     (bilinear, antialiased, aspect not kept), /255: [channels, H, W] in [0, 1]."""
-    image = image.convert(MODES[target.channels]).resize((target.width, target.height), Image.Resampling.BILINEAR)
+    image = eight_bit(image).convert(MODES[target.channels]).resize((target.width, target.height), Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.float32).reshape(target.height, target.width, target.channels)
     return (pixels / np.float32(255)).transpose(2, 0, 1)
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float greyscale as 8-bit L, scaled by its range (Pillow's own conversion
+    clips a 16-bit PNG to white); other modes as they are."""
+    if image.mode not in WIDE_MODES:
+        return image
+    return Image.fromarray(np.round(digit.to_grayscale(image) * 255).astype(np.uint8), "L")
 
 
 def shorter_side_size(size: tuple[int, int], side: int) -> tuple[int, int]:

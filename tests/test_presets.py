@@ -136,3 +136,17 @@ def test_a_batch_is_laid_out_as_the_graph_wants(layout, shape) -> None:
     assert np.array_equal(back, np.stack(images))
     seen = target.as_seen(images[0])  # what return_input shows: the model's own layout for one image
     assert np.array_equal(seen, batch[0].reshape(seen.shape))
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "I", "F", "I;16", "CMYK", "YCbCr", "HSV", "RGBA", "RGBa"])
+@pytest.mark.parametrize("preset,channels", [("imagenet", 3), ("resize", 1), ("resize", 3), ("resize", 4)])
+def test_every_pillow_mode_becomes_the_model_input(mode, preset, channels) -> None:
+    gradient = Image.linear_gradient("L").resize((40, 30))
+    if mode == "I;16":  # a 16-bit greyscale PNG: scaled by its range, not clipped to white
+        image = Image.fromarray(np.asarray(gradient).astype(np.uint16) * 257)
+    else:
+        image = gradient.convert("RGBA").convert(mode) if mode in ("PA", "RGBa") else gradient.convert(mode)
+    array = PRESETS[preset].prepare(image, ImageInput(channels, 12, 16))
+    assert array.shape == (channels, 12, 16) and array.dtype == np.float32 and np.isfinite(array).all()
+    spread = float(array[0].max() - array[0].min())
+    assert spread > (1 if preset == "imagenet" else 0.5), (mode, spread)  # the gradient survives
