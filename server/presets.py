@@ -76,7 +76,9 @@ class Preset:
 
     def draft_side(self, target: ImageInput) -> int:
         """Large JPEGs decode at a reduced DCT scale still this many pixels or more on each side:
-        twice what the preset resizes to, so the reduction never shows."""
+        twice what the preset resizes to. On a photo the input then stays within about 0.05
+        (largest) and 0.01 (mean) of a full decode's, in normalised units (tests/test_presets.py),
+        at a sixteenth of the memory for a 12-megapixel JPEG."""
         if self.name == "mnist-digit":
             return DRAFT_SIDE
         return max(DRAFT_SIDE, 2 * max(target.resize_side, target.height, target.width))

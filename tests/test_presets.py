@@ -2,12 +2,15 @@
 shape and metadata choose the image it takes. Pure functions on arrays: no server, no HTTP."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torchvision import transforms
 
+from server.decoding import decode_image
 from server.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, ImageInput, image_input
 
 TOLERANCE = 1e-3
@@ -150,3 +153,15 @@ def test_every_pillow_mode_becomes_the_model_input(mode, preset, channels) -> No
     assert array.shape == (channels, 12, 16) and array.dtype == np.float32 and np.isfinite(array).all()
     spread = float(array[0].max() - array[0].min())
     assert spread > (1 if preset == "imagenet" else 0.5), (mode, spread)  # the gradient survives
+
+
+def test_a_large_jpeg_decoded_at_reduced_scale_stays_close_to_a_full_decode() -> None:
+    """What the DCT-scaled decode of a big photo costs in accuracy (docs/models.md gives the bound)."""
+    buffer = io.BytesIO()
+    photo(2048, 1536, seed=7).save(buffer, "JPEG", quality=92)
+    data = buffer.getvalue()
+    target, preset = ImageInput(3, 224, 224), PRESETS["imagenet"]
+    decoded = decode_image(data, 10_000_000, preset.draft_side(target))
+    assert decoded.size == (1024, 768)  # a quarter of the pixels
+    difference = np.abs(preset.prepare(decoded, target) - torchvision_imagenet(Image.open(io.BytesIO(data)), (224, 224), 256))
+    assert difference.max() < 0.1 and difference.mean() < 0.02, (difference.max(), difference.mean())
