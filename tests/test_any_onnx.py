@@ -59,13 +59,9 @@ def locale_env(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(converted, locale_env):
+def server(converted, locale_env, module_servers) -> LiveServer:
     """One real gunicorn serving every converted model, with the locale the text model needs."""
-    live = LiveServer(converted[0], {**locale_env, "WORKERS": "1"}).start(timeout=60)
-    try:
-        yield live
-    finally:
-        live.stop()
+    return module_servers(converted[0], **locale_env, WORKERS="1")
 
 
 @pytest.fixture
@@ -319,23 +315,21 @@ def text_repository(converted, tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("strict,ready", [("true", 503), ("false", 200)])
-def test_without_the_locale_the_text_model_says_what_to_install(text_repository, tmp_path, strict, ready) -> None:
+def test_without_the_locale_the_text_model_says_what_to_install(text_repository, tmp_path, strict, ready,
+                                                                 live_server_factory) -> None:
     no_locales = tmp_path / "no-locales"
     no_locales.mkdir()
-    live = LiveServer(text_repository, {"LOCPATH": str(no_locales), "STRICT_READINESS": strict}).start(timeout=60)
-    try:
-        index = {row["name"]: row for row in requests.post(f"{live.url}/v2/repository/index", timeout=10).json()}
-        reason = index["sk-text"]["reason"]
-        assert index["sk-text"]["state"] == "UNAVAILABLE" and index["sk-tensor"]["state"] == "READY"
-        assert "en_US.UTF-8 locale" in reason and "apt-get install locales" in reason and "\n" not in reason
-        assert str(tmp_path) not in reason and "onnxruntime_src" not in reason
-        assert requests.get(f"{live.url}/v2/health/ready", timeout=10).status_code == ready
-        failed = requests.post(f"{live.url}/v2/models/sk-text/infer", json={"inputs": []}, timeout=10)
-        assert failed.status_code == 503 and "apt-get install locales" in failed.json()["error"]
-        log = [line for line in live.log().splitlines() if "sk-text" in line and "failed to load" in line]
-        assert len(log) == 1, live.log()
-    finally:
-        live.stop()
+    live = live_server_factory(text_repository, LOCPATH=str(no_locales), STRICT_READINESS=strict)
+    index = {row["name"]: row for row in requests.post(f"{live.url}/v2/repository/index", timeout=10).json()}
+    reason = index["sk-text"]["reason"]
+    assert index["sk-text"]["state"] == "UNAVAILABLE" and index["sk-tensor"]["state"] == "READY"
+    assert "en_US.UTF-8 locale" in reason and "apt-get install locales" in reason and "\n" not in reason
+    assert str(tmp_path) not in reason and "onnxruntime_src" not in reason
+    assert requests.get(f"{live.url}/v2/health/ready", timeout=10).status_code == ready
+    failed = requests.post(f"{live.url}/v2/models/sk-text/infer", json={"inputs": []}, timeout=10)
+    assert failed.status_code == 503 and "apt-get install locales" in failed.json()["error"]
+    log = [line for line in live.log().splitlines() if "sk-text" in line and "failed to load" in line]
+    assert len(log) == 1, live.log()
 
 
 def test_readiness_ignores_failed_models_only_when_not_strict(tmp_path) -> None:
