@@ -53,8 +53,12 @@ $(DEV_STAMP): requirements-serve.txt requirements-train.txt requirements-dev.txt
 	$(DEV_VENV)/bin/pip install $(PIP_FLAGS) $(TORCH_SOURCE) -r requirements-dev.txt -r $(TORCH_REQUIREMENTS)
 	touch $@
 
+# The en_US.UTF-8 locale that text models need (onnxruntime's StringNormalizer) is compiled into
+# the venv when the system lacks it, and found through LOCPATH (docs/models.md).
 serve: $(SERVE_VENV)/.stamp ## serve models/ with gunicorn on HOST:PORT (default 127.0.0.1:8000)
-	exec $(SERVE_VENV)/bin/python -m server
+	@locales=$$(deploy/locales.sh $(SERVE_VENV)/locale); \
+	echo "$(SERVE_VENV)/bin/python -m server"; \
+	exec env $${locales:+LOCPATH=$$locales:/usr/lib/locale} $(SERVE_VENV)/bin/python -m server
 
 # The real Triton beside this server (tests/triton/compare.py): tritonserver 2.51 from PyPI's
 # nvidia-pytriton wheel, with a stand-in onnxruntime backend written in Python (the wheel has no C++

@@ -26,6 +26,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config["MODEL_REPOSITORY"], ort_threads=app.config["ORT_THREADS"],
         batch_defaults=settings.batch_defaults(app.config),
         on_run=metrics.observe_inference, on_load_failure=metrics.count_load_failure,
+        strict_readiness=app.config["STRICT_READINESS"],
     )
     registry.load_all()
     # Other gunicorn workers' loads and unloads, and the optional poll of the repository.

@@ -1,27 +1,25 @@
 """Image classifiers: models fed images through a preprocessing preset, answering with classes.
 
-An image classifier is a model whose metadata names a known preprocessing preset and whose one
-input is a batch of single-channel images, [N, 1, H, W] or [N, H, W]; H and W come from that
-shape. The default one is `mnist` when the registry knows it, otherwise the only image classifier
-there is. Plain Python: usable from a shell with onnxruntime, numpy and Pillow alone.
+An image classifier is a model whose metadata names a known preprocessing preset
+(`server/presets.py`) and whose one input is a batch of images with as many channels as the preset
+makes: [N, C, H, W], [N, H, W, C] or [N, H, W]; H and W come from that shape. The default one is
+`mnist` when the registry knows it, otherwise the only image classifier there is. Plain Python:
+usable from a shell with onnxruntime, numpy and Pillow alone.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
-from PIL import Image
 
-from . import digit
 from .decoding import decode_image, pixels_to_array
 from .errors import InvalidInput, ModelNotFound, ServingError
 from .model import NUMPY_DTYPES, OnnxModel, TensorSpec
+from .presets import PRESETS, ImageInput, image_input
 from .registry import ModelRegistry, latest
 
 DEFAULT_MODEL = "mnist"
-# Preprocessing presets by the name a model's `preprocessing` metadata gives.
-PRESETS: dict[str, Callable[[Image.Image], np.ndarray]] = {"mnist-digit": digit.mnist_digit}
 # Digits kept in an answer: enough for any use of a probability, without float32 noise.
 PROBABILITY_DIGITS, INPUT_DIGITS = 6, 4
 
@@ -35,8 +33,15 @@ class ImageClassifier:
     model: OnnxModel
     preset: str
     input: TensorSpec
-    height: int
-    width: int
+    target: ImageInput
+
+    @property
+    def height(self) -> int:
+        return self.target.height
+
+    @property
+    def width(self) -> int:
+        return self.target.width
 
     @classmethod
     def of(cls, model: OnnxModel) -> "ImageClassifier":
@@ -48,7 +53,7 @@ class ImageClassifier:
                 f"send tensors to POST /v2/models/{model.name}/infer instead"
             )
         spec = model.inputs[0]
-        return cls(model, model.preprocessing, spec, spec.shape[-2], spec.shape[-1])
+        return cls(model, model.preprocessing, spec, image_input(spec.shape, model.metadata))
 
     def predict(self, items: list[Item], max_pixels: int, return_input: bool = False) -> list[dict]:
         """One prediction per item (label, index, confidence, probabilities; and the input seen)."""
@@ -59,20 +64,25 @@ class ImageClassifier:
         predictions = [prediction(row, labels) for row in probabilities]
         if return_input:
             for answer, image in zip(predictions, images):
-                answer["input"] = np.round(image.astype(np.float64), INPUT_DIGITS).tolist()
+                seen = self.target.as_seen(image)
+                answer["input"] = np.round(seen.astype(np.float64), INPUT_DIGITS).tolist()
         return predictions
 
     def prepare(self, items: list[Item], max_pixels: int) -> list[np.ndarray]:
-        """Each item as the model's H x W float32 image in [0, 1]; errors name the image at fault."""
-        size = (self.height, self.width)
-        preset = PRESETS[self.preset]
+        """Each item as the model's [C, H, W] float32 image; errors name the image at fault."""
+        target, preset = self.target, PRESETS[self.preset]
         images = []
         for number, item in enumerate(items, 1):
             try:
                 if isinstance(item, bytes):
-                    images.append(fit(preset(decode_image(item, max_pixels)), size))
+                    images.append(preset.prepare(decode_image(item, max_pixels, preset.draft_side(target)), target))
+                elif target.channels == 1:
+                    images.append(pixels_to_array(item, (target.height, target.width))[None])
                 else:
-                    images.append(pixels_to_array(item, size))
+                    raise InvalidInput(
+                        f"'pixels' are for single-channel models; model {self.model.name!r} takes "
+                        f"{target.channels} channels: send the image itself"
+                    )
             except ServingError as err:
                 if len(items) == 1:
                     raise
@@ -84,7 +94,7 @@ class ImageClassifier:
         model, spec = self.model, self.input
         if 0 < spec.shape[0] != len(images):
             raise InvalidInput(f"model {model.name!r} takes exactly {spec.shape[0]} image(s) per request; received {len(images)}")
-        batch = np.stack(images).reshape((len(images),) + (1,) * (len(spec.shape) - 3) + images[0].shape)
+        batch = self.target.batch(images)
         outputs = model.predict({spec.name: batch.astype(NUMPY_DTYPES[spec.datatype])})
         scores = np.asarray(outputs[model.outputs[0].name], dtype=np.float64)
         if scores.ndim != 2 or scores.shape[0] != len(images):
@@ -101,10 +111,14 @@ def image_classifier_problem(model: OnnxModel) -> str | None:
         return f"its preprocessing preset is {model.preprocessing!r}; known presets: {', '.join(PRESETS)}"
     if len(model.inputs) != 1:
         return f"it has {len(model.inputs)} inputs; expected one"
-    shape = model.inputs[0].shape
-    single_channel = len(shape) == 3 or (len(shape) == 4 and shape[1] == 1)
-    if not single_channel or min(shape[-2:]) < 1:
-        return f"its input has shape {list(shape)}; expected [N, 1, H, W] or [N, H, W] with fixed H and W"
+    target = image_input(model.inputs[0].shape, model.metadata)
+    if isinstance(target, str):
+        return target
+    preset = PRESETS[model.preprocessing]
+    if target.channels not in preset.channels:
+        wanted = " or ".join(map(str, preset.channels))
+        return (f"its input has shape {list(model.inputs[0].shape)}, {target.channels} channel(s) in {target.layout}; "
+                f"the {preset.name!r} preset makes {wanted}")
     if model.inputs[0].datatype not in ("FP32", "FP16", "FP64"):
         return f"its input is {model.inputs[0].datatype}; expected a floating-point image"
     if not model.outputs or len(model.outputs[0].shape) != 2:
@@ -134,14 +148,6 @@ def default_model_name(registry: ModelRegistry) -> str:
         f"no default model: the repository holds no {DEFAULT_MODEL!r} and {len(classifiers)} image "
         f"classifiers ({served}); name one with POST /models/<name>/predict"
     )
-
-
-def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """`image` resized to the model's (height, width) when the preset made another size."""
-    if image.shape == size:
-        return image
-    resized = Image.fromarray(image.astype(np.float32)).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(resized, dtype=np.float32), 0, 1)
 
 
 def prediction(probabilities: np.ndarray, labels: list[str] | None) -> dict:

@@ -44,6 +44,14 @@ def _log_level(text: str) -> str:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word not in TRUE_WORDS + FALSE_WORDS:
+        raise ValueError(f"received {text!r}; expected one of {', '.join(TRUE_WORDS + FALSE_WORDS)}")
+    return word in TRUE_WORDS
 
 
 # Defaults suit a 1 GB / 1 CPU box: two workers of a few threads each, one onnxruntime thread per
@@ -62,6 +70,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("API_TOKEN", "", str, "bearer token required on every endpoint but health; empty = none"),
     Setting("LOG_LEVEL", "info", _log_level, "debug, info, warning or error"),
     Setting("MODEL_POLL_SECONDS", 0.0, _number(float, 0), "rescan the repository this often for new, changed or removed versions; 0 = off"),
+    # Triton's --strict-readiness, on by default as there: a model none of whose versions loads
+    # makes the server not ready. Off, readiness ignores failed models (the index still lists them).
+    Setting("STRICT_READINESS", True, _bool, "ready only when no model failed to load entirely; off: ready while any model serves"),
     Setting("MODEL_SYNC_DIR", "", str, "folder where workers tell each other of model loads; empty = a temporary one per gunicorn"),
     # Off by default (docs/batching.md): on this 2-core machine a ResNet-18-sized model gained 1.02x
     # throughput and lost 1.2-1.3x on p99 in two quiet runs; the digit model gained nothing.

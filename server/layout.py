@@ -93,5 +93,22 @@ def file_stamp(path: Path) -> tuple[int, int] | None:
     return stat.st_mtime_ns, stat.st_size
 
 
+def version_stamp(path: Path) -> tuple | None:
+    """The stamps of every file in a model file's version folder (its external data, tokenizer files,
+    `config.pbtxt`...): changes when any of them is added, removed, replaced or rewritten.
+
+    None when the model file itself has gone.
+    """
+    if file_stamp(path) is None:
+        return None
+    folder = path.parent
+    files = []
+    for entry in sorted(folder.rglob("*")):
+        stamp = file_stamp(entry) if not entry.is_dir() else None
+        if stamp is not None:
+            files.append((entry.relative_to(folder).as_posix(), *stamp))
+    return tuple(files)
+
+
 def _warn(message: str) -> None:
     log.warning("%s", message)

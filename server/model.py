@@ -61,6 +61,13 @@ def labels_from_metadata(metadata: dict[str, str]) -> list[str] | None:
     return [str(label) for label in labels] if isinstance(labels, list) else None
 
 
+# What to do about skl2onnx's default ZipMap output (a list of {class: probability} maps).
+ZIPMAP_HINT = (
+    " (a scikit-learn classifier's ZipMap: convert it with skl2onnx's options={id(model): {'zipmap': False}} "
+    "to get the probabilities as a tensor)"
+)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A graph input or output: name, v2 datatype and shape (-1 for a dynamic axis)."""
@@ -78,6 +85,13 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
+def split_carriable(nodes: list[ort.NodeArg]) -> tuple[tuple[TensorSpec, ...], dict[str, str]]:
+    """The graph tensors v2 can carry as TensorSpecs, and the others (sequences, maps, optional
+    types, tensors of element types v2 and numpy lack) as {name: ONNX type}."""
+    carriable = tuple(TensorSpec.from_node(n) for n in nodes if n.type in V2_DATATYPES)
+    return carriable, {n.name: n.type for n in nodes if n.type not in V2_DATATYPES}
+
+
 @dataclass
 class OnnxModel:
     """An ONNX file served under `name`/`version`; `load()` builds and warms its session."""
@@ -88,6 +102,10 @@ class OnnxModel:
     ort_threads: int = 1
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
+    # Graph inputs and outputs the v2 protocol cannot carry, {name: ONNX type}: not served, not
+    # listed in metadata, never run (docs/models.md, "What v2 cannot carry").
+    left_out_inputs: dict[str, str] = field(default_factory=dict)
+    left_out_outputs: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     # Dynamic batching when the file does not say: (max batch size, max delay in µs, and the
     # single-run time in ms from which batching is worth its delay). See docs/models.md.
@@ -111,15 +129,39 @@ class OnnxModel:
         session = ort.InferenceSession(
             str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
         )
-        self.inputs = tuple(TensorSpec.from_node(n) for n in session.get_inputs())
-        self.outputs = tuple(TensorSpec.from_node(n) for n in session.get_outputs())
+        self.inputs, self.left_out_inputs = split_carriable(session.get_inputs())
+        self.outputs, self.left_out_outputs = split_carriable(session.get_outputs())
         self.metadata = dict(session.get_modelmeta().custom_metadata_map)
+        self._check_left_out()
         self._check_config()
         self._session = session
-        self.warmup_ms = self._warm_up()
+        try:
+            self.warmup_ms = self._warm_up()
+        except Exception as err:
+            if not self.left_out_inputs:
+                raise
+            self._session = None
+            raise RuntimeError(
+                f"its inputs {_typed(self.left_out_inputs)} cannot be carried by the v2 protocol and the graph "
+                f"does not run without them ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})"
+            ) from None
         self.batch_policy = self._choose_batch_policy()
         if self.batch_policy.enabled:
             self._batcher = Batcher(self.run, self.batch_policy)
+
+    def _check_left_out(self) -> None:
+        """Log in one line what v2 cannot carry; refuse a model none of whose outputs it can."""
+        if not self.left_out_inputs and not self.left_out_outputs:
+            return
+        hint = ZIPMAP_HINT if any(t.startswith("seq(map(") for t in self.left_out_outputs.values()) else ""
+        if not self.outputs:
+            raise RuntimeError(
+                f"none of its outputs can be carried by the v2 protocol: {_typed(self.left_out_outputs)}{hint}"
+            )
+        parts = [f"{kind} {_typed(left)}" for kind, left in
+                 (("inputs", self.left_out_inputs), ("outputs", self.left_out_outputs)) if left]
+        log.warning("model %s version %s: leaving out %s, which the v2 protocol cannot carry%s",
+                    self.name, self.version, " and ".join(parts), hint)
 
     def _warm_up(self, runs: int = 3) -> float:
         """Run the graph on zeros a few times (a model that cannot run fails here); best time in ms."""
@@ -245,3 +287,8 @@ class OnnxModel:
         names = [spec.name for spec in self.outputs]
         results = self._session.run(names, inputs)
         return dict(zip(names, results))
+
+
+def _typed(left_out: dict[str, str]) -> str:
+    """`{name: type}` as `'name' (type), ...` for a log line or an error."""
+    return ", ".join(f"{name!r} ({kind})" for name, kind in left_out.items())

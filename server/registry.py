@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from .errors import ModelNotFound, ModelNotReady
-from .layout import MODEL_FILE, file_stamp, find_model_files, find_versions, valid_name, valid_version
+from .layout import MODEL_FILE, file_stamp, find_model_files, find_versions, valid_name, valid_version, version_stamp
+from .load_reasons import failure_reason
 from .model import OnnxModel
 from .model_config import CONFIG_FILE, ModelConfigError, TritonModelConfig, read_model_config
 
@@ -44,9 +45,10 @@ class ModelRegistry:
     def __init__(
         self, root: str | Path, ort_threads: int = 1, batch_defaults: tuple[int, int, float] = (1, 0, 0.0),
         on_run: Callable[[str, str, int, float], None] | None = None,
-        on_load_failure: Callable[[str, str], None] | None = None,
+        on_load_failure: Callable[[str, str], None] | None = None, strict_readiness: bool = True,
     ) -> None:
         self.root = Path(root)
+        self.strict_readiness = strict_readiness  # False: failed models do not make the server unready
         self.ort_threads = ort_threads
         self.batch_defaults = batch_defaults
         self.on_run = on_run  # handed to every model: (name, version, rows, seconds) of each run
@@ -58,7 +60,7 @@ class ModelRegistry:
         self.unloaded: set[str] = set()  # unloaded by request: polling leaves them alone
         # Versions on disk that config.pbtxt's version_policy does not serve, and why (replaced like `failures`).
         self.not_selected: dict[tuple[str, str], str] = {}
-        self._stamps: dict[tuple[str, str], tuple[int, int] | None] = {}  # file stamp at the last attempt
+        self._stamps: dict[tuple[str, str], tuple | None] = {}  # version folder's stamp at the last attempt
         self._config_stamps: dict[str, tuple[int, int] | None] = {}  # config.pbtxt's stamp at the last read
         self._reload_lock = threading.RLock()
         self._warned: set[str] = set()
@@ -126,15 +128,16 @@ class ModelRegistry:
     def _load_file(self, name: str, version: str, path: Path, kept_serving: bool = False,
                    config: TritonModelConfig | None = None) -> OnnxModel | None:
         """Load and warm one file; on failure record why, log one line and return None."""
-        self._stamps[(name, version)] = file_stamp(path)
+        self._stamps[(name, version)] = version_stamp(path)
         model = OnnxModel(name, version, path, ort_threads=self.ort_threads, batch_defaults=self.batch_defaults,
                           on_run=self.on_run, config=config)
         try:
             model.load()
         except Exception as err:  # onnxruntime raises many types; any of them means "skip it"
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            # Clients see the reason (a 503 on the version): the repository-relative path only.
-            reason = reason.replace(str(path), f"{name}/{version}/model.onnx")[:300]
+            # Clients see the reason (a 503 on the version): repository-relative paths only.
+            reason = failure_reason(err, {
+                str(folder): f"{name}/{version}" for folder in {path.parent, path.parent.resolve()}
+            })
             kept = " (the versions already loaded keep serving)" if kept_serving else ""
             log.error("model %s version %s failed to load from %s: %s%s", name, version, path, reason, kept)
             self._record_failure(name, version, reason, kept_serving)
@@ -180,7 +183,7 @@ class ModelRegistry:
                 versions = {}
                 for version in selected:
                     path, old = on_disk[version], current.get(version)
-                    unchanged = self._stamps.get((name, version)) == file_stamp(path) and (
+                    unchanged = self._stamps.get((name, version)) == version_stamp(path) and (
                         old is None or old.config == config)
                     if unchanged and (old is not None or not retry_failed):
                         new = old
@@ -282,7 +285,10 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        """Ready when at least one model serves and every model with a failed version still serves."""
+        """Ready when at least one model serves and (with strict readiness, the default) every model
+        with a failed version still serves."""
+        if not self.strict_readiness:
+            return bool(self.models)
         return bool(self.models) and all(f.kept_serving for f in self.failures.values())
 
 

@@ -11,7 +11,7 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -101,10 +101,13 @@ def request_fields(header: dict) -> tuple[str | None, dict]:
     return request_id, parameters
 
 
-def decode_inputs(header: dict, binary: bytes, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+def decode_inputs(
+    header: dict, binary: bytes, specs: Sequence[TensorSpec], left_out: Mapping[str, str] | None = None
+) -> dict[str, np.ndarray]:
     """Every input of `header['inputs']` as an array, checked against the model's input `specs`.
 
     Binary inputs take their bytes from `binary` in the order they are listed, which must use it all.
+    `left_out` ({name: ONNX type}) are the graph's inputs v2 cannot carry: naming one is refused.
     """
     tensors = header.get("inputs")
     if not isinstance(tensors, list) or not tensors:
@@ -113,7 +116,7 @@ def decode_inputs(header: dict, binary: bytes, specs: Sequence[TensorSpec]) -> d
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for position, tensor in enumerate(tensors):
-        spec = _input_spec(position, tensor, by_name, arrays)
+        spec = _input_spec(position, tensor, by_name, arrays, left_out or {})
         shape = _checked_shape(tensor, spec)
         size = _binary_size(tensor, spec.name)
         if size is None:
@@ -137,8 +140,14 @@ def decode_inputs(header: dict, binary: bytes, specs: Sequence[TensorSpec]) -> d
     return arrays
 
 
-def requested_outputs(header: dict, parameters: dict, specs: Sequence[TensorSpec]) -> list[RequestedOutput]:
-    """The outputs to answer with, in binary or JSON: all of them unless `outputs` names some."""
+def requested_outputs(
+    header: dict, parameters: dict, specs: Sequence[TensorSpec], left_out: Mapping[str, str] | None = None
+) -> list[RequestedOutput]:
+    """The outputs to answer with, in binary or JSON: all of them unless `outputs` names some.
+
+    `left_out` ({name: ONNX type}) are the graph's outputs v2 cannot carry: never sent, and
+    refused when named.
+    """
     default_binary = bool(parameters.get("binary_data_output", False))
     tensors = header.get("outputs")
     if tensors is None:
@@ -149,6 +158,8 @@ def requested_outputs(header: dict, parameters: dict, specs: Sequence[TensorSpec
     wanted: list[RequestedOutput] = []
     for position, tensor in enumerate(tensors):
         name = tensor.get("name") if isinstance(tensor, dict) else None
+        if isinstance(name, str) and name in (left_out or {}):
+            raise InvalidInput(not_carried("output", name, left_out[name], names))
         if name not in names:
             raise InvalidInput(f"outputs[{position}] names {_short(name)}; the model's outputs are {names}")
         if any(output.name == name for output in wanted):
@@ -286,11 +297,23 @@ def to_json(array: np.ndarray, datatype: str) -> list:
     return array.reshape(-1).tolist()
 
 
-def _input_spec(position: int, tensor: Any, by_name: dict[str, TensorSpec], seen: dict) -> TensorSpec:
+def not_carried(kind: str, name: str, onnx_type: str, carried: Sequence[str]) -> str:
+    """Why a graph input or output cannot be asked for over v2."""
+    return (
+        f"{kind} {name!r} is of ONNX type {onnx_type}, which the v2 protocol cannot carry (it has tensors "
+        f"only), so this server leaves it out; the model's {kind}s it serves are {list(carried)}"
+    )
+
+
+def _input_spec(
+    position: int, tensor: Any, by_name: dict[str, TensorSpec], seen: dict, left_out: Mapping[str, str]
+) -> TensorSpec:
     """The model input that `inputs[position]` names, given once."""
     if not isinstance(tensor, dict):
         raise InvalidInput(f"inputs[{position}] must be an object, got {type(tensor).__name__}")
     name = tensor.get("name")
+    if isinstance(name, str) and name in left_out:
+        raise InvalidInput(not_carried("input", name, left_out[name], sorted(by_name)))
     if not isinstance(name, str) or name not in by_name:
         raise InvalidInput(f"inputs[{position}] has name {_short(name)}; the model's inputs are {sorted(by_name)}")
     if name in seen:

@@ -438,3 +438,26 @@ def test_the_api_page_files_come_from_the_serve_environment(client):
     refused = client.get("/docs/swagger-ui/index.css")
     assert refused.status_code == 404 and "swagger-ui.css" in refused.json["error"]
     assert client.get("/docs").status_code == 200
+@pytest.mark.browser
+def test_a_colour_classifier_shows_the_colour_image_it_saw(servers, tmp_path_factory, open_page):
+    """An imagenet-preset model: the page shows its normalised [3, H, W] input as a colour picture."""
+    repo = tmp_path_factory.mktemp("colour") / "models"
+    write_classifier(repo / "colour" / "1" / "model.onnx", input_shape=("N", 3, 32, 32), num_classes=5,
+                     labels=list("ABCDE"), preprocessing="imagenet")
+    page = open_page(servers(repo))
+    picture = np.zeros((48, 64, 3), dtype=np.uint8)
+    picture[..., 0] = 230  # red, with a blue square in the middle
+    picture[16:32, 24:40] = (20, 30, 240)
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    response = upload(page, "red.png", buffer.getvalue(), "image/png")
+    assert response.ok and response.json()["model"] == "colour"
+    assert np.array(response.json()["predictions"][0]["input"]).shape == (3, 32, 32)
+    data = page.evaluate(
+        "() => { const c = document.querySelector('#seen');"
+        " return {w: c.width, h: c.height, px: Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)}; }"
+    )
+    seen = np.array(data["px"], dtype=np.uint8).reshape(data["h"], data["w"], 4).astype(int)
+    assert seen.shape[:2] == (32, 32)
+    assert seen[2, 2, 0] > seen[2, 2, 2] + 100 and seen[16, 16, 2] > seen[16, 16, 0] + 100
+    assert page.console_errors == []

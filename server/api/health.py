@@ -38,7 +38,8 @@ OPENAPI_PATHS: dict = {
         "Liveness: the server process answers (never needs the token)", "live", {"200": "Alive"}
     ),
     "/v2/health/ready": _health_operation(
-        "Readiness: at least one model serves and none failed to load (never needs the token)",
-        "ready", {"200": "Ready", "503": "Not ready: no model, or one failed to load"},
+        "Readiness: at least one model serves and, with STRICT_READINESS on (the default), no model "
+        "failed to load entirely (never needs the token)",
+        "ready", {"200": "Ready", "503": "Not ready: no model serves, or (strict) one failed to load"},
     ),
 }

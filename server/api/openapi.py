@@ -72,9 +72,10 @@ COMPONENTS: dict = {
                 },
                 "input": {
                     "type": "array",
-                    "items": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}},
-                    "description": "only with return_input: the preprocessed image the model saw, rows of "
-                    "floats in [0, 1] (28 x 28 for mnist)",
+                    "items": {"type": "array"},
+                    "description": "only with return_input: the preprocessed image the model saw, H rows of W "
+                    "floats for a one-channel model (28 x 28 for mnist, in [0, 1]), else [C][H][W] or [H][W][C] "
+                    "as the model's input lays it out (the imagenet preset's values are normalised)",
                 },
             },
         },

@@ -46,8 +46,8 @@ def infer(name: str, version: str | None = None):
     )
     header, binary = tensors.split_body(body, request.headers.get("Inference-Header-Content-Length"))
     request_id, parameters = tensors.request_fields(header)
-    inputs = tensors.decode_inputs(header, binary, model.inputs)
-    wanted = tensors.requested_outputs(header, parameters, model.outputs)
+    inputs = tensors.decode_inputs(header, binary, model.inputs, model.left_out_inputs)
+    wanted = tensors.requested_outputs(header, parameters, model.outputs, model.left_out_outputs)
     outputs = protocol.infer(model, inputs, wanted, g.get("request_id", "-"))
     answer = {"model_name": model.name, "model_version": model.version}
     if request_id is not None:

@@ -192,15 +192,28 @@ function drawSeen(pixels) {
   context.fillStyle = "#000";
   context.fillRect(0, 0, seen.width, seen.height);
   if (!Array.isArray(pixels) || !pixels.length) return;
-  const rows = pixels.length;
-  const cols = pixels[0].length;
+  // One channel: H rows of W values. Several: [C][H][W] or [H][W][C], as the model lays them out.
+  const colour = Array.isArray(pixels[0][0]);
+  const hwc = colour && pixels[0][0].length <= 4;
+  const [rows, cols] = !colour || hwc ? [pixels.length, pixels[0].length] : [pixels[0].length, pixels[0][0].length];
+  const channels = !colour ? 1 : hwc ? pixels[0][0].length : pixels.length;
+  const value = (y, x, c) => (!colour ? pixels[y][x] : hwc ? pixels[y][x][c] : pixels[c][y][x]);
+  // Normalised inputs (the imagenet preset) are stretched to the visible range.
+  let low = 0;
+  let high = 1;
+  for (const v of colour ? pixels.flat(2) : pixels.flat()) {
+    if (v < low) low = v;
+    if (v > high) high = v;
+  }
   seen.width = cols;
   seen.height = rows;
   const image = context.createImageData(cols, rows);
-  pixels.forEach((row, y) => row.forEach((value, x) => {
-    const level = Math.round(Math.min(1, Math.max(0, value)) * 255);
-    image.data.set([level, level, level, 255], (y * cols + x) * 4);
-  }));
+  for (let y = 0; y < rows; y++) {
+    for (let x = 0; x < cols; x++) {
+      const levels = [0, 1, 2].map((c) => Math.round(((value(y, x, Math.min(c, channels - 1)) - low) / (high - low)) * 255));
+      image.data.set([...levels, 255], (y * cols + x) * 4);
+    }
+  }
   context.putImageData(image, 0, 0);
 }
 
