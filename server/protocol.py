@@ -56,6 +56,15 @@ def model_ready(registry: ModelRegistry, name: str, version: str | None = None) 
         return False
 
 
+def infer_request(model: OnnxModel, header: dict, binary: bytes, log_id: str = "-") -> tuple[str | None, list[Output]]:
+    """A v2 inference request, its JSON header and the binary tensor data after it, run on `model`:
+    the request's own `id` (to echo) and the outputs asked for. Both transports come through here."""
+    request_id, parameters = tensors.request_fields(header)
+    inputs = tensors.decode_inputs(header, binary, model.inputs, model.left_out_inputs)
+    wanted = tensors.requested_outputs(header, parameters, model.outputs, model.left_out_outputs)
+    return request_id, infer(model, inputs, wanted, log_id)
+
+
 def infer(model: OnnxModel, inputs: dict[str, np.ndarray], wanted: list[tensors.RequestedOutput],
           request_id: str = "-") -> list[Output]:
     """Run the model on decoded inputs; the outputs asked for, top-k classified where asked."""

@@ -638,3 +638,23 @@ def test_the_messages_come_from_the_committed_proto_and_stay_out_of_the_default_
                                     inputs=[schema.ModelInferRequest.InferInputTensor(name="x", datatype="UINT8", shape=[2])])
     theirs = pb.ModelInferRequest.FromString(ours.SerializeToString())
     assert (theirs.model_name, theirs.id, theirs.inputs[0].name, list(theirs.inputs[0].shape)) == ("m", "7", "x", [2])
+
+
+def test_tensors_v2_cannot_carry_are_left_out_as_over_http(tmp_path, live_server_factory):
+    """skl2onnx's ZipMap output (a sequence of maps): left out of the metadata, refused by name."""
+    from tests.converted_models import sklearn_classifier
+
+    repo = tmp_path / "models"
+    features = sklearn_classifier(repo, "sk-zipmap", zipmap=True)["X"]
+    port = grpc_port(live_server_factory(repo))
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as opened:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(opened)
+        metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name="sk-zipmap"))
+        assert [t.name for t in metadata.outputs] == ["output_label"]
+        inputs = [pb.ModelInferRequest.InferInputTensor(name="X", datatype="FP32", shape=features.shape)]
+        answer = stub.ModelInfer(pb.ModelInferRequest(model_name="sk-zipmap", inputs=inputs, raw_input_contents=[features.tobytes()]))
+        assert [t.name for t in answer.outputs] == ["output_label"] and raw_output(answer, "output_label").shape == (len(features),)
+        code, details = status_of(lambda: stub.ModelInfer(pb.ModelInferRequest(
+            model_name="sk-zipmap", inputs=inputs, raw_input_contents=[features.tobytes()],
+            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="output_probability")])))
+        assert code == Code.INVALID_ARGUMENT and "seq(map(int64,tensor(float)))" in details and "cannot carry" in details

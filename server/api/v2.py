@@ -45,10 +45,7 @@ def infer(name: str, version: str | None = None):
         current_app.config["MAX_CONTENT_LENGTH"],
     )
     header, binary = tensors.split_body(body, request.headers.get("Inference-Header-Content-Length"))
-    request_id, parameters = tensors.request_fields(header)
-    inputs = tensors.decode_inputs(header, binary, model.inputs, model.left_out_inputs)
-    wanted = tensors.requested_outputs(header, parameters, model.outputs, model.left_out_outputs)
-    outputs = protocol.infer(model, inputs, wanted, g.get("request_id", "-"))
+    request_id, outputs = protocol.infer_request(model, header, binary, g.get("request_id", "-"))
     answer = {"model_name": model.name, "model_version": model.version}
     if request_id is not None:
         answer["id"] = request_id

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 import grpc
 from google.protobuf.message import DecodeError
 
-from .. import access, metrics, model_control, protocol, tensors
+from .. import access, metrics, model_control, protocol
 from ..errors import InvalidInput, ModelNotFound, ServingError
 from ..model_sync import ModelSync
 from ..registry import ModelRegistry
@@ -158,10 +158,7 @@ class InferenceService:
     def ModelInfer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
         model = self.registry.get(request.model_name, request.model_version or None)
         header, binary = messages.infer_request(request)
-        request_id, parameters = tensors.request_fields(header)
-        inputs = tensors.decode_inputs(header, binary, model.inputs)
-        wanted = tensors.requested_outputs(header, parameters, model.outputs)
-        outputs = protocol.infer(model, inputs, wanted, call.request_id)
+        request_id, outputs = protocol.infer_request(model, header, binary, call.request_id)
         return messages.infer_response(model.name, model.version, request_id or "", outputs)
 
     @rpc(pb.RepositoryIndexRequest, pb.RepositoryIndexResponse)
