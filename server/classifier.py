@@ -7,15 +7,17 @@ there is. Plain Python: usable from a shell with onnxruntime, numpy and Pillow a
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 from PIL import Image
 
 from . import digit
-from .decoding import decode_image, pixels_to_array
-from .errors import InvalidInput, ModelNotFound, ServingError
+from .budget import MemoryBudget, PixelBudget, image_bytes
+from .decoding import is_rotated, load_image, open_image, pixels_to_array
+from .errors import InvalidInput, ModelNotFound, Overloaded, ServingError
 from .model import NUMPY_DTYPES, OnnxModel, TensorSpec
 from .registry import ModelRegistry, latest
 
@@ -50,9 +52,14 @@ class ImageClassifier:
         spec = model.inputs[0]
         return cls(model, model.preprocessing, spec, spec.shape[-2], spec.shape[-1])
 
-    def predict(self, items: list[Item], max_pixels: int, return_input: bool = False) -> list[dict]:
-        """One prediction per item (label, index, confidence, probabilities; and the input seen)."""
-        images = self.prepare(items, max_pixels)
+    def predict(self, items: list[Item], max_pixels: int, return_input: bool = False,
+                memory: MemoryBudget | None = None, max_request_pixels: int | None = None) -> list[dict]:
+        """One prediction per item (label, index, confidence, probabilities; and the input seen).
+
+        With `memory`, each image's decoding holds its bytes of that budget; `max_request_pixels`
+        bounds the decoded pixels of all the items together.
+        """
+        images = self.prepare(items, max_pixels, memory, max_request_pixels)
         probabilities = self.probabilities(images)
         labels = self.model.labels
         labels = labels if labels and len(labels) == probabilities.shape[1] else None
@@ -62,22 +69,48 @@ class ImageClassifier:
                 answer["input"] = np.round(image.astype(np.float64), INPUT_DIGITS).tolist()
         return predictions
 
-    def prepare(self, items: list[Item], max_pixels: int) -> list[np.ndarray]:
-        """Each item as the model's H x W float32 image in [0, 1]; errors name the image at fault."""
+    def prepare(self, items: list[Item], max_pixels: int, memory: MemoryBudget | None = None,
+                max_request_pixels: int | None = None) -> list[np.ndarray]:
+        """Each item as the model's H x W float32 image in [0, 1]; errors name the image at fault.
+
+        Every image's header is read first, so that a request over `max_request_pixels` is refused
+        before any pixel is decoded; then each is decoded holding its bytes of `memory`.
+        """
         size = (self.height, self.width)
         preset = PRESETS[self.preset]
-        images = []
-        for number, item in enumerate(items, 1):
-            try:
+        pixels = PixelBudget(max_request_pixels) if max_request_pixels else None
+        with self._naming_errors(len(items)) as number:
+            opened = []
+            for number[0], item in enumerate(items, 1):
                 if isinstance(item, bytes):
-                    images.append(fit(preset(decode_image(item, max_pixels)), size))
+                    item = open_image(item, max_pixels)  # the header only: sizes known, nothing decoded
+                    if pixels is not None:
+                        width, height = item.size
+                        pixels.take(width * height, f"{which_image(number[0], len(items))} ({width}x{height} decoded)")
+                opened.append(item)
+            images = []
+            for number[0], item in enumerate(opened, 1):
+                if isinstance(item, Image.Image):
+                    cost = image_bytes(item.mode, *item.size, is_rotated(item)) if memory else 0
+                    with memory.reserve(cost, which_image(number[0], len(items))) if memory else nullcontext():
+                        images.append(fit(preset(load_image(item)), size))
                 else:
                     images.append(pixels_to_array(item, size))
-            except ServingError as err:
-                if len(items) == 1:
-                    raise
-                raise type(err)(f"{which_image(number, len(items))}: {err.message}", err.status) from None
         return images
+
+    @staticmethod
+    @contextmanager
+    def _naming_errors(count: int) -> Iterator[list[int]]:
+        """Serving errors raised inside get the number of the image at fault (kept in the list)."""
+        number = [0]
+        try:
+            yield number
+        except ServingError as err:
+            named = which_image(number[0], count)
+            # Overloaded names the image already (and keeps its Retry-After); the pixel budget too.
+            if count == 1 or isinstance(err, Overloaded) or err.message.startswith(named):
+                raise
+            raise type(err)(f"{named}: {err.message}", err.status) from None
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """Run all images as one batch; probabilities [N, classes] (softmax applied to logits)."""

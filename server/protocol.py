@@ -12,6 +12,7 @@ import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from . import tensors
+from .budget import row_limit, run_in_chunks
 from .errors import InvalidInput, ModelNotReady
 from .model import OnnxModel
 from .registry import ModelRegistry
@@ -56,19 +57,29 @@ def model_ready(registry: ModelRegistry, name: str, version: str | None = None) 
         return False
 
 
+# Most rows onnxruntime runs at once unless the caller says (INFER_CHUNK_ROWS): activations and
+# onnxruntime's arena, which keeps its peak, stay the size of one chunk (docs/memory.md).
+CHUNK_ROWS = 64
+
+
 def infer(model: OnnxModel, inputs: dict[str, np.ndarray], wanted: list[tensors.RequestedOutput],
-          request_id: str = "-") -> list[Output]:
-    """Run the model on decoded inputs; the outputs asked for, top-k classified where asked."""
-    results = run(model, inputs, request_id)
+          request_id: str = "-", chunk_rows: int = CHUNK_ROWS) -> list[Output]:
+    """Run the model on decoded inputs, `chunk_rows` rows at a time; the outputs asked for, top-k
+    classified where asked. More rows than the model's max_batch_size is InvalidInput, as in Triton."""
+    results = run(model, inputs, request_id, chunk_rows)
     return [
         (output.name, _classified(model, results[output.name], output.classification), output.binary)
         for output in wanted
     ]
 
 
-def run(model: OnnxModel, inputs: dict[str, np.ndarray], request_id: str = "-") -> dict[str, np.ndarray]:
-    """Run the model; onnxruntime refusing the inputs is InvalidInput."""
+def run(model: OnnxModel, inputs: dict[str, np.ndarray], request_id: str = "-",
+        chunk_rows: int | None = None) -> dict[str, np.ndarray]:
+    """Run the model (in chunks of `chunk_rows` rows when its tensors are all batch-first);
+    onnxruntime refusing the inputs is InvalidInput."""
     try:
+        if chunk_rows and model.batchable:
+            return run_in_chunks(model.predict, inputs, chunk_rows, row_limit(model.metadata))
         return model.predict(inputs)
     except ORT_INPUT_ERRORS as err:
         # onnxruntime's text names its source files and kernels: log it, tell the client what to check.

@@ -10,7 +10,7 @@ import logging
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from ..errors import ServingError
+from ..errors import Overloaded, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,8 @@ ERROR_ANSWERS: dict[str, tuple[str, str]] = {
             "Body over MAX_CONTENT_LENGTH, image over MAX_IMAGE_PIXELS or more images than MAX_IMAGES_PER_REQUEST"),
     "415": ("UnsupportedMediaType", "Content-Type (or data: URL type) not accepted"),
     "422": ("Unprocessable", "The image decoded but holds no digit (blank)"),
-    "503": ("NotReady", "The model is in the repository but failed to load"),
+    "503": ("NotReady", "The model is in the repository but failed to load, or the worker is busy with "
+            "large requests (then with Retry-After)"),
 }
 
 
@@ -36,7 +37,10 @@ def register_error_handlers(app: Flask) -> None:
 
 
 def _serving_error(err: ServingError):
-    return jsonify(error=err.message), err.status
+    response = jsonify(error=err.message)
+    if isinstance(err, Overloaded):  # when to come back, as RFC 9110 lets a 503 say
+        response.headers["Retry-After"] = str(err.retry_after)
+    return response, err.status
 
 
 def _too_large(err: RequestEntityTooLarge):

@@ -1,0 +1,164 @@
+"""Bounded memory per worker: reservations for large work, a decoded-pixel budget, runs in chunks.
+
+Every request the limits allow must fit the box at once with the others (docs/security.md):
+
+- `MemoryBudget`: each worker holds at most `capacity` bytes of large work at a time (a decoded
+  image, a big v2 body being parsed and run). A request that does not fit waits a little for
+  others to finish, then is refused with `Overloaded` (503 and Retry-After), never allocated.
+- `PixelBudget`: the decoded pixels of one request's images, summed, bound its CPU time and the
+  memory it passes through.
+- `run_in_chunks`: a large batch runs through onnxruntime a bounded number of rows at a time, so
+  its activations (and onnxruntime's arena, which keeps its peak) stay the size of one chunk.
+Plain Python: no web framework.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .errors import InvalidInput, Overloaded, TooLarge
+
+MIB = 2**20
+# Work below this many bytes is not worth a reservation: a 28x28 PNG, a one-row v2 body.
+SMALL = 4 * MIB
+
+
+class MemoryBudget:
+    """A worker's bytes for large work: `reserve(n)` holds n of them while its block runs."""
+
+    def __init__(self, capacity: int, wait_seconds: float = 5.0) -> None:
+        self.capacity = max(int(capacity), 1)
+        self.wait_seconds = wait_seconds
+        self.used = 0
+        self.peak = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def reserve(self, nbytes: int, what: str) -> Iterator[None]:
+        """Hold `nbytes` (at most the whole capacity: a larger piece runs alone) while the block runs.
+
+        Waits up to `wait_seconds` for room; then raises Overloaded naming `what`.
+        """
+        if nbytes < SMALL:
+            yield
+            return
+        nbytes = min(int(nbytes), self.capacity)
+        deadline = time.monotonic() + self.wait_seconds
+        with self._changed:
+            while self.used + nbytes > self.capacity:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._changed.wait(left):
+                    if self.used + nbytes <= self.capacity:
+                        break
+                    raise Overloaded(
+                        f"server busy: {what} needs {nbytes / MIB:.0f} MiB of this worker's "
+                        f"{self.capacity / MIB:.0f} MiB for large requests, and others hold it; retry shortly",
+                        retry_after=max(1, math.ceil(self.wait_seconds)),
+                    )
+            self.used += nbytes
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.used -= nbytes
+                self._changed.notify_all()
+
+
+class PixelBudget:
+    """The decoded pixels one request may spend across its images."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, pixels: int, what: str) -> None:
+        """Count `pixels` more, or raise TooLarge before they are decoded."""
+        if self.used + pixels > self.limit:
+            raise TooLarge(
+                f"{what} would bring the request to {self.used + pixels} decoded pixels; the limit is "
+                f"{self.limit} per request (MAX_REQUEST_PIXELS): send fewer or smaller images"
+            )
+        self.used += pixels
+
+
+# Bytes a worker holds per decoded pixel, by Pillow mode (multi-band images take 4 bytes a pixel).
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
+# Modes digit.reduce_large keeps; others are converted (a copy of 4 bytes a pixel) first.
+_KEPT_MODES = ("L", "LA", "RGB", "RGBA", "I", "F")
+# Below this many pixels on the longer side an image is not reduced before the float pipeline
+# (digit.reduce_large reduces to at least 2 x WORK_SIDE).
+_REDUCE_FROM = 2 * 512
+
+
+def image_bytes(mode: str, width: int, height: int, rotated: bool = False) -> int:
+    """Peak bytes of decoding a `mode` image of width x height and preprocessing it (mnist-digit).
+
+    Measured per pixel (bench/memory.py, /tmp probes of each stage): the decoded image, twice when its
+    EXIF orientation transposes it; a conversion copy for modes other than L/LA/RGB/RGBA/I/F; the
+    premultiplied copy Pillow's reduce makes of an image with alpha; and the float32 arrays of the
+    grayscale stage on the reduced image (~36 bytes a pixel with alpha, ~20 for 16-bit, ~12 else).
+    """
+    pixels = width * height
+    alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa", "P")  # P: when it has a transparent colour
+    decoded = _PIXEL_BYTES.get(mode, 4) * pixels * (2 if rotated else 1)
+    converted = 0 if mode in _KEPT_MODES else 4 * pixels
+    factor = max(width, height) // _REDUCE_FROM
+    premultiplied = 4 * pixels if alpha and factor >= 2 else 0
+    reduced = pixels // (factor * factor) if factor >= 2 else pixels
+    per_float_pixel = 36 if alpha else 20 if mode.startswith("I") or mode == "F" else 12
+    return decoded + converted + premultiplied + per_float_pixel * reduced
+
+
+def tensor_body_bytes(body_length: int) -> int:
+    """Peak bytes of parsing a v2 body of `body_length` bytes into arrays (JSON: a Python object per value)."""
+    # Measured (docs/memory.md): an 8 MiB JSON body of short numbers peaks ~9x its size; binary ~3x.
+    return 10 * body_length
+
+
+def row_limit(metadata: dict[str, str]) -> int | None:
+    """The model file's `max_batch_size` (Triton's: most rows in one request), when it states one."""
+    raw = metadata.get("max_batch_size")
+    try:
+        value = int(raw) if raw is not None else 0
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def run_in_chunks(
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], inputs: dict[str, np.ndarray],
+    chunk_rows: int, max_rows: int | None = None,
+) -> dict[str, np.ndarray]:
+    """`run(inputs)`, at most `chunk_rows` rows at a time along the first axis, outputs joined.
+
+    Inputs of differing first axes (or no axes) run in one piece, as they are. More rows than the
+    model's `max_rows` is InvalidInput, as Triton answers it.
+    """
+    rows = {array.shape[0] if array.ndim else None for array in inputs.values()}
+    if len(rows) != 1 or None in rows:
+        return run(inputs)
+    (count,) = rows
+    if max_rows is not None and count > max_rows:
+        raise InvalidInput(f"received a batch of {count} rows; this model takes at most {max_rows} "
+                           "rows per request (its max_batch_size)")
+    if count <= chunk_rows:
+        return run(inputs)
+    pieces: list[dict[str, np.ndarray]] = []
+    for start in range(0, count, chunk_rows):
+        piece = run({name: array[start:start + chunk_rows] for name, array in inputs.items()})
+        if any(out.ndim == 0 or out.shape[0] != min(chunk_rows, count - start) for out in piece.values()):
+            return run(inputs)  # outputs not batch-first: the graph must see the whole batch
+        pieces.append(piece)
+    return {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
+
+
+def body_bytes(body_length: int) -> int:
+    """Peak bytes of reading a request body into its parts (multipart pieces, parsed JSON, base64 decoded)."""
+    # Measured (docs/memory.md): parsing holds a few copies of a body; JSON of short numbers ~9x.
+    return 10 * body_length
