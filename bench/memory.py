@@ -37,6 +37,7 @@ SERVE_VENV = ROOT / ".venv-serve"
 MAX_BODY = BY_NAME["MAX_CONTENT_LENGTH"].default
 MAX_PIXELS = BY_NAME["MAX_IMAGE_PIXELS"].default
 MAX_IMAGES = BY_NAME["MAX_IMAGES_PER_REQUEST"].default
+MAX_REQUEST_PIXELS = BY_NAME["MAX_REQUEST_PIXELS"].default
 BOUNDARY = "----memory-boundary-q7Lx2"
 INPUT, OUTPUT, MODEL = "input", "probabilities", "mnist"
 # A digit row as the v2 protocol carries it: [1, 28, 28] float32.
@@ -95,9 +96,10 @@ def multipart_files(files: list[tuple[str, bytes]], fields: dict[str, str] | Non
 
 
 def fill_multipart(name: str, image: bytes, suffix: str, limit: int = MAX_BODY, fields: dict | None = None,
-                   path: str = "/predict") -> RequestSpec:
-    """As many copies of `image` as the body limit and MAX_IMAGES_PER_REQUEST allow, in one request."""
-    count = MAX_IMAGES
+                   path: str = "/predict", pixels: int = 0, most: int = MAX_IMAGES) -> RequestSpec:
+    """As many copies of `image` (of `pixels` decoded pixels) as the body limit, MAX_IMAGES_PER_REQUEST
+    and MAX_REQUEST_PIXELS allow, in one request (`most`: at most this many)."""
+    count = min(most, MAX_REQUEST_PIXELS // pixels) if pixels else most
     while count > 1:
         content_type, body = multipart_files([(f"page{i}.{suffix}", image) for i in range(count)], fields)
         if len(body) <= limit:
@@ -135,10 +137,10 @@ def v2_binary_rows(limit: int = MAX_BODY) -> RequestSpec:
     return RequestSpec(f"v2 binary {rows} rows", "POST", f"/v2/models/{MODEL}/infer", headers, header + raw)
 
 
-def json_images(image: bytes, limit: int = MAX_BODY) -> RequestSpec:
-    """JSON `images`: as many base64 copies of `image` as fit, up to MAX_IMAGES_PER_REQUEST."""
+def json_images(image: bytes, pixels: int, limit: int = MAX_BODY) -> RequestSpec:
+    """JSON `images`: as many base64 copies of `image` as fit, up to MAX_IMAGES_PER_REQUEST and MAX_REQUEST_PIXELS."""
     text = base64.b64encode(image).decode()
-    count = max(1, min(MAX_IMAGES, (limit - 64) // (len(text) + 3)))
+    count = max(1, min(MAX_IMAGES, MAX_REQUEST_PIXELS // pixels, (limit - 64) // (len(text) + 3)))
     body = json.dumps({"images": [text] * count}).encode()
     return RequestSpec(f"JSON images x{count}", "POST", "/predict", {"Content-Type": "application/json"}, body)
 
@@ -164,18 +166,27 @@ class Largest:
 def largest_requests() -> tuple[Largest, ...]:
     """The largest request of every kind the default limits allow (built once; a few seconds)."""
     side = int(math.isqrt(MAX_PIXELS))
+    page = side * side
     rgba = page_png("RGBA", side)
     la_rotated = page_png("LA", side, rotate_exif=True)
+    palette = page_png("P", side)
     wide = page_png("I;16", side)
+    # The largest side the digit pipeline takes without reducing it first: its float stage at full size.
+    unreduced_side = 2047
+    unreduced = page_png("RGBA", unreduced_side)
     photo = photo_jpeg()
     return (
-        Largest("PNG pages, RGBA, 25 MP each (multipart)", fill_multipart("png-rgba", rgba, "png")),
-        Largest("PNG pages, LA + EXIF rotation, 25 MP each", fill_multipart("png-la", la_rotated, "png")),
-        Largest("PNG pages, 16-bit, 25 MP each", fill_multipart("png-16", wide, "png")),
-        Largest("PNG pages as JSON base64 images", json_images(rgba)),
+        Largest("PNG pages, RGBA, 25 MP each (multipart)", fill_multipart("png-rgba", rgba, "png", pixels=page)),
+        Largest("PNG pages, LA + EXIF rotation, 25 MP each", fill_multipart("png-la", la_rotated, "png", pixels=page)),
+        Largest("PNG pages, palette + transparency, 25 MP each", fill_multipart("png-p", palette, "png", pixels=page)),
+        Largest("PNG pages, 16-bit, 25 MP each", fill_multipart("png-16", wide, "png", pixels=page)),
+        Largest("PNG pages, RGBA, 2047x2047 each (not reduced)",
+                fill_multipart("png-2047", unreduced, "png", pixels=unreduced_side**2)),
+        Largest("PNG pages as JSON base64 images", json_images(rgba, page)),
+        Largest("64 PNG pages of 25 MP: over MAX_REQUEST_PIXELS (413)", fill_multipart("png-over", rgba, "png"), (413,)),
         Largest("12 MP phone-photo JPEGs (multipart)", fill_multipart("jpeg", photo, "jpg")),
         Largest("page upload: 25 MP PNG with return_input", fill_multipart(
-            "page", rgba, "png", limit=len(rgba) + 1024, fields={"return_input": "1"})),
+            "page", rgba, "png", fields={"return_input": "1"}, most=1)),
         Largest("v2 JSON at the body limit", v2_json_rows()),
         Largest("v2 binary at the body limit", v2_binary_rows()),
         Largest("JSON pixels at the body limit (400)", oversized_pixels(), (400,)),

@@ -13,6 +13,8 @@ Plain Python: no web framework.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import threading
 import time
@@ -67,7 +69,27 @@ class MemoryBudget:
         finally:
             with self._changed:
                 self.used -= nbytes
+                idle = self.used == 0
                 self._changed.notify_all()
+            if idle:
+                give_back_memory()
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, where the C library has it."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def give_back_memory() -> None:
+    """Return the allocator's free pages to the system after large work (glibc keeps them otherwise)."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 class PixelBudget:
@@ -117,8 +139,8 @@ def image_bytes(mode: str, width: int, height: int, rotated: bool = False) -> in
 
 def tensor_body_bytes(body_length: int) -> int:
     """Peak bytes of parsing a v2 body of `body_length` bytes into arrays (JSON: a Python object per value)."""
-    # Measured (docs/memory.md): an 8 MiB JSON body of short numbers peaks ~9x its size; binary ~3x.
-    return 10 * body_length
+    # Measured (docs/memory.md): an 8 MiB JSON body of short numbers peaks ~11x its size; binary ~3x.
+    return 12 * body_length
 
 
 def row_limit(metadata: dict[str, str]) -> int | None:

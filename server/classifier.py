@@ -90,10 +90,12 @@ class ImageClassifier:
                 opened.append(item)
             images = []
             for number[0], item in enumerate(opened, 1):
+                opened[number[0] - 1] = None  # a decoded image is let go as soon as it is preprocessed
                 if isinstance(item, Image.Image):
                     cost = image_bytes(item.mode, *item.size, is_rotated(item)) if memory else 0
                     with memory.reserve(cost, which_image(number[0], len(items))) if memory else nullcontext():
                         images.append(fit(preset(load_image(item)), size))
+                        item = None  # freed before its reservation ends
                 else:
                     images.append(pixels_to_array(item, size))
         return images

@@ -44,6 +44,7 @@ def _predict(name: str):
     model = get_registry().get(name, request.args.get("version"))
     classifier = ImageClassifier.of(model)
     memory, config = get_memory_budget(), current_app.config
+    request.get_data()  # read before any wait: a 503 must not leave the client's upload unread
     with memory.reserve(body_bytes(request.content_length or 0), "reading this request's body"):
         items, return_input = read_items()
     predictions = classifier.predict(

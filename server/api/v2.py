@@ -45,9 +45,9 @@ def infer(name: str, version: str | None = None):
     # A compressed body may inflate to the limit: its cost is counted at that size.
     encoded = request.headers.get("Content-Encoding", "identity").strip().lower() != "identity"
     size = config["MAX_CONTENT_LENGTH"] if encoded else (request.content_length or 0)
+    raw = request.get_data(cache=False)  # read before any wait: a 503 must not leave the upload unread
     with get_memory_budget().reserve(tensor_body_bytes(size), "this inference request"):
-        body = tensors.decompress(request.get_data(cache=False), request.headers.get("Content-Encoding"),
-                                  config["MAX_CONTENT_LENGTH"])
+        body = tensors.decompress(raw, request.headers.get("Content-Encoding"), config["MAX_CONTENT_LENGTH"])
         header, binary = tensors.split_body(body, request.headers.get("Inference-Header-Content-Length"))
         request_id, parameters = tensors.request_fields(header)
         inputs = tensors.decode_inputs(header, binary, model.inputs)
