@@ -34,7 +34,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     context.init_app(app, registry, sync)
     # Large work (decoded images, big tensor bodies) holds this worker's share of the box's memory.
     app.extensions["memory_budget"] = MemoryBudget(
-        settings.memory_budget(app.config), app.config["MEMORY_WAIT_SECONDS"])
+        settings.memory_budget(app.config), app.config["MEMORY_WAIT_SECONDS"], app.config["LARGE_REQUESTS"])
 
     errors.register_error_handlers(app)
     app.before_request(hooks.start_request)

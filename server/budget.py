@@ -31,14 +31,37 @@ SMALL = 4 * MIB
 
 
 class MemoryBudget:
-    """A worker's bytes for large work: `reserve(n)` holds n of them while its block runs."""
+    """A worker's room for large work: a few large requests at once, holding at most `capacity` bytes.
 
-    def __init__(self, capacity: int, wait_seconds: float = 5.0) -> None:
+    A request becomes large at its first `reserve` of SMALL bytes or more (a big body, a decoded
+    page); it then holds one of `max_requests` slots until its `request()` scope ends, so that the
+    worker's other threads stay free for everyday requests and the CPU is not split between many
+    large ones. Each piece of large work holds its bytes while it runs. One request at most waits
+    for room (`wait_seconds`); others are refused at once with Overloaded (503, Retry-After).
+    """
+
+    def __init__(self, capacity: int, wait_seconds: float = 5.0, max_requests: int = 1, max_waiting: int = 1) -> None:
         self.capacity = max(int(capacity), 1)
         self.wait_seconds = wait_seconds
+        self.max_requests = max(max_requests, 1)
+        self.max_waiting = max_waiting
         self.used = 0
+        self.requests = 0
+        self.waiting = 0
         self.peak = 0
         self._changed = threading.Condition()
+        self._local = threading.local()
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """One request's scope: a large-request slot taken inside is held until the scope ends."""
+        self._local.scoped, self._local.slot = True, False
+        try:
+            yield
+        finally:
+            held, self._local.scoped, self._local.slot = self._local.slot, False, False
+            if held:
+                self._release(0, slot=True)
 
     @contextmanager
     def reserve(self, nbytes: int, what: str) -> Iterator[None]:
@@ -50,29 +73,50 @@ class MemoryBudget:
             yield
             return
         nbytes = min(int(nbytes), self.capacity)
-        deadline = time.monotonic() + self.wait_seconds
+        scoped, has_slot = getattr(self._local, "scoped", False), getattr(self._local, "slot", False)
         with self._changed:
-            while self.used + nbytes > self.capacity:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._changed.wait(left):
-                    if self.used + nbytes <= self.capacity:
-                        break
-                    raise Overloaded(
-                        f"server busy: {what} needs {nbytes / MIB:.0f} MiB of this worker's "
-                        f"{self.capacity / MIB:.0f} MiB for large requests, and others hold it; retry shortly",
-                        retry_after=max(1, math.ceil(self.wait_seconds)),
-                    )
+            if not self._room(nbytes, has_slot):
+                if not has_slot and self.waiting >= self.max_waiting:
+                    raise self._busy(what, nbytes)
+                self.waiting += 1
+                try:
+                    deadline = time.monotonic() + self.wait_seconds
+                    while not self._room(nbytes, has_slot):
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise self._busy(what, nbytes)
+                        self._changed.wait(left)
+                finally:
+                    self.waiting -= 1
             self.used += nbytes
             self.peak = max(self.peak, self.used)
+            if not has_slot:
+                self.requests += 1
+                self._local.slot = scoped  # outside a request scope the slot goes with the bytes
         try:
             yield
         finally:
-            with self._changed:
-                self.used -= nbytes
-                idle = self.used == 0
-                self._changed.notify_all()
-            if idle:
-                give_back_memory()
+            self._release(nbytes, slot=not has_slot and not scoped)
+
+    def _room(self, nbytes: int, has_slot: bool) -> bool:
+        return self.used + nbytes <= self.capacity and (has_slot or self.requests < self.max_requests)
+
+    def _busy(self, what: str, nbytes: int) -> Overloaded:
+        return Overloaded(
+            f"server busy: {what} needs {nbytes / MIB:.0f} MiB of memory for large work and this worker is "
+            f"already serving {self.requests} large request(s) ({self.used / MIB:.0f} of "
+            f"{self.capacity / MIB:.0f} MiB); retry shortly",
+            retry_after=max(1, math.ceil(self.wait_seconds)),
+        )
+
+    def _release(self, nbytes: int, slot: bool) -> None:
+        with self._changed:
+            self.used -= nbytes
+            self.requests -= 1 if slot else 0
+            idle = self.used == 0 and self.requests == 0
+            self._changed.notify_all()
+        if idle:
+            give_back_memory()
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

@@ -67,6 +67,8 @@ SETTINGS: tuple[Setting, ...] = (
             "most decoded pixels in one request, all its images together (413 above; JPEGs count at their reduced decoding size)"),
     Setting("MEMORY_BUDGET", 0, _number(int, 0),
             "bytes of large work (decoded images, big tensor bodies) each worker holds at once; 0 = its share of the box's memory"),
+    Setting("LARGE_REQUESTS", 1, _number(int, 1, 256),
+            "large requests (a big body, a decoded page) each worker serves at once; one more waits, others get 503"),
     Setting("MEMORY_WAIT_SECONDS", 5.0, _number(float, 0, 600),
             "how long a large request waits for its worker's memory budget before a 503 with Retry-After"),
     Setting("INFER_CHUNK_ROWS", 64, _number(int, 1),
@@ -114,6 +116,6 @@ def memory_budget(values: Mapping[str, Any]) -> int:
 def describe_box(values: Mapping[str, Any]) -> str:
     """One line for the log at start: the box, and what the settings made of it."""
     return (f"box: {BOX.describe()}; {values['WORKERS']} workers x {values['THREADS']} threads, "
-            f"{memory_budget(values) / 2**20:.0f} MiB for large requests per worker, "
+            f"{values['LARGE_REQUESTS']} large request(s) at once in {memory_budget(values) / 2**20:.0f} MiB per worker, "
             f"{values['MAX_REQUEST_PIXELS']} decoded pixels per request, onnxruntime runs of at most "
             f"{values['INFER_CHUNK_ROWS']} rows")

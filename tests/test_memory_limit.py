@@ -39,7 +39,7 @@ CGROUP = Path("/sys/fs/cgroup")
 # Settings left at their defaults, as `make serve` does, whatever the caller's shell says.
 SERVER_SETTINGS = ("WORKERS", "THREADS", "ORT_THREADS", "API_TOKEN", "LOG_LEVEL", "MAX_CONTENT_LENGTH",
                    "MAX_IMAGE_PIXELS", "MAX_IMAGES_PER_REQUEST", "MAX_REQUEST_PIXELS", "MEMORY_BUDGET",
-                   "MEMORY_WAIT_SECONDS", "INFER_CHUNK_ROWS", "MAX_BATCH_SIZE")
+                   "MEMORY_WAIT_SECONDS", "LARGE_REQUESTS", "INFER_CHUNK_ROWS", "MAX_BATCH_SIZE")
 # After the load the server's anonymous memory must be back within this of its idle figure.
 IDLE_SLACK = 1.25
 

@@ -46,7 +46,8 @@ def infer(name: str, version: str | None = None):
     encoded = request.headers.get("Content-Encoding", "identity").strip().lower() != "identity"
     size = config["MAX_CONTENT_LENGTH"] if encoded else (request.content_length or 0)
     raw = request.get_data(cache=False)  # read before any wait: a 503 must not leave the upload unread
-    with get_memory_budget().reserve(tensor_body_bytes(size), "this inference request"):
+    memory = get_memory_budget()
+    with memory.request(), memory.reserve(tensor_body_bytes(size), "this inference request"):
         body = tensors.decompress(raw, request.headers.get("Content-Encoding"), config["MAX_CONTENT_LENGTH"])
         header, binary = tensors.split_body(body, request.headers.get("Inference-Header-Content-Length"))
         request_id, parameters = tensors.request_fields(header)
