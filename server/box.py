@@ -31,8 +31,8 @@ class Box:
                 f"{self.cpus:g} CPU{'s' if self.cpus != 1 else ''} ({self.cpus_source})")
 
 
-def _cgroup_paths(proc_cgroup: Path = Path("/proc/self/cgroup")) -> dict[str, str]:
-    """The process's cgroup path per v1 controller, and under "" its v2 path."""
+def cgroup_paths(proc_cgroup: Path = Path("/proc/self/cgroup")) -> dict[str, str]:
+    """The process's cgroup path per v1 controller (each of a joint "cpu,cpuacct" too), and under "" its v2 path."""
     paths: dict[str, str] = {}
     try:
         for line in proc_cgroup.read_text().splitlines():
@@ -63,7 +63,7 @@ def _ancestors(base: Path, path: str) -> list[Path]:
 
 def cgroup_memory_limit(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
     """The tightest memory limit of this process's cgroup and its parents (v2 memory.max, v1 limit_in_bytes)."""
-    paths, limits = _cgroup_paths(proc_cgroup), []
+    paths, limits = cgroup_paths(proc_cgroup), []
     if "memory" in paths:
         for folder in _ancestors(root / "memory", paths["memory"]):
             text = _read(folder / "memory.limit_in_bytes")
@@ -79,14 +79,12 @@ def cgroup_memory_limit(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/pro
 
 def cgroup_cpu_quota(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
     """The tightest CPU quota of this process's cgroup and its parents, in CPUs (v2 cpu.max, v1 cfs)."""
-    paths, quotas = _cgroup_paths(proc_cgroup), []
-    for controller in ("cpu", "cpu,cpuacct"):
-        if controller in paths:
-            for folder in _ancestors(root / controller, paths[controller]):
-                quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
-                if quota and period and quota.lstrip("-").isdigit() and int(quota) > 0 and int(period) > 0:
-                    quotas.append(int(quota) / int(period))
-            break
+    paths, quotas = cgroup_paths(proc_cgroup), []
+    if "cpu" in paths:  # a joint "cpu,cpuacct" hierarchy is mounted with a "cpu" link too
+        for folder in _ancestors(root / "cpu", paths["cpu"]):
+            quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+            if quota and period and quota.lstrip("-").isdigit() and int(quota) > 0 and int(period) > 0:
+                quotas.append(int(quota) / int(period))
     if "" in paths:
         for folder in _ancestors(root, paths[""]):
             text = _read(folder / "cpu.max")

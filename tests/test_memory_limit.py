@@ -29,6 +29,7 @@ import pytest
 from bench.bodies import RequestSpec
 from bench.memory import largest_requests, normal_requests
 from bench.procs import children
+from server.box import cgroup_paths
 from tests.conftest import LOG_DIR, ROOT, SERVE_VENV, free_port
 
 pytestmark = pytest.mark.memory_limit
@@ -62,12 +63,12 @@ class Cgroup:
         self.version = 0
 
     def create(self) -> "Cgroup":
-        own = _own_cgroups()
+        own = cgroup_paths()
         v1_memory, v1_cpu = CGROUP / "memory", CGROUP / "cpu"
         if (v1_memory / "memory.limit_in_bytes").exists() and (v1_cpu / "cpu.cfs_quota_us").exists():
             self.version = 1
             memory = self._mkdir(v1_memory / own.get("memory", "/").strip("/") / self.name)
-            cpu = self._mkdir(v1_cpu / own.get("cpu", own.get("cpu,cpuacct", "/")).strip("/") / self.name)
+            cpu = self._mkdir(v1_cpu / own.get("cpu", "/").strip("/") / self.name)
             _write(memory / "memory.limit_in_bytes", MEMORY_LIMIT)
             if (memory / "memory.memsw.limit_in_bytes").exists():  # no swap to hide in
                 _write(memory / "memory.memsw.limit_in_bytes", MEMORY_LIMIT)
@@ -152,17 +153,6 @@ class Cgroup:
                         raise
                     time.sleep(0.1)
         self.folders = []
-
-
-def _own_cgroups() -> dict[str, str]:
-    paths = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        for controller in controllers.split(",") if controllers else [""]:
-            paths[controller] = path
-        if controllers == "cpu,cpuacct":
-            paths["cpu"] = path
-    return paths
 
 
 def _write(path: Path, value: object) -> None:
@@ -267,11 +257,15 @@ def test_largest_requests_under_1_gib_and_one_cpu(tmp_path: Path) -> None:
         page_upload = next(item.spec for item in largest if item.spec.name.startswith("page"))
         threads += [threading.Thread(target=stream, args=(port, [page_upload], allowed_large, large_tally, deadline, 120.0))
                     for _ in range(2)]
+        peak_anon = [idle]
+        sampler = threading.Thread(target=_sample_anon, args=(cgroup, peak_anon, deadline + 150, threads))
         for thread in threads:
             thread.start()
+        sampler.start()
         for thread in threads:
-            thread.join(timeout=SECONDS + 150)
+            thread.join(timeout=max(1.0, deadline + 150 - time.monotonic()))
         stuck = sum(thread.is_alive() for thread in threads)
+        sampler.join(timeout=5)
 
         time.sleep(3)  # the last answers' memory is freed; the workers settle
         after = cgroup.anon_mib()
@@ -280,7 +274,8 @@ def test_largest_requests_under_1_gib_and_one_cpu(tmp_path: Path) -> None:
         workers_after = children(server.pid)
         log_text = log_path.read_text(errors="replace")
         summary = {
-            "ready_s": round(ready, 1), "idle_anon_mib": round(idle), "after_anon_mib": round(after),
+            "ready_s": round(ready, 1), "idle_anon_mib": round(idle), "peak_anon_mib": round(max(peak_anon)),
+            "after_anon_mib": round(after), "seconds": SECONDS,
             "cgroup": counters, "cgroup_version": cgroup.version,
             "normal": dict(normal_tally.statuses), "normal_max_s": round(max(normal_tally.seconds, default=0), 1),
             "large": dict(large_tally.statuses), "large_max_s": round(max(large_tally.seconds, default=0), 1),
@@ -309,6 +304,13 @@ def test_largest_requests_under_1_gib_and_one_cpu(tmp_path: Path) -> None:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
         cgroup.remove()
+
+
+def _sample_anon(cgroup: Cgroup, peak: list[float], until: float, threads: list[threading.Thread]) -> None:
+    """Keep the highest anonymous memory of the cgroup seen every 0.1 s while the clients run."""
+    while time.monotonic() < until and any(thread.is_alive() for thread in threads):
+        peak.append(max(peak.pop(), cgroup.anon_mib()))
+        time.sleep(0.1)
 
 
 def _wait_ready(port: int, server: subprocess.Popen, log_path: Path, timeout: float = 90.0) -> float:
