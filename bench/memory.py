@@ -14,7 +14,10 @@ import io
 import json
 import logging
 import math
+import os
+import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.ab import extract, short_hash  # noqa: E402
 from bench.bodies import RequestSpec, mnist_digit, predict_png, v2_infer_binary  # noqa: E402
 from bench.procs import Gunicorn, send  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
@@ -217,11 +221,14 @@ def reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def measure(repository: Path, env: dict[str, str] | None = None, repeat: int = 1) -> dict:
-    """Idle RSS, then per kind: peak RSS while answering its largest request and RSS after it."""
+def measure(repository: Path, env: dict[str, str] | None = None, repeat: int = 1, tree: Path = ROOT) -> dict:
+    """Idle RSS, then per kind: peak RSS while answering its largest request and RSS after it.
+
+    `tree` holds the server/ to run (another revision's, for a before/after).
+    """
     png, _ = normal_requests()
     server = Gunicorn("memory", [str(SERVE_VENV / "bin" / "python"), "-m", "server"], png,
-                      env={"MODEL_REPOSITORY": str(repository), "WORKERS": "1", **(env or {})})
+                      env={"MODEL_REPOSITORY": str(repository.resolve()), "WORKERS": "1", **(env or {})}, cwd=tree)
     results: dict = {"kinds": []}
     with server:
         server.wait_serving()
@@ -270,6 +277,7 @@ def markdown(results: dict) -> str:
         "| request | body | status | seconds | peak RSS MiB | over idle | RSS after MiB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    before = {row["kind"]: row for row in results.get("before", {}).get("kinds", [])}
     for row in results["kinds"]:
         run = row["runs"][-1]
         lines.append(
@@ -277,6 +285,17 @@ def markdown(results: dict) -> str:
             f"{run['seconds']} | {row['peak_kib'] / 1024:.0f} | +{row['peak_kib'] / 1024 - idle:.0f} | "
             f"{row['after_kib'] / 1024:.0f} |"
         )
+    if before:
+        old = results["before"]
+        lines += [
+            "", f"Before, the same requests to server/ at {old['revision']} (idle {old['idle_kib'] / 1024:.0f} MiB; "
+            "its worker's memory only grows, so each peak includes what earlier requests left):", "",
+            "| request | status | seconds | peak RSS MiB | RSS after MiB |", "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for kind, row in before.items():
+            run = row["runs"][-1]
+            lines.append(f"| {kind} | {run['status']} | {run['seconds']} | {row['peak_kib'] / 1024:.0f} | "
+                         f"{row['after_kib'] / 1024:.0f} |")
     lines += ["", f"Date: {results.get('date', '?')}; machine: {results.get('machine', '?')}.", ""]
     return "\n".join(lines)
 
@@ -287,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, default=ROOT / "models")
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for memory.json and memory.md")
     parser.add_argument("--repeat", type=int, default=1, help="send each largest request this many times")
+    parser.add_argument("--before", default="", metavar="REV",
+                        help="also measure server/ at this git revision, for a before/after table")
     parser.add_argument("--dry-run", action="store_true", help="measure but write nothing")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a server setting for this run (e.g. for an A/B)")
@@ -294,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     env = dict(item.split("=", 1) for item in args.env)
     results = measure(args.repository, env, args.repeat)
-    import os
-    import platform
+    if args.before:
+        with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+            results["before"] = measure(args.repository, env, args.repeat, extract(args.before, Path(tmp) / "before"))
+        results["before"]["revision"] = short_hash(args.before)
     results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs"
     results["env"] = env
