@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from . import digit
-from .budget import MemoryBudget, PixelBudget, image_bytes
+from .budget import MemoryBudget, PixelBudget, image_bytes, run_in_chunks
+from .config import CHUNK_ROWS
 from .decoding import is_rotated, load_image, open_image, pixels_to_array
 from .errors import InvalidInput, ModelNotFound, Overloaded, ServingError
 from .model import NUMPY_DTYPES, OnnxModel, TensorSpec
@@ -53,14 +54,15 @@ class ImageClassifier:
         return cls(model, model.preprocessing, spec, spec.shape[-2], spec.shape[-1])
 
     def predict(self, items: list[Item], max_pixels: int, return_input: bool = False,
-                memory: MemoryBudget | None = None, max_request_pixels: int | None = None) -> list[dict]:
+                memory: MemoryBudget | None = None, max_request_pixels: int | None = None,
+                chunk_rows: int = CHUNK_ROWS) -> list[dict]:
         """One prediction per item (label, index, confidence, probabilities; and the input seen).
 
         With `memory`, each image's decoding holds its bytes of that budget; `max_request_pixels`
-        bounds the decoded pixels of all the items together.
+        bounds the decoded pixels of all the items together; the model runs `chunk_rows` at a time.
         """
         images = self.prepare(items, max_pixels, memory, max_request_pixels)
-        probabilities = self.probabilities(images)
+        probabilities = self.probabilities(images, chunk_rows)
         labels = self.model.labels
         labels = labels if labels and len(labels) == probabilities.shape[1] else None
         predictions = [prediction(row, labels) for row in probabilities]
@@ -114,13 +116,15 @@ class ImageClassifier:
                 raise
             raise type(err)(f"{named}: {err.message}", err.status) from None
 
-    def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
+    def probabilities(self, images: list[np.ndarray], chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
         """Run all images as one batch; probabilities [N, classes] (softmax applied to logits)."""
         model, spec = self.model, self.input
         if 0 < spec.shape[0] != len(images):
             raise InvalidInput(f"model {model.name!r} takes exactly {spec.shape[0]} image(s) per request; received {len(images)}")
         batch = np.stack(images).reshape((len(images),) + (1,) * (len(spec.shape) - 3) + images[0].shape)
-        outputs = model.predict({spec.name: batch.astype(NUMPY_DTYPES[spec.datatype])})
+        inputs = {spec.name: batch.astype(NUMPY_DTYPES[spec.datatype])}
+        # In chunks, as v2 batches: onnxruntime's arena keeps the peak of its largest run.
+        outputs = run_in_chunks(model.predict, inputs, chunk_rows) if model.batchable else model.predict(inputs)
         scores = np.asarray(outputs[model.outputs[0].name], dtype=np.float64)
         if scores.ndim != 2 or scores.shape[0] != len(images):
             raise RuntimeError(f"model {model.name} answered shape {scores.shape} for a batch of {len(images)}")

@@ -52,6 +52,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # WORKERS and the memory budget derive from it. On a 1 GB / 1 CPU box: two workers of a few
 # threads each, one onnxruntime thread per session so workers do not fight over the core.
 BOX = _box.detect()
+# Rows onnxruntime runs at once: its arena keeps the peak of the largest run (~30 MiB a worker after
+# 64-row runs of the digit CNN, ~10 MiB after 16-row ones; docs/memory.md).
+CHUNK_ROWS = 16
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("MODEL_REPOSITORY", "models", str, "folder holding <name>/<version>/model.onnx"),
@@ -71,8 +74,8 @@ SETTINGS: tuple[Setting, ...] = (
             "large requests (a big body, a decoded page) each worker serves at once; one more waits, others get 503"),
     Setting("MEMORY_WAIT_SECONDS", 5.0, _number(float, 0, 600),
             "how long a large request waits for its worker's memory budget before a 503 with Retry-After"),
-    Setting("INFER_CHUNK_ROWS", 64, _number(int, 1),
-            "most rows onnxruntime runs at once: larger v2 batches run in chunks of this many rows"),
+    Setting("INFER_CHUNK_ROWS", CHUNK_ROWS, _number(int, 1),
+            "most rows onnxruntime runs at once: larger batches (v2, or many images) run in chunks of this many rows"),
     Setting("ORT_THREADS", 1, _number(int, 0, 256), "onnxruntime intra-op threads per session"),
     Setting("API_TOKEN", "", str, "bearer token required on every endpoint but health; empty = none"),
     Setting("LOG_LEVEL", "info", _log_level, "debug, info, warning or error"),

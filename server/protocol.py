@@ -13,6 +13,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, R
 
 from . import tensors
 from .budget import row_limit, run_in_chunks
+from .config import CHUNK_ROWS
 from .errors import InvalidInput, ModelNotReady
 from .model import OnnxModel
 from .registry import ModelRegistry
@@ -55,11 +56,6 @@ def model_ready(registry: ModelRegistry, name: str, version: str | None = None) 
         return registry.get(name, version).ready
     except ModelNotReady:
         return False
-
-
-# Most rows onnxruntime runs at once unless the caller says (INFER_CHUNK_ROWS): activations and
-# onnxruntime's arena, which keeps its peak, stay the size of one chunk (docs/memory.md).
-CHUNK_ROWS = 64
 
 
 def infer(model: OnnxModel, inputs: dict[str, np.ndarray], wanted: list[tensors.RequestedOutput],

@@ -202,7 +202,7 @@ def test_a_large_v2_batch_answers_as_its_rows_one_by_one(client) -> None:
     assert whole.status_code == 200, whole.json
     rows = np.asarray(whole.json["outputs"][0]["data"]).reshape(70, -1)
     data = np.asarray(body["inputs"][0]["data"], dtype=np.float32).reshape(70, 1, 28, 28)
-    for index in (0, 63, 64, 69):  # both sides of the chunk boundary
+    for index in (0, 15, 16, 63, 64, 69):  # both sides of chunk boundaries
         one = {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
                            "data": data[index].ravel().tolist()}]}
         answer = client.post("/v2/models/digits/infer", json=one).json

@@ -49,7 +49,8 @@ def _predict(name: str):
         with memory.reserve(body_bytes(request.content_length or 0), "reading this request's body"):
             items, return_input = read_items()
         predictions = classifier.predict(
-            items, config["MAX_IMAGE_PIXELS"], return_input, memory, config["MAX_REQUEST_PIXELS"])
+            items, config["MAX_IMAGE_PIXELS"], return_input, memory, config["MAX_REQUEST_PIXELS"],
+            config["INFER_CHUNK_ROWS"])
     return jsonify(model=model.name, version=model.version, predictions=predictions)
 
 
