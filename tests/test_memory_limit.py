@@ -34,7 +34,8 @@ from tests.conftest import LOG_DIR, ROOT, SERVE_VENV, free_port
 
 pytestmark = pytest.mark.memory_limit
 
-MEMORY_LIMIT = 2**30
+# MEMORY_TEST_MIB tries another box, e.g. 700 for the systemd unit's MemoryMax=700M.
+MEMORY_LIMIT = int(os.environ.get("MEMORY_TEST_MIB", "1024")) * 2**20
 SECONDS = 40.0
 CGROUP = Path("/sys/fs/cgroup")
 # Settings left at their defaults, as `make serve` does, whatever the caller's shell says.
@@ -224,7 +225,7 @@ def stream(port: int, specs: list[RequestSpec], allowed: set[int], tally: Tally,
 # --------------------------------------------------------------------------- the test
 
 
-def test_largest_requests_under_1_gib_and_one_cpu(tmp_path: Path) -> None:
+def test_largest_requests_under_1_gib_and_one_cpu() -> None:
     largest = largest_requests()  # built before the clock starts: a few seconds of Pillow work
     normal = list(normal_requests())
     cgroup = Cgroup().create()
@@ -274,7 +275,7 @@ def test_largest_requests_under_1_gib_and_one_cpu(tmp_path: Path) -> None:
         workers_after = children(server.pid)
         log_text = log_path.read_text(errors="replace")
         summary = {
-            "ready_s": round(ready, 1), "idle_anon_mib": round(idle), "peak_anon_mib": round(max(peak_anon)),
+            "memory_limit_mib": MEMORY_LIMIT >> 20, "ready_s": round(ready, 1), "idle_anon_mib": round(idle), "peak_anon_mib": round(max(peak_anon)),
             "after_anon_mib": round(after), "seconds": SECONDS,
             "cgroup": counters, "cgroup_version": cgroup.version,
             "normal": dict(normal_tally.statuses), "normal_max_s": round(max(normal_tally.seconds, default=0), 1),
