@@ -65,14 +65,19 @@ class MemoryBudget:
 
     @contextmanager
     def reserve(self, nbytes: int, what: str) -> Iterator[None]:
-        """Hold `nbytes` (at most the whole capacity: a larger piece runs alone) while the block runs.
+        """Hold `nbytes` while the block runs; more than the whole capacity is TooLarge (413).
 
         Waits up to `wait_seconds` for room; then raises Overloaded naming `what`.
         """
         if nbytes < SMALL:
             yield
             return
-        nbytes = min(int(nbytes), self.capacity)
+        if nbytes > self.capacity:  # would not fit even alone: the box cannot afford it
+            raise TooLarge(
+                f"{what} needs about {nbytes / MIB:.0f} MiB of memory to process; this server allows "
+                f"{self.capacity / MIB:.0f} MiB per worker for large work (MEMORY_BUDGET, from the memory "
+                "it runs in): send a smaller image or body"
+            )
         scoped, has_slot = getattr(self._local, "scoped", False), getattr(self._local, "slot", False)
         with self._changed:
             if not self._room(nbytes, has_slot):
@@ -165,20 +170,21 @@ _REDUCE_FROM = 2 * 512
 def image_bytes(mode: str, width: int, height: int, rotated: bool = False) -> int:
     """Peak bytes of decoding a `mode` image of width x height and preprocessing it (mnist-digit).
 
-    Measured per pixel (bench/memory.py, /tmp probes of each stage): the decoded image, twice when its
-    EXIF orientation transposes it; a conversion copy for modes other than L/LA/RGB/RGBA/I/F; the
-    premultiplied copy Pillow's reduce makes of an image with alpha; and the float32 arrays of the
-    grayscale stage on the reduced image (~36 bytes a pixel with alpha, ~20 for 16-bit, ~12 else).
+    Measured per pixel (docs/memory.md): the decoded image (kept while the preset runs), then the
+    largest of its stages: the transposed copy an EXIF orientation makes, or the conversion copy of
+    modes other than L/LA/RGB/RGBA/I/F plus the premultiplied copy Pillow's reduce makes of an
+    image with alpha; and the float32 arrays of the grayscale stage on the reduced image (~36
+    bytes a pixel with alpha, ~20 for 16-bit, ~12 else).
     """
     pixels = width * height
     alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa", "P")  # P: when it has a transparent colour
-    decoded = _PIXEL_BYTES.get(mode, 4) * pixels * (2 if rotated else 1)
+    decoded = _PIXEL_BYTES.get(mode, 4) * pixels
     converted = 0 if mode in _KEPT_MODES else 4 * pixels
     factor = max(width, height) // _REDUCE_FROM
     premultiplied = 4 * pixels if alpha and factor >= 2 else 0
     reduced = pixels // (factor * factor) if factor >= 2 else pixels
     per_float_pixel = 36 if alpha else 20 if mode.startswith("I") or mode == "F" else 12
-    return decoded + converted + premultiplied + per_float_pixel * reduced
+    return decoded + max(decoded if rotated else 0, converted + premultiplied) + per_float_pixel * reduced
 
 
 def tensor_body_bytes(body_length: int) -> int:

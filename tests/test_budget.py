@@ -16,7 +16,7 @@ from PIL import Image
 
 from server import box, create_app
 from server.budget import SMALL, MemoryBudget, image_bytes, row_limit, run_in_chunks
-from server.errors import InvalidInput, Overloaded
+from server.errors import InvalidInput, Overloaded, TooLarge
 from tests.onnx_factory import write_classifier
 
 MIB = 2**20
@@ -147,16 +147,26 @@ def test_one_request_waits_and_the_next_is_refused_at_once() -> None:
     assert "waited" in outcomes and (budget.used, budget.requests, budget.waiting) == (0, 0, 0)
 
 
-def test_a_piece_larger_than_the_budget_runs_alone() -> None:
+def test_a_piece_larger_than_the_whole_budget_is_too_large() -> None:
     budget = MemoryBudget(100 * MIB, wait_seconds=0, max_requests=4)
-    with budget.request(), budget.reserve(400 * MIB, "a huge page"):
-        assert budget.used == 100 * MIB
+    with pytest.raises(TooLarge, match="a huge page needs about 400 MiB.*100 MiB per worker"):
+        with budget.request(), budget.reserve(400 * MIB, "a huge page"):
+            pass
+    assert (budget.used, budget.requests) == (0, 0)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16", "L", "RGB"])
+def test_every_page_the_limits_allow_fits_the_budget_of_a_1_gib_box(mode: str) -> None:
+    one_gib = box.Box(2**30, 1.0, "test", "test")
+    budget = box.default_memory_budget(one_gib, box.default_workers(one_gib))
+    for rotated in (False, True):
+        assert image_bytes(mode, 5000, 5000, rotated) <= budget
 
 
 def test_image_bytes_grow_with_what_decoding_costs() -> None:
     side = 5000
     assert image_bytes("L", side, side) < image_bytes("RGB", side, side) < image_bytes("RGBA", side, side)
-    assert image_bytes("RGBA", side, side, rotated=True) > image_bytes("RGBA", side, side)
+    assert image_bytes("L", side, side, rotated=True) > image_bytes("L", side, side)
     assert image_bytes("P", side, side) > image_bytes("L", side, side)  # converted before reducing
     assert image_bytes("L", 28, 28) < SMALL
 
