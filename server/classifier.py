@@ -78,43 +78,29 @@ class ImageClassifier:
         Every image's header is read first, so that a request over `max_request_pixels` is refused
         before any pixel is decoded; then each is decoded holding its bytes of `memory`.
         """
-        size = (self.height, self.width)
-        preset = PRESETS[self.preset]
+        size, preset, count = (self.height, self.width), PRESETS[self.preset], len(items)
         pixels = PixelBudget(max_request_pixels) if max_request_pixels else None
-        with self._naming_errors(len(items)) as number:
-            opened = []
-            for number[0], item in enumerate(items, 1):
+        opened: list[Image.Image | list | None] = []
+        for number, item in enumerate(items, 1):
+            with naming_errors(number, count):
                 if isinstance(item, bytes):
                     item = open_image(item, max_pixels)  # the header only: sizes known, nothing decoded
                     if pixels is not None:
                         width, height = item.size
-                        pixels.take(width * height, f"{which_image(number[0], len(items))} ({width}x{height} decoded)")
+                        pixels.take(width * height, f"{which_image(number, count)} ({width}x{height} decoded)")
                 opened.append(item)
-            images = []
-            for number[0], item in enumerate(opened, 1):
-                opened[number[0] - 1] = None  # a decoded image is let go as soon as it is preprocessed
+        images = []
+        for number in range(1, count + 1):
+            item, opened[number - 1] = opened[number - 1], None  # each decoded image is let go once preprocessed
+            with naming_errors(number, count):
                 if isinstance(item, Image.Image):
                     cost = image_bytes(item.mode, *item.size, is_rotated(item)) if memory else 0
-                    with memory.reserve(cost, which_image(number[0], len(items))) if memory else nullcontext():
+                    with memory.reserve(cost, which_image(number, count)) if memory else nullcontext():
                         images.append(fit(preset(load_image(item)), size))
                         item = None  # freed before its reservation ends
                 else:
                     images.append(pixels_to_array(item, size))
         return images
-
-    @staticmethod
-    @contextmanager
-    def _naming_errors(count: int) -> Iterator[list[int]]:
-        """Serving errors raised inside get the number of the image at fault (kept in the list)."""
-        number = [0]
-        try:
-            yield number
-        except ServingError as err:
-            named = which_image(number[0], count)
-            # Overloaded names the image already (and keeps its Retry-After); the pixel budget too.
-            if count == 1 or isinstance(err, Overloaded) or err.message.startswith(named):
-                raise
-            raise type(err)(f"{named}: {err.message}", err.status) from None
 
     def probabilities(self, images: list[np.ndarray], chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
         """Run all images as one batch; probabilities [N, classes] (softmax applied to logits)."""
@@ -193,6 +179,19 @@ def prediction(probabilities: np.ndarray, labels: list[str] | None) -> dict:
         "confidence": rounded[index],
         "probabilities": rounded,
     }
+
+
+@contextmanager
+def naming_errors(number: int, count: int) -> Iterator[None]:
+    """Serving errors raised inside name image `number` of `count`, unless they already do."""
+    try:
+        yield
+    except ServingError as err:
+        named = which_image(number, count)
+        # Overloaded names the image already (and keeps its Retry-After); the pixel budget too.
+        if count == 1 or isinstance(err, Overloaded) or err.message.startswith(named):
+            raise
+        raise type(err)(f"{named}: {err.message}", err.status) from None
 
 
 def which_image(number: int, count: int) -> str:
