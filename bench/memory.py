@@ -33,7 +33,9 @@ if str(ROOT) not in sys.path:
 from bench.ab import extract, short_hash  # noqa: E402
 from bench.bodies import RequestSpec, mnist_digit, predict_png, v2_infer_binary  # noqa: E402
 from bench.procs import Gunicorn, send  # noqa: E402
+from server.budget import body_bytes, image_bytes, tensor_body_bytes  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
+from server.decoding import is_rotated, open_image  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,17 @@ class Largest:
     kind: str
     spec: RequestSpec
     expected: tuple[int, ...] = (200,)
+    image: bytes = b""  # the image it repeats, if any
+
+    def reserved(self) -> int:
+        """Bytes the server reserves for this request's largest piece of work (server/budget.py)."""
+        if self.spec.path.startswith("/v2/"):
+            return tensor_body_bytes(len(self.spec.body))
+        piece = 0
+        if self.image:
+            image = open_image(self.image, MAX_PIXELS)
+            piece = image_bytes(image.mode, *image.size, is_rotated(image))
+        return max(body_bytes(len(self.spec.body)), piece)
 
 
 @lru_cache(maxsize=1)
@@ -180,17 +193,19 @@ def largest_requests() -> tuple[Largest, ...]:
     unreduced = page_png("RGBA", unreduced_side)
     photo = photo_jpeg()
     return (
-        Largest("PNG pages, RGBA, 25 MP each (multipart)", fill_multipart("png-rgba", rgba, "png", pixels=page)),
-        Largest("PNG pages, LA + EXIF rotation, 25 MP each", fill_multipart("png-la", la_rotated, "png", pixels=page)),
-        Largest("PNG pages, palette + transparency, 25 MP each", fill_multipart("png-p", palette, "png", pixels=page)),
-        Largest("PNG pages, 16-bit, 25 MP each", fill_multipart("png-16", wide, "png", pixels=page)),
+        Largest("PNG pages, RGBA, 25 MP each (multipart)", fill_multipart("png-rgba", rgba, "png", pixels=page), image=rgba),
+        Largest("PNG pages, LA + EXIF rotation, 25 MP each", fill_multipart("png-la", la_rotated, "png", pixels=page),
+                image=la_rotated),
+        Largest("PNG pages, palette + transparency, 25 MP each", fill_multipart("png-p", palette, "png", pixels=page),
+                image=palette),
+        Largest("PNG pages, 16-bit, 25 MP each", fill_multipart("png-16", wide, "png", pixels=page), image=wide),
         Largest("PNG pages, RGBA, 2047x2047 each (not reduced)",
-                fill_multipart("png-2047", unreduced, "png", pixels=unreduced_side**2)),
-        Largest("PNG pages as JSON base64 images", json_images(rgba, page)),
+                fill_multipart("png-2047", unreduced, "png", pixels=unreduced_side**2), image=unreduced),
+        Largest("PNG pages as JSON base64 images", json_images(rgba, page), image=rgba),
         Largest("64 PNG pages of 25 MP: over MAX_REQUEST_PIXELS (413)", fill_multipart("png-over", rgba, "png"), (413,)),
-        Largest("12 MP phone-photo JPEGs (multipart)", fill_multipart("jpeg", photo, "jpg")),
+        Largest("12 MP phone-photo JPEGs (multipart)", fill_multipart("jpeg", photo, "jpg"), image=photo),
         Largest("page upload: 25 MP PNG with return_input", fill_multipart(
-            "page", rgba, "png", fields={"return_input": "1"}, most=1)),
+            "page", rgba, "png", fields={"return_input": "1"}, most=1), image=rgba),
         Largest("v2 JSON at the body limit", v2_json_rows()),
         Largest("v2 binary at the body limit", v2_binary_rows()),
         Largest("JSON pixels at the body limit (400)", oversized_pixels(), (400,)),
@@ -239,7 +254,8 @@ def measure(repository: Path, env: dict[str, str] | None = None, repeat: int = 1
         results["idle_kib"] = status_kib(worker)["VmRSS"]
         log.info("idle worker RSS %d MiB", results["idle_kib"] // 1024)
         for item in largest_requests():
-            row = {"kind": item.kind, "request": item.spec.name, "body_bytes": len(item.spec.body), "runs": []}
+            row = {"kind": item.kind, "request": item.spec.name, "body_bytes": len(item.spec.body),
+                   "reserved_bytes": item.reserved(), "runs": []}
             for _ in range(repeat):
                 reset_peak(worker)
                 before = status_kib(worker)["VmRSS"]
@@ -274,8 +290,11 @@ def markdown(results: dict) -> str:
         "",
         f"Idle worker (after 20 normal requests): **{idle:.0f} MiB** RSS.",
         "",
-        "| request | body | status | seconds | peak RSS MiB | over idle | RSS after MiB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "`reserved` is what the server reserves of the worker's budget for the request's largest piece of",
+        "work, estimated before the work starts (`server/budget.py`); it must not be below `over idle`.",
+        "",
+        "| request | body | status | seconds | peak RSS MiB | over idle | reserved MiB | RSS after MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     before = {row["kind"]: row for row in results.get("before", {}).get("kinds", [])}
     for row in results["kinds"]:
@@ -283,7 +302,7 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {row['kind']} ({row['request']}) | {row['body_bytes'] / 2**20:.1f} MiB | {run['status']} | "
             f"{run['seconds']} | {row['peak_kib'] / 1024:.0f} | +{row['peak_kib'] / 1024 - idle:.0f} | "
-            f"{row['after_kib'] / 1024:.0f} |"
+            f"{row['reserved_bytes'] / 2**20:.0f} | {row['after_kib'] / 1024:.0f} |"
         )
     if before:
         old = results["before"]

@@ -189,8 +189,8 @@ def image_bytes(mode: str, width: int, height: int, rotated: bool = False) -> in
 
 def tensor_body_bytes(body_length: int) -> int:
     """Peak bytes of parsing a v2 body of `body_length` bytes into arrays (JSON: a Python object per value)."""
-    # Measured (docs/memory.md): an 8 MiB JSON body of short numbers peaks ~11x its size; binary ~3x.
-    return 12 * body_length
+    # Measured (docs/memory.md): an 8 MiB JSON body of short numbers peaks ~12x its size; binary ~4x.
+    return 14 * body_length
 
 
 def row_limit(metadata: dict[str, str]) -> int | None:
