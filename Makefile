@@ -31,7 +31,7 @@ else
 $(error TORCH=$(TORCH): expected cuda (the default) or cpu)
 endif
 
-.PHONY: serve test train export bench bench-grpc bench-photos clean help image image-test triton-test
+.PHONY: serve test train export bench bench-grpc bench-photos clean help image image-test triton-test memory-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -111,6 +111,10 @@ $(DEV_VENV)/.system-stamp: system-packages.txt $(DEV_STAMP)
 test: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(DEV_VENV)/.system-stamp ## install what the tests need and run them
 	$(DEV_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# About two minutes, and it needs root with writable cgroups (it skips saying why elsewhere): not in `make test`.
+memory-test: $(DEV_STAMP) $(SERVE_VENV)/.stamp ## python -m server in a 1 GiB / 1 CPU cgroup under the largest requests (docs/memory.md)
+	$(DEV_VENV)/bin/python -m pytest -m memory_limit tests/test_memory_limit.py -rs $(PYTEST_ARGS)
+
 # The benchmarks' torch baseline gets its own environment with PyTorch's CPU build, the realistic
 # serving install (the pinned training torch is the CUDA build): from TORCH_WHEELS when it holds
 # the wheel, else from PyTorch's CPU package index.
@@ -137,6 +141,7 @@ bench: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOL
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; \
 		else echo "make bench: please install wrk (Debian package wrk)" >&2; exit 1; fi; }
 	$(DEV_VENV)/bin/python -m bench.run $(BENCH_ARGS)
+	$(DEV_VENV)/bin/python -m bench.memory
 	@# The photo evaluation is `make bench-photos`: at its default size it alone outlasts this target.
 	@if [ -f bench/batching.py ]; then echo "$(DEV_VENV)/bin/python -m bench.batching"; $(DEV_VENV)/bin/python -m bench.batching; fi
 	$(DEV_VENV)/bin/python -m bench.grpc_http

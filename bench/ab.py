@@ -43,10 +43,11 @@ def short_hash(revision: str) -> str:
 
 
 def measure(tree: Path, label: str, spec: bodies.RequestSpec, args: argparse.Namespace) -> dict:
-    server = model_server(args.repository.resolve(), name=f"ab-{label}", probe=spec, cwd=tree)
+    settings = dict(item.split("=", 1) for item in args.setting)
+    server = model_server(args.repository.resolve(), name=f"ab-{label}", probe=spec, env=settings, cwd=tree)
     with server:
         server.wait_serving()
-        wait_idle(server, BY_NAME["WORKERS"].default)
+        wait_idle(server, int(settings.get("WORKERS", BY_NAME["WORKERS"].default)))
         run_wrk(server.port, spec, connections=args.connections, seconds=args.warmup)
         return run_wrk(server.port, spec, connections=args.connections, seconds=args.seconds,
                        server_cpu=server.cpu_seconds)
@@ -75,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2, help="before/after alternations")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a server setting for both sides, e.g. WORKERS=2 when the default differs between them")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks-ab.json")
     return parser.parse_args(argv)
 
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "name": args.name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "before": short_hash(args.before),
         "after": short_hash(args.after) if args.after else f"working tree on {short_hash('HEAD')}", "request": args.request,
-        "connections": args.connections, "seconds": args.seconds, "rounds": args.rounds,
+        "connections": args.connections, "seconds": args.seconds, "rounds": args.rounds, "settings": args.setting,
         "result_before": before, "result_after": after,
         "rps_change": round(after["rps"] / before["rps"] - 1, 4),
         "cpu_change": round(after["cpu_ms_per_request"] / before["cpu_ms_per_request"] - 1, 4),

@@ -9,6 +9,7 @@ from . import config as settings
 from . import metrics
 from .api import api_page, context, errors, health, hooks, images, model_repository, openapi, page, v2
 from .api import metrics as metrics_api
+from .budget import MemoryBudget
 from .model_sync import ModelSync
 from .registry import ModelRegistry
 
@@ -32,6 +33,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Other gunicorn workers' loads and unloads, and the optional poll of the repository.
     sync = ModelSync(registry, app.config["MODEL_SYNC_DIR"], app.config["MODEL_POLL_SECONDS"])
     context.init_app(app, registry, sync)
+    # Large work (decoded images, big tensor bodies) holds this worker's share of the box's memory.
+    app.extensions["memory_budget"] = MemoryBudget(
+        settings.memory_budget(app.config), app.config["MEMORY_WAIT_SECONDS"], app.config["LARGE_REQUESTS"])
 
     errors.register_error_handlers(app)
     app.before_request(hooks.start_request)
@@ -53,4 +57,4 @@ def start_grpc(app: Flask) -> Any:
         return None
     from .grpc import server  # here, not at the top: only a process that serves gRPC loads it
 
-    return server.start(app.extensions["registry"], app.extensions["model_sync"], app.config)
+    return server.start(app.extensions["registry"], app.extensions["model_sync"], app.extensions["memory_budget"], app.config)

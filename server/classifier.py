@@ -8,13 +8,18 @@ usable from a shell with onnxruntime, numpy and Pillow alone.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
-from .decoding import decode_image, pixels_to_array
-from .errors import InvalidInput, ModelNotFound, ServingError
+from PIL import Image
+
+from .budget import MemoryBudget, PixelBudget, image_bytes, run_in_chunks
+from .config import CHUNK_ROWS
+from .decoding import is_rotated, load_image, open_image, pixels_to_array
+from .errors import InvalidInput, ModelNotFound, Overloaded, ServingError
 from .model import NUMPY_DTYPES, OnnxModel, TensorSpec
 from .presets import PRESETS, ImageInput, image_input
 from .registry import ModelRegistry, latest
@@ -55,10 +60,16 @@ class ImageClassifier:
         spec = model.inputs[0]
         return cls(model, model.preprocessing, spec, image_input(spec.shape, model.metadata))
 
-    def predict(self, items: list[Item], max_pixels: int, return_input: bool = False) -> list[dict]:
-        """One prediction per item (label, index, confidence, probabilities; and the input seen)."""
-        images = self.prepare(items, max_pixels)
-        probabilities = self.probabilities(images)
+    def predict(self, items: list[Item], max_pixels: int, return_input: bool = False,
+                memory: MemoryBudget | None = None, max_request_pixels: int | None = None,
+                chunk_rows: int = CHUNK_ROWS) -> list[dict]:
+        """One prediction per item (label, index, confidence, probabilities; and the input seen).
+
+        With `memory`, each image's decoding holds its bytes of that budget; `max_request_pixels`
+        bounds the decoded pixels of all the items together; the model runs `chunk_rows` at a time.
+        """
+        images = self.prepare(items, max_pixels, memory, max_request_pixels)
+        probabilities = self.probabilities(images, chunk_rows)
         labels = self.model.labels
         labels = labels if labels and len(labels) == probabilities.shape[1] else None
         predictions = [prediction(row, labels) for row in probabilities]
@@ -68,34 +79,51 @@ class ImageClassifier:
                 answer["input"] = np.round(seen.astype(np.float64), INPUT_DIGITS).tolist()
         return predictions
 
-    def prepare(self, items: list[Item], max_pixels: int) -> list[np.ndarray]:
-        """Each item as the model's [C, H, W] float32 image; errors name the image at fault."""
-        target, preset = self.target, PRESETS[self.preset]
-        images = []
+    def prepare(self, items: list[Item], max_pixels: int, memory: MemoryBudget | None = None,
+                max_request_pixels: int | None = None) -> list[np.ndarray]:
+        """Each item as the model's [C, H, W] float32 image; errors name the image at fault.
+
+        Every image's header is read first, so that a request over `max_request_pixels` is refused
+        before any pixel is decoded; then each is decoded holding its bytes of `memory`.
+        """
+        target, preset, count = self.target, PRESETS[self.preset], len(items)
+        pixels = PixelBudget(max_request_pixels) if max_request_pixels else None
+        opened: list[Image.Image | list | None] = []
         for number, item in enumerate(items, 1):
-            try:
+            with naming_errors(number, count):
                 if isinstance(item, bytes):
-                    images.append(preset.prepare(decode_image(item, max_pixels, preset.draft_side(target)), target))
-                elif target.channels == 1:
-                    images.append(pixels_to_array(item, (target.height, target.width))[None])
-                else:
+                    item = open_image(item, max_pixels, preset.draft_side(target))  # the header only
+                    if pixels is not None:
+                        width, height = item.size
+                        pixels.take(width * height, f"{which_image(number, count)} ({width}x{height} decoded)")
+                elif target.channels != 1:
                     raise InvalidInput(
                         f"'pixels' are for single-channel models; model {self.model.name!r} takes "
                         f"{target.channels} channels: send the image itself"
                     )
-            except ServingError as err:
-                if len(items) == 1:
-                    raise
-                raise type(err)(f"{which_image(number, len(items))}: {err.message}", err.status) from None
+                opened.append(item)
+        images = []
+        for number in range(1, count + 1):
+            item, opened[number - 1] = opened[number - 1], None  # each decoded image is let go once preprocessed
+            with naming_errors(number, count):
+                if isinstance(item, Image.Image):
+                    cost = image_bytes(item.mode, *item.size, is_rotated(item)) if memory else 0
+                    with memory.reserve(cost, which_image(number, count)) if memory else nullcontext():
+                        images.append(preset.prepare(load_image(item), target))
+                        item = None  # freed before its reservation ends
+                else:
+                    images.append(pixels_to_array(item, (target.height, target.width))[None])
         return images
 
-    def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
+    def probabilities(self, images: list[np.ndarray], chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
         """Run all images as one batch; probabilities [N, classes] (softmax applied to logits)."""
         model, spec = self.model, self.input
         if 0 < spec.shape[0] != len(images):
             raise InvalidInput(f"model {model.name!r} takes exactly {spec.shape[0]} image(s) per request; received {len(images)}")
         batch = self.target.batch(images)
-        outputs = model.predict({spec.name: batch.astype(NUMPY_DTYPES[spec.datatype])})
+        inputs = {spec.name: batch.astype(NUMPY_DTYPES[spec.datatype])}
+        # In chunks, as v2 batches: onnxruntime's arena keeps the peak of its largest run.
+        outputs = run_in_chunks(model.predict, inputs, chunk_rows) if model.batchable else model.predict(inputs)
         scores = np.asarray(outputs[model.outputs[0].name], dtype=np.float64)
         if scores.ndim != 2 or scores.shape[0] != len(images):
             raise RuntimeError(f"model {model.name} answered shape {scores.shape} for a batch of {len(images)}")
@@ -160,6 +188,19 @@ def prediction(probabilities: np.ndarray, labels: list[str] | None) -> dict:
         "confidence": rounded[index],
         "probabilities": rounded,
     }
+
+
+@contextmanager
+def naming_errors(number: int, count: int) -> Iterator[None]:
+    """Serving errors raised inside name image `number` of `count`, unless they already do."""
+    try:
+        yield
+    except ServingError as err:
+        named = which_image(number, count)
+        # Overloaded names the image already (and keeps its Retry-After); the pixel budget too.
+        if count == 1 or isinstance(err, Overloaded) or err.message.startswith(named):
+            raise
+        raise type(err)(f"{named}: {err.message}", err.status) from None
 
 
 def which_image(number: int, count: int) -> str:

@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from . import box as _box
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -54,18 +56,35 @@ def _bool(text: str) -> bool:
     return word in TRUE_WORDS
 
 
-# Defaults suit a 1 GB / 1 CPU box: two workers of a few threads each, one onnxruntime thread per
-# session so workers do not fight over the core.
+# The box this process starts on (its cgroup's memory limit and CPU quota, else the machine's):
+# WORKERS and the memory budget derive from it. On a 1 GB / 1 CPU box: two workers of a few
+# threads each, one onnxruntime thread per session so workers do not fight over the core.
+BOX = _box.detect()
+# Rows onnxruntime runs at once: its arena keeps the peak of the largest run (~30 MiB a worker after
+# 64-row runs of the digit CNN, ~10 MiB after 16-row ones; docs/memory.md).
+CHUNK_ROWS = 16
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("MODEL_REPOSITORY", "models", str, "folder holding <name>/<version>/model.onnx"),
     Setting("HOST", "127.0.0.1", str, "address to bind; 0.0.0.0 exposes the server to the network"),
     Setting("PORT", 8000, _number(int, 1, 65535), "TCP port to bind"),
     Setting("GRPC_PORT", 8001, _number(int, 0, 65535), "TCP port of the v2 gRPC service (tritonclient.grpc's), on HOST; 0 = off"),
-    Setting("WORKERS", 2, _number(int, 1, 64), "gunicorn worker processes"),
+    Setting("WORKERS", _box.default_workers(BOX), _number(int, 1, 64),
+            "gunicorn worker processes (default: one per CPU plus one, as many as the memory fits)"),
     Setting("THREADS", 4, _number(int, 1, 256), "threads per worker"),
     Setting("MAX_CONTENT_LENGTH", 8 * 1024 * 1024, _number(int, 1), "largest request body in bytes (413 above)"),
     Setting("MAX_IMAGE_PIXELS", 25_000_000, _number(int, 1), "largest image, width x height, checked before decoding"),
     Setting("MAX_IMAGES_PER_REQUEST", 64, _number(int, 1), "most images in one /predict request"),
+    Setting("MAX_REQUEST_PIXELS", 100_000_000, _number(int, 1),
+            "most decoded pixels in one request, all its images together (413 above; JPEGs count at their reduced decoding size)"),
+    Setting("MEMORY_BUDGET", 0, _number(int, 0),
+            "bytes of large work (decoded images, big tensor bodies) each worker holds at once; 0 = its share of the box's memory"),
+    Setting("LARGE_REQUESTS", 1, _number(int, 1, 256),
+            "large requests (a big body, a decoded page) each worker serves at once; one more waits, others get 503"),
+    Setting("MEMORY_WAIT_SECONDS", 5.0, _number(float, 0, 600),
+            "how long a large request waits for its worker's memory budget before a 503 with Retry-After"),
+    Setting("INFER_CHUNK_ROWS", CHUNK_ROWS, _number(int, 1),
+            "most rows onnxruntime runs at once: larger batches (v2, or many images) run in chunks of this many rows"),
     Setting("ORT_THREADS", 1, _number(int, 0, 256), "onnxruntime intra-op threads per session"),
     Setting("API_TOKEN", "", str, "bearer token required on every endpoint but health; empty = none"),
     Setting("LOG_LEVEL", "info", _log_level, "debug, info, warning or error"),
@@ -102,3 +121,16 @@ def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]
 def batch_defaults(values: Mapping[str, Any]) -> tuple[int, int, float]:
     """(max batch size, max delay in µs, least single-run ms) for models whose file says nothing."""
     return values["MAX_BATCH_SIZE"], values["MAX_BATCH_DELAY_US"], values["BATCH_MIN_INFERENCE_MS"]
+
+
+def memory_budget(values: Mapping[str, Any]) -> int:
+    """Bytes of large work per worker: MEMORY_BUDGET, or the worker's share of the box when 0."""
+    return values["MEMORY_BUDGET"] or _box.default_memory_budget(BOX, values["WORKERS"])
+
+
+def describe_box(values: Mapping[str, Any]) -> str:
+    """One line for the log at start: the box, and what the settings made of it."""
+    return (f"box: {BOX.describe()}; {values['WORKERS']} workers x {values['THREADS']} threads, "
+            f"{values['LARGE_REQUESTS']} large request(s) at once in {memory_budget(values) / 2**20:.0f} MiB per worker, "
+            f"{values['MAX_REQUEST_PIXELS']} decoded pixels per request, onnxruntime runs of at most "
+            f"{values['INFER_CHUNK_ROWS']} rows")

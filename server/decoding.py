@@ -31,6 +31,7 @@ def describe_error(err: BaseException) -> str:
     if isinstance(err, UnidentifiedImageError):
         return "not an image of a format the server reads"
     return OBJECT_REPR.sub("", str(err)) or type(err).__name__
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 def decode_image(data: bytes, max_pixels: int, draft_side: int | None = DRAFT_SIDE) -> Image.Image:
@@ -39,6 +40,12 @@ def decode_image(data: bytes, max_pixels: int, draft_side: int | None = DRAFT_SI
     JPEGs far larger than `draft_side` are decoded at a reduced DCT scale, still at least
     `draft_side` on each side, which is all the preprocessing uses.
     """
+    return load_image(open_image(data, max_pixels, draft_side))
+
+
+def open_image(data: bytes, max_pixels: int, draft_side: int | None = DRAFT_SIDE) -> Image.Image:
+    """Read only the header of `data`: format and size checked, a large JPEG set to its reduced
+    decoding size (`image.size` is then the size it decodes at); no pixel is decoded yet."""
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -55,17 +62,36 @@ def decode_image(data: bytes, max_pixels: int, draft_side: int | None = DRAFT_SI
         )
     if width < 1 or height < 1:
         raise InvalidInput(f"image of {width}x{height} pixels received; expected at least 1x1")
+    image.received = (width, height, len(data))  # for error messages: what was sent, before any draft
     try:
         if draft_side and image.format == "JPEG":
             image.draft(image.mode, (draft_side, draft_side))
+    except (OSError, SyntaxError, ValueError) as err:
+        raise InvalidInput(f"could not decode the JPEG image of {width}x{height} pixels: {err}") from None
+    return image
+
+
+def is_rotated(image: Image.Image) -> bool:
+    """Whether the image's EXIF orientation asks for a transposed copy."""
+    try:
+        return image.getexif().get(ORIENTATION, 1) not in (1, None)
+    except Exception:  # an unreadable EXIF block: exif_transpose will say so, or ignore it
+        return False
+
+
+def load_image(image: Image.Image) -> Image.Image:
+    """Decode an image opened by `open_image` (its first frame) and apply its EXIF orientation."""
+    width, height, length = getattr(image, "received", (*image.size, 0))
+    try:
         image.load()  # the first frame of an animation
-        image = ImageOps.exif_transpose(image)
+        # In place: without an orientation to apply, exif_transpose would return a full copy.
+        ImageOps.exif_transpose(image, in_place=True)
         # Pillow converts LAB (a TIFF mode) to nothing else; its L channel is the lightness.
         return image.getchannel("L") if image.mode == "LAB" else image
     except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError, TypeError) as err:
         raise InvalidInput(
             f"could not decode the {image.format} image of {width}x{height} pixels "
-            f"({len(data)} bytes received): {describe_error(err)}"
+            f"({length} bytes received): {describe_error(err)}"
         ) from None
 
 

@@ -64,3 +64,13 @@ class ModelNotReady(ServingError):
     """The model is in the repository but is not serving (it failed to load, or was unloaded)."""
 
     status = 503
+
+
+class Overloaded(ServingError):
+    """The worker has no room for this request now (memory for large work is taken): retry later."""
+
+    status = 503
+
+    def __init__(self, message: str, status: int | None = None, retry_after: int = 1) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after

@@ -27,7 +27,8 @@ _METRICS_DIR, _OWN_METRICS_DIR = _own_temp_dir("PROMETHEUS_MULTIPROC_DIR", "mnis
 _SYNC_DIR, _OWN_SYNC_DIR = _own_temp_dir("MODEL_SYNC_DIR", "mnist-serve-models-")
 
 from gunicorn.glogging import Logger as _GunicornLogger  # noqa: E402
-from server.config import from_environment as _from_environment  # noqa: E402 (after the env is set)
+from server.config import describe_box as _describe_box  # noqa: E402 (after the env is set)
+from server.config import from_environment as _from_environment  # noqa: E402
 
 _settings = _from_environment()
 
@@ -77,6 +78,7 @@ def on_starting(server):
     _METRICS_DIR.mkdir(parents=True, exist_ok=True)
     for stale in _METRICS_DIR.glob("*.db"):
         stale.unlink()
+    server.log.info("%s", _describe_box(_settings))
     server.log.info("metrics of all workers are gathered in %s", _METRICS_DIR)
     # Loads and unloads of an earlier run are stale too: a restart serves what is on disk.
     _SYNC_DIR.mkdir(parents=True, exist_ok=True)

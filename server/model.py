@@ -246,8 +246,11 @@ class OnnxModel:
 
     @property
     def max_rows(self) -> int | None:
-        """The most rows one request may carry: config.pbtxt's `max_batch_size` when above 0, else no limit."""
-        return self.config.max_batch_size if self.config is not None and self.config.max_batch_size > 0 else None
+        """The most rows one request may carry (Triton's max_batch_size): config.pbtxt's when above 0,
+        else the file's `max_batch_size` metadata when above 0, else no limit."""
+        if self.config is not None:
+            return self.config.max_batch_size if self.config.max_batch_size > 0 else None
+        return row_limit(self.metadata)
 
     @property
     def labels(self) -> list[str] | None:
@@ -292,3 +295,13 @@ class OnnxModel:
 def _typed(left_out: dict[str, str]) -> str:
     """`{name: type}` as `'name' (type), ...` for a log line or an error."""
     return ", ".join(f"{name!r} ({kind})" for name, kind in left_out.items())
+
+
+def row_limit(metadata: dict[str, str]) -> int | None:
+    """The model file's `max_batch_size` metadata (Triton's: most rows in one request), when it states one."""
+    raw = metadata.get("max_batch_size")
+    try:
+        value = int(raw) if raw is not None else 0
+    except ValueError:
+        return None
+    return value if value > 0 else None

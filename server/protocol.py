@@ -12,6 +12,8 @@ import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from . import tensors
+from .budget import run_in_chunks
+from .config import CHUNK_ROWS
 from .errors import InvalidInput, ModelNotReady
 from .model import OnnxModel
 from .registry import ModelRegistry
@@ -56,20 +58,22 @@ def model_ready(registry: ModelRegistry, name: str, version: str | None = None) 
         return False
 
 
-def infer_request(model: OnnxModel, header: dict, binary: bytes, log_id: str = "-") -> tuple[str | None, list[Output]]:
-    """A v2 inference request, its JSON header and the binary tensor data after it, run on `model`:
-    the request's own `id` (to echo) and the outputs asked for. Both transports come through here."""
+def decode_request(model: OnnxModel, header: dict, binary: bytes) -> tuple[str | None, dict[str, np.ndarray], list[tensors.RequestedOutput]]:
+    """A v2 inference request for `model` (its JSON header and the binary tensor data after it), checked:
+    its own `id` (to echo), the input arrays and the outputs asked for. Both transports read requests
+    through here; they let the request's bytes go before `infer` runs the model on the arrays."""
     request_id, parameters = tensors.request_fields(header)
     inputs = tensors.decode_inputs(header, binary, model.inputs, model.left_out_inputs)
     wanted = tensors.requested_outputs(header, parameters, model.outputs, model.left_out_outputs)
-    return request_id, infer(model, inputs, wanted, log_id)
+    return request_id, inputs, wanted
 
 
 def infer(model: OnnxModel, inputs: dict[str, np.ndarray], wanted: list[tensors.RequestedOutput],
-          request_id: str = "-") -> list[Output]:
-    """Run the model on decoded inputs; the outputs asked for, top-k classified where asked."""
+          request_id: str = "-", chunk_rows: int = CHUNK_ROWS) -> list[Output]:
+    """Run the model on decoded inputs, `chunk_rows` rows at a time; the outputs asked for, top-k
+    classified where asked. More rows than the model's max_batch_size is InvalidInput, as in Triton."""
     check_rows(model, inputs)
-    results = run(model, inputs, request_id)
+    results = run(model, inputs, request_id, chunk_rows)
     return [
         (output.name, _classified(model, results[output.name], output.classification), output.binary)
         for output in wanted
@@ -77,18 +81,22 @@ def infer(model: OnnxModel, inputs: dict[str, np.ndarray], wanted: list[tensors.
 
 
 def check_rows(model: OnnxModel, inputs: dict[str, np.ndarray]) -> None:
-    """Refuse more rows than the model's config.pbtxt `max_batch_size`, in Triton's words."""
+    """Refuse more rows than the model's `max_batch_size` (config.pbtxt's, else its metadata's), in Triton's words."""
     if model.max_rows is None or not inputs:
         return
     rows = max(array.shape[0] if array.ndim else 1 for array in inputs.values())
     if rows > model.max_rows:
         raise InvalidInput(f"inference request batch-size must be <= {model.max_rows} for {model.name!r} "
-                           f"(max_batch_size in its config.pbtxt), got {rows}")
+                           f"(its max_batch_size), got {rows}")
 
 
-def run(model: OnnxModel, inputs: dict[str, np.ndarray], request_id: str = "-") -> dict[str, np.ndarray]:
-    """Run the model; onnxruntime refusing the inputs is InvalidInput."""
+def run(model: OnnxModel, inputs: dict[str, np.ndarray], request_id: str = "-",
+        chunk_rows: int | None = None) -> dict[str, np.ndarray]:
+    """Run the model (in chunks of `chunk_rows` rows when its tensors are all batch-first);
+    onnxruntime refusing the inputs is InvalidInput."""
     try:
+        if chunk_rows and model.batchable:
+            return run_in_chunks(model.predict, inputs, chunk_rows)
         return model.predict(inputs)
     except ORT_INPUT_ERRORS as err:
         # onnxruntime's text names its source files and kernels: log it, tell the client what to check.

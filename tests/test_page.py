@@ -438,13 +438,15 @@ def test_the_api_page_files_come_from_the_serve_environment(client):
     refused = client.get("/docs/swagger-ui/index.css")
     assert refused.status_code == 404 and "swagger-ui.css" in refused.json["error"]
     assert client.get("/docs").status_code == 200
+
+
 @pytest.mark.browser
-def test_a_colour_classifier_shows_the_colour_image_it_saw(servers, tmp_path_factory, open_page):
+def test_a_colour_classifier_shows_the_colour_image_it_saw(module_servers, tmp_path_factory, open_page):
     """An imagenet-preset model: the page shows its normalised [3, H, W] input as a colour picture."""
     repo = tmp_path_factory.mktemp("colour") / "models"
     write_classifier(repo / "colour" / "1" / "model.onnx", input_shape=("N", 3, 32, 32), num_classes=5,
                      labels=list("ABCDE"), preprocessing="imagenet")
-    page = open_page(servers(repo))
+    page = open_page(module_servers(repo))
     picture = np.zeros((48, 64, 3), dtype=np.uint8)
     picture[..., 0] = 230  # red, with a blue square in the middle
     picture[16:32, 24:40] = (20, 30, 240)

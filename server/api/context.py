@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
+from ..budget import MemoryBudget
 from ..model_sync import ModelSync
 from ..registry import ModelRegistry
 
@@ -25,3 +26,8 @@ def get_registry() -> ModelRegistry:
 def get_model_sync() -> ModelSync:
     """The model sync of the app handling the current request (it tells other workers of loads)."""
     return current_app.extensions["model_sync"]
+
+
+def get_memory_budget() -> MemoryBudget:
+    """This worker's memory budget for large work (created once per worker by `create_app`)."""
+    return current_app.extensions["memory_budget"]

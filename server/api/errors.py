@@ -11,7 +11,7 @@ import re
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from ..errors import ServingError
+from ..errors import Overloaded, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +21,12 @@ ERROR_ANSWERS: dict[str, tuple[str, str]] = {
     "401": ("Unauthorized", "API_TOKEN is set and the bearer token is missing or wrong"),
     "404": ("NotFound", "Unknown model or version"),
     "413": ("PayloadTooLarge",
-            "Body over MAX_CONTENT_LENGTH, image over MAX_IMAGE_PIXELS or more images than MAX_IMAGES_PER_REQUEST"),
+            "Body over MAX_CONTENT_LENGTH, image over MAX_IMAGE_PIXELS, more images than MAX_IMAGES_PER_REQUEST, "
+            "more decoded pixels than MAX_REQUEST_PIXELS, or more memory than a worker's MEMORY_BUDGET"),
     "415": ("UnsupportedMediaType", "Content-Type (or data: URL type) not accepted"),
     "422": ("Unprocessable", "The image decoded but holds no digit (blank)"),
-    "503": ("NotReady", "The model is in the repository but failed to load"),
+    "503": ("NotReady", "The model is in the repository but failed to load, or the worker is busy with "
+            "large requests (then with Retry-After)"),
 }
 
 
@@ -42,7 +44,10 @@ def register_error_handlers(app: Flask) -> None:
 
 
 def _serving_error(err: ServingError):
-    return jsonify(error=err.message), err.status
+    response = jsonify(error=err.message)
+    if isinstance(err, Overloaded):  # when to come back, as RFC 9110 lets a 503 say
+        response.headers["Retry-After"] = str(err.retry_after)
+    return response, err.status
 
 
 def _too_large(err: RequestEntityTooLarge):

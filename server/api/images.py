@@ -13,11 +13,12 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
+from ..budget import body_bytes
 from ..classifier import DEFAULT_MODEL, ImageClassifier, Item, default_model_name, which_image
 from ..errors import InvalidInput, TooLarge, UnsupportedFormat
 from ..layout import VERSION
 from . import multipart
-from .context import get_registry
+from .context import get_memory_budget, get_registry
 from .openapi import error_responses, parameter
 
 bp = Blueprint("images", __name__)
@@ -44,8 +45,14 @@ def predict_named(name: str):
 def _predict(name: str):
     model = get_registry().get(name, request.args.get("version"))
     classifier = ImageClassifier.of(model)
-    items, return_input = read_items()
-    predictions = classifier.predict(items, current_app.config["MAX_IMAGE_PIXELS"], return_input)
+    memory, config = get_memory_budget(), current_app.config
+    request.get_data()  # read before any wait: a 503 must not leave the client's upload unread
+    with memory.request():
+        with memory.reserve(body_bytes(request.content_length or 0), "reading this request's body"):
+            items, return_input = read_items()
+        predictions = classifier.predict(
+            items, config["MAX_IMAGE_PIXELS"], return_input, memory, config["MAX_REQUEST_PIXELS"],
+            config["INFER_CHUNK_ROWS"])
     return jsonify(model=model.name, version=model.version, predictions=predictions)
 
 

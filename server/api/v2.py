@@ -8,8 +8,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from .. import protocol, tensors
+from ..budget import tensor_body_bytes
 from ..protocol import PLATFORM
-from .context import get_registry
+from .context import get_memory_budget, get_registry
 from .openapi import MODEL_NAME_PARAMETER, MODEL_VERSION_PARAMETER, error_responses
 
 bp = Blueprint("v2", __name__)
@@ -40,12 +41,18 @@ def model_ready(name: str, version: str | None = None):
 @bp.post("/v2/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None):
     model = get_registry().get(name, version)
-    body = tensors.decompress(
-        request.get_data(cache=False), request.headers.get("Content-Encoding"),
-        current_app.config["MAX_CONTENT_LENGTH"],
-    )
-    header, binary = tensors.split_body(body, request.headers.get("Inference-Header-Content-Length"))
-    request_id, outputs = protocol.infer_request(model, header, binary, g.get("request_id", "-"))
+    config = current_app.config
+    # A compressed body may inflate to the limit: its cost is counted at that size.
+    encoded = request.headers.get("Content-Encoding", "identity").strip().lower() != "identity"
+    size = config["MAX_CONTENT_LENGTH"] if encoded else (request.content_length or 0)
+    raw = request.get_data(cache=False)  # read before any wait: a 503 must not leave the upload unread
+    memory = get_memory_budget()
+    with memory.request(), memory.reserve(tensor_body_bytes(size), "this inference request"):
+        body = tensors.decompress(raw, request.headers.get("Content-Encoding"), config["MAX_CONTENT_LENGTH"])
+        header, binary = tensors.split_body(body, request.headers.get("Inference-Header-Content-Length"))
+        request_id, inputs, wanted = protocol.decode_request(model, header, binary)
+        del body, binary  # the arrays are what is left to hold while the model runs
+        outputs = protocol.infer(model, inputs, wanted, g.get("request_id", "-"), config["INFER_CHUNK_ROWS"])
     answer = {"model_name": model.name, "model_version": model.version}
     if request_id is not None:
         answer["id"] = request_id

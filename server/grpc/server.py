@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 import grpc
 
+from ..budget import MemoryBudget
 from ..model_sync import ModelSync
 from ..registry import ModelRegistry
 from .service import InferenceService, generic_handler
@@ -25,10 +26,11 @@ class GrpcBindError(RuntimeError):
     """The gRPC port could not be opened (taken by another program, or not allowed)."""
 
 
-def start(registry: ModelRegistry, sync: ModelSync, settings: Mapping[str, Any]) -> grpc.Server:
+def start(registry: ModelRegistry, sync: ModelSync, memory: MemoryBudget, settings: Mapping[str, Any]) -> grpc.Server:
     """Serve `inference.GRPCInferenceService` on HOST:GRPC_PORT with THREADS threads.
 
-    Messages over MAX_CONTENT_LENGTH are refused as HTTP bodies are. SO_REUSEPORT lets every
+    Messages over MAX_CONTENT_LENGTH are refused as HTTP bodies are, and inference holds the
+    worker's `memory` budget as over HTTP (one budget per worker for both). SO_REUSEPORT lets every
     worker (and, during a reload, the old and the new ones) listen on the same port; the kernel
     spreads connections among them.
     """
@@ -46,7 +48,7 @@ def start(registry: ModelRegistry, sync: ModelSync, settings: Mapping[str, Any])
             ("grpc.max_connection_age_grace_ms", 60_000),
         ],
     )
-    server.add_generic_rpc_handlers((generic_handler(InferenceService(registry, sync, settings)),))
+    server.add_generic_rpc_handlers((generic_handler(InferenceService(registry, sync, memory, settings)),))
     host = settings["HOST"]
     address = f"[{host}]:{settings['GRPC_PORT']}" if ":" in host else f"{host}:{settings['GRPC_PORT']}"
     try:

@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from .. import access, metrics, model_control, protocol
+from ..budget import MemoryBudget, tensor_body_bytes
 from ..errors import InvalidInput, ModelNotFound, ServingError
 from ..model_sync import ModelSync
 from ..registry import ModelRegistry
@@ -123,9 +124,11 @@ def generic_handler(service: "InferenceService") -> grpc.GenericRpcHandler:
 class InferenceService:
     """The v2 gRPC calls over one worker's model registry."""
 
-    def __init__(self, registry: ModelRegistry, sync: ModelSync, settings: Mapping[str, Any]) -> None:
+    def __init__(self, registry: ModelRegistry, sync: ModelSync, memory: MemoryBudget, settings: Mapping[str, Any]) -> None:
         self.registry = registry
         self.sync = sync
+        self.memory = memory
+        self.chunk_rows: int = settings["INFER_CHUNK_ROWS"]
         self.api_token: str = settings["API_TOKEN"]
         self.host: str = settings["HOST"]
 
@@ -157,8 +160,12 @@ class InferenceService:
     @rpc(pb.ModelInferRequest, pb.ModelInferResponse)
     def ModelInfer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
         model = self.registry.get(request.model_name, request.model_version or None)
-        header, binary = messages.infer_request(request)
-        request_id, outputs = protocol.infer_request(model, header, binary, call.request_id)
+        # The same memory budget as HTTP, reserved as for an HTTP body of the message's size.
+        with self.memory.request(), self.memory.reserve(tensor_body_bytes(request.ByteSize()), "this inference request"):
+            header, binary = messages.infer_request(request)
+            request_id, inputs, wanted = protocol.decode_request(model, header, binary)
+            del header, binary  # the arrays are what is left to hold while the model runs
+            outputs = protocol.infer(model, inputs, wanted, call.request_id, self.chunk_rows)
         return messages.infer_response(model.name, model.version, request_id or "", outputs)
 
     @rpc(pb.RepositoryIndexRequest, pb.RepositoryIndexResponse)

@@ -270,7 +270,7 @@ def probe(image: Runner, args: argparse.Namespace) -> dict:
     passed(f"{right} of {asked} real MNIST test digits right (at least {args.min_right} expected)")
     config_env = dict(item.split("=", 1) for item in args.info["Config"].get("Env") or [])
     return {"started_by": image.how, "ready_seconds": round(ready_s, 1), "digits_right": right, "digits_asked": asked,
-            "load_requests": args.load_requests, "workers": config_env.get("WORKERS"),
+            "load_requests": args.load_requests, "workers": config_env.get("WORKERS") or memory["workers"],
             "threads": config_env.get("THREADS"), "memory": memory, "hup": hup}
 
 

@@ -1,0 +1,260 @@
+"""Bounded memory per worker (issue 15): the box's limits, reservations, the pixel budget, chunked runs.
+
+The whole promise under a real 1 GiB / 1 CPU cgroup is tests/test_memory_limit.py (make memory-test).
+"""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from server import box, create_app
+from server.budget import SMALL, MemoryBudget, image_bytes, run_in_chunks
+from server.model import row_limit
+from server.errors import InvalidInput, Overloaded, TooLarge
+from tests.onnx_factory import write_classifier
+
+MIB = 2**20
+
+
+# --------------------------------------------------------------------------- the box
+
+
+def _cgroup_v1(tmp_path: Path, memory: str, quota: str, period: str = "100000") -> Path:
+    (tmp_path / "memory" / "svc").mkdir(parents=True)
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (tmp_path / "memory" / "svc" / "memory.limit_in_bytes").write_text(memory + "\n")
+    (tmp_path / "cpu" / "svc").mkdir(parents=True)
+    (tmp_path / "cpu" / "svc" / "cpu.cfs_quota_us").write_text(quota + "\n")
+    (tmp_path / "cpu" / "svc" / "cpu.cfs_period_us").write_text(period + "\n")
+    proc = tmp_path / "proc-cgroup"
+    proc.write_text("4:memory:/svc\n1:cpu:/svc\n0::/\n")
+    return proc
+
+
+def test_cgroup_v1_limits_are_read(tmp_path: Path) -> None:
+    proc = _cgroup_v1(tmp_path, str(2**30), "150000")
+    assert box.cgroup_memory_limit(tmp_path, proc) == 2**30
+    assert box.cgroup_cpu_quota(tmp_path, proc) == 1.5
+
+
+def test_cgroup_v1_without_limits_says_none(tmp_path: Path) -> None:
+    proc = _cgroup_v1(tmp_path, "9223372036854771712", "-1")
+    assert box.cgroup_memory_limit(tmp_path, proc) is None
+    assert box.cgroup_cpu_quota(tmp_path, proc) is None
+
+
+def test_cgroup_v2_limits_are_read_from_the_group_and_its_parents(tmp_path: Path) -> None:
+    (tmp_path / "system.slice" / "app").mkdir(parents=True)
+    (tmp_path / "system.slice" / "memory.max").write_text(f"{700 * MIB}\n")
+    (tmp_path / "system.slice" / "app" / "memory.max").write_text("max\n")
+    (tmp_path / "system.slice" / "app" / "cpu.max").write_text("50000 100000\n")
+    proc = tmp_path / "proc-cgroup"
+    proc.write_text("0::/system.slice/app\n")
+    assert box.cgroup_memory_limit(tmp_path, proc) == 700 * MIB
+    assert box.cgroup_cpu_quota(tmp_path, proc) == 0.5
+
+
+@pytest.mark.parametrize("memory, cpus, workers", [
+    (2**30, 1.0, 2),         # the 1 GB / 1 CPU VPS: two workers, as always
+    (700 * MIB, 1.0, 2),     # the container of docs/deploy.md
+    (512 * MIB, 1.0, 1),     # too small for two
+    (24 * 2**30, 2.0, 3),    # one per CPU plus one
+    (2**30, 0.5, 2),         # half a CPU still gets two (one computes while the other reads)
+])
+def test_workers_and_budget_follow_the_box(memory: int, cpus: float, workers: int) -> None:
+    machine = box.Box(memory, cpus, "test", "test")
+    assert box.default_workers(machine) == workers
+    budget = box.default_memory_budget(machine, workers)
+    # What the workers may hold together stays inside the box, with room for the rest of the system.
+    assert workers * (box.WORKER_IDLE + budget) + box.MASTER <= memory
+
+
+def test_the_box_is_logged_once_at_start(live_server) -> None:
+    lines = [line for line in live_server.log().splitlines() if "box:" in line]
+    assert len(lines) == 1 and "MiB of memory" in lines[0] and "large request" in lines[0], lines
+
+
+# --------------------------------------------------------------------------- reservations
+
+
+def test_small_work_reserves_nothing() -> None:
+    budget = MemoryBudget(100 * MIB)
+    with budget.request(), budget.reserve(SMALL - 1, "a digit"):
+        assert budget.used == 0 and budget.requests == 0
+
+
+def test_a_large_request_holds_its_slot_between_pieces() -> None:
+    budget = MemoryBudget(100 * MIB, wait_seconds=0, max_requests=1, max_waiting=0)
+    with budget.request():
+        with budget.reserve(10 * MIB, "the body"):
+            assert (budget.used, budget.requests) == (10 * MIB, 1)
+        assert (budget.used, budget.requests) == (0, 1)  # between two images: still this request's
+        refused = []
+
+        def another_request() -> None:
+            try:
+                with budget.request(), budget.reserve(10 * MIB, "another request's image"):
+                    pass
+            except Overloaded as err:
+                refused.append(err)
+
+        other = threading.Thread(target=another_request)
+        other.start()
+        other.join(5)
+        assert len(refused) == 1
+        with budget.reserve(10 * MIB, "the next image"):  # this request's own next piece needs no new slot
+            assert budget.requests == 1
+    assert (budget.used, budget.requests) == (0, 0)
+
+
+def test_one_request_waits_and_the_next_is_refused_at_once() -> None:
+    budget = MemoryBudget(100 * MIB, wait_seconds=5, max_requests=1, max_waiting=1)
+    holding, release, outcomes = threading.Event(), threading.Event(), {}
+
+    def hold() -> None:
+        with budget.request(), budget.reserve(50 * MIB, "first"):
+            holding.set()
+            release.wait(10)
+
+    def wait() -> None:
+        started = time.monotonic()
+        with budget.request(), budget.reserve(50 * MIB, "second"):
+            outcomes["waited"] = time.monotonic() - started
+
+    first = threading.Thread(target=hold)
+    first.start()
+    holding.wait(5)
+    second = threading.Thread(target=wait)
+    second.start()
+    deadline = time.monotonic() + 5
+    while budget.waiting == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(Overloaded) as refused:
+        with budget.request(), budget.reserve(50 * MIB, "third"):
+            pass
+    assert time.monotonic() - started < 1, "the third did not wait: one waiter at most"
+    assert refused.value.status == 503 and refused.value.retry_after >= 1 and "retry" in refused.value.message
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert "waited" in outcomes and (budget.used, budget.requests, budget.waiting) == (0, 0, 0)
+
+
+def test_a_piece_larger_than_the_whole_budget_is_too_large() -> None:
+    budget = MemoryBudget(100 * MIB, wait_seconds=0, max_requests=4)
+    with pytest.raises(TooLarge, match="a huge page needs about 400 MiB.*100 MiB per worker"):
+        with budget.request(), budget.reserve(400 * MIB, "a huge page"):
+            pass
+    assert (budget.used, budget.requests) == (0, 0)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16", "L", "RGB"])
+def test_every_page_the_limits_allow_fits_the_budget_of_a_1_gib_box(mode: str) -> None:
+    one_gib = box.Box(2**30, 1.0, "test", "test")
+    budget = box.default_memory_budget(one_gib, box.default_workers(one_gib))
+    for rotated in (False, True):
+        assert image_bytes(mode, 5000, 5000, rotated) <= budget
+
+
+def test_image_bytes_grow_with_what_decoding_costs() -> None:
+    side = 5000
+    assert image_bytes("L", side, side) < image_bytes("RGB", side, side) < image_bytes("RGBA", side, side)
+    assert image_bytes("L", side, side, rotated=True) > image_bytes("L", side, side)
+    assert image_bytes("P", side, side) > image_bytes("L", side, side)  # converted before reducing
+    assert image_bytes("L", 28, 28) < SMALL
+
+
+# --------------------------------------------------------------------------- chunked runs
+
+
+def test_run_in_chunks_equals_one_run() -> None:
+    calls: list[int] = []
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2, "s": inputs["x"].sum(axis=1)}
+
+    x = np.arange(130 * 3, dtype=np.float32).reshape(130, 3)
+    out = run_in_chunks(run, {"x": x}, chunk_rows=64)
+    assert calls == [64, 64, 2]
+    np.testing.assert_array_equal(out["y"], x * 2)
+    np.testing.assert_array_equal(out["s"], x.sum(axis=1))
+    with pytest.raises(InvalidInput, match="at most 100 rows"):
+        run_in_chunks(run, {"x": x}, chunk_rows=64, max_rows=100)
+
+
+def test_row_limit_reads_max_batch_size() -> None:
+    assert row_limit({"max_batch_size": "8"}) == 8
+    assert row_limit({"max_batch_size": "0"}) is None
+    assert row_limit({"max_batch_size": "lots"}) is None
+    assert row_limit({}) is None
+
+
+# --------------------------------------------------------------------------- over HTTP
+
+
+def _v2_rows(count: int) -> dict:
+    rng = np.random.default_rng(0)
+    data = rng.random((count, 1, 28, 28), dtype=np.float32)
+    return {"inputs": [{"name": "input", "shape": list(data.shape), "datatype": "FP32", "data": data.ravel().tolist()}]}
+
+
+def test_a_large_v2_batch_answers_as_its_rows_one_by_one(client) -> None:
+    body = _v2_rows(70)
+    whole = client.post("/v2/models/digits/infer", json=body)
+    assert whole.status_code == 200, whole.json
+    rows = np.asarray(whole.json["outputs"][0]["data"]).reshape(70, -1)
+    data = np.asarray(body["inputs"][0]["data"], dtype=np.float32).reshape(70, 1, 28, 28)
+    for index in (0, 15, 16, 63, 64, 69):  # both sides of chunk boundaries
+        one = {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                           "data": data[index].ravel().tolist()}]}
+        answer = client.post("/v2/models/digits/infer", json=one).json
+        np.testing.assert_allclose(rows[index], answer["outputs"][0]["data"], rtol=1e-5, atol=1e-6)
+
+
+def test_more_rows_than_max_batch_size_is_a_400(tmp_path: Path) -> None:
+    path = write_classifier(tmp_path / "models" / "digits" / "1" / "model.onnx", labels=[str(i) for i in range(10)])
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, "max_batch_size": "4"})
+    onnx.save(model, str(path))
+    client = create_app({"TESTING": True, "MODEL_REPOSITORY": str(tmp_path / "models")}).test_client()
+    assert client.post("/v2/models/digits/infer", json=_v2_rows(4)).status_code == 200
+    answer = client.post("/v2/models/digits/infer", json=_v2_rows(5))
+    assert answer.status_code == 400 and "at most 4 rows" in answer.json["error"]
+
+
+def _page_png(side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (side, side), 255).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_request_pixels_over_the_budget_are_refused_before_decoding(random_repository: Path) -> None:
+    client = create_app({"TESTING": True, "MODEL_REPOSITORY": str(random_repository),
+                         "MAX_REQUEST_PIXELS": 3000 * 3000}).test_client()
+    page = _page_png(2000)
+    files = {"image": [(io.BytesIO(page), f"p{i}.png") for i in range(3)]}
+    answer = client.post("/predict", data=files, content_type="multipart/form-data")
+    assert answer.status_code == 413, answer.json
+    assert "image 3 of 3" in answer.json["error"] and "MAX_REQUEST_PIXELS" in answer.json["error"]
+
+
+def test_a_busy_worker_answers_503_with_retry_after(random_repository: Path) -> None:
+    app = create_app({"TESTING": True, "MODEL_REPOSITORY": str(random_repository), "MEMORY_WAIT_SECONDS": 0.0})
+    budget = app.extensions["memory_budget"]
+    page = _page_png(3000)  # 9 MP: large work
+    with budget.reserve(budget.capacity, "another request"):  # the worker's one large request
+        busy = app.test_client().post("/predict", data=page, content_type="image/png")
+        small = app.test_client().post("/predict", data=_page_png(28), content_type="image/png")
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "1", busy.json
+    assert "server busy" in busy.json["error"]
+    assert small.status_code in (200, 422), small.json  # everyday requests go on
+    assert app.test_client().post("/predict", data=page, content_type="image/png").status_code in (200, 422)
