@@ -86,8 +86,8 @@ def check_rows(model: OnnxModel, inputs: dict[str, np.ndarray]) -> None:
         return
     rows = max(array.shape[0] if array.ndim else 1 for array in inputs.values())
     if rows > model.max_rows:
-        raise InvalidInput(f"inference request batch-size must be <= {model.max_rows} for {model.name!r} "
-                           f"(its max_batch_size), got {rows}")
+        raise InvalidInput(f"inference request batch-size must be <= {model.max_rows} for {model.name!r}: it takes "
+                           f"at most {model.max_rows} rows per request (its max_batch_size), got {rows}")
 
 
 def run(model: OnnxModel, inputs: dict[str, np.ndarray], request_id: str = "-",
