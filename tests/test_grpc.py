@@ -658,3 +658,19 @@ def test_tensors_v2_cannot_carry_are_left_out_as_over_http(tmp_path, live_server
             model_name="sk-zipmap", inputs=inputs, raw_input_contents=[features.tobytes()],
             outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="output_probability")])))
         assert code == Code.INVALID_ARGUMENT and "seq(map(int64,tensor(float)))" in details and "cannot carry" in details
+
+
+def test_inference_holds_the_workers_memory_budget_as_over_http(repo, live_server_factory):
+    """A message whose parsing would need more than MEMORY_BUDGET is refused before it is decoded,
+    with the HTTP side's 413 as RESOURCE_EXHAUSTED, and the worker keeps serving."""
+    server = live_server_factory(repo, MEMORY_BUDGET=16 * 2**20)
+    connection = triton.InferenceServerClient(url=f"127.0.0.1:{grpc_port(server)}")
+    try:
+        with pytest.raises(InferenceServerException) as raised:
+            connection.infer("mnist", [infer_input("input", digits(700), "FP32")])  # 2.2 MB: ~30 MiB to parse
+        assert raised.value.status() == str(Code.RESOURCE_EXHAUSTED) and "MEMORY_BUDGET" in raised.value.message()
+        assert connection.infer("mnist", [infer_input("input", digits(2), "FP32")]).as_numpy("probabilities").shape == (2, 10)
+        over_http = requests.post(server.url + "/v2/models/mnist/infer", data=b"x" * (2200 * 1024), timeout=10)
+        assert over_http.status_code == 413 and "MEMORY_BUDGET" in over_http.json()["error"]
+    finally:
+        connection.close()
