@@ -91,7 +91,7 @@ def refuse_less_accurate_default(repo: Path, name: str, version: int, accuracy: 
     if recorded and round(accuracy, 4) < float(recorded):
         raise ExportError(f"version {version} ({100 * accuracy:.2f} % on the test set) would replace "
                           f"{name}/{current.parent.name} ({100 * float(recorded):.2f} %) as the default; "
-                          "pass --allow-less-accurate to export it anyway")
+                          "pass --allow-less-accurate (make export EXPORT_ARGS=--allow-less-accurate) to export it anyway")
 
 
 def int8_variant(model: onnx.ModelProto, metadata: dict[str, str], calibration: np.ndarray, pixels: np.ndarray,

@@ -79,7 +79,8 @@ class TrainConfig:
                              recipe=False)
     dropout: float = option(ModelConfig.dropout, "dropout before the classifier", recipe=False)
     teacher: Path | None = option(DEFAULT_TEACHER, "ONNX model (probabilities output) to distil from, run by "
-                                  "onnxruntime on each augmented batch; 'none' trains on the labels alone",
+                                  "onnxruntime once over the un-augmented training images; 'none' trains on the "
+                                  "labels alone",
                                   type=parse_teacher, metavar="ONNX")
     distill_weight: float = option(0.5, "share of the distillation loss (the rest is cross-entropy on labels)")
     distill_temperature: float = option(4.0, "temperature softening teacher and student for distillation")
