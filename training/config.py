@@ -17,11 +17,8 @@ from typing import Any
 from training.data import DEFAULT_DATA_DIR
 from training.model import ModelConfig
 
-# The default teacher for distillation: the committed version 1 (see docs/training.md).
-DEFAULT_TEACHER = Path("models/mnist/1/model.onnx")
 # `--fast`: a short preset; these values replace the defaults (options given explicitly still win).
-FAST_PRESET: dict[str, Any] = {"epochs": 2, "batch_size": 256, "lr": 0.2, "stages": ((16, 16), (32, 32), (64, 64)),
-                               "teacher": None}
+FAST_PRESET: dict[str, Any] = {"epochs": 2, "batch_size": 256, "lr": 0.2}
 
 
 def default_threads() -> int:
@@ -60,7 +57,7 @@ def option(default: Any, help: str, *, recipe: bool = True, command: bool = True
 class TrainConfig:
     """Everything `python -m training.train` takes; a checkpoint's `args` is `to_dict()` of one."""
 
-    epochs: int = option(30, "passes over the training images")
+    epochs: int = option(20, "passes over the training images")
     batch_size: int = option(128, "images per optimiser step")
     lr: float = option(0.1, "peak learning rate of the one-cycle schedule")
     weight_decay: float = option(5e-4, "SGD weight decay")
@@ -78,9 +75,9 @@ class TrainConfig:
     separable: bool = option(False, "depthwise-separable convolutions after the first (MobileNet-style)",
                              recipe=False)
     dropout: float = option(ModelConfig.dropout, "dropout before the classifier", recipe=False)
-    teacher: Path | None = option(DEFAULT_TEACHER, "ONNX model (probabilities output) to distil from, run by "
+    teacher: Path | None = option(None, "ONNX model (probabilities output) to distil from, run by "
                                   "onnxruntime once over the un-augmented training images; 'none' trains on the "
-                                  "labels alone",
+                                  "labels alone (the default: distilling from version 1 did not help, docs/training.md)",
                                   type=parse_teacher, metavar="ONNX")
     distill_weight: float = option(0.5, "share of the distillation loss (the rest is cross-entropy on labels)")
     distill_temperature: float = option(4.0, "temperature softening teacher and student for distillation")
