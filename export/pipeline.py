@@ -127,7 +127,8 @@ def export_checkpoint(checkpoint: Path, name: str, version: int, repo: Path, dat
     if not allow_less_accurate:
         refuse_less_accurate_default(repo, name, version, converted.accuracy)
     command = f"python -m export --checkpoint {checkpoint} --name {name} --version {version} --repo {repo}"
-    metadata = {**provenance(content, checkpoint, network, command + (" --int8" if int8 else "")),
+    command += (" --int8" if int8 else "") + (" --allow-less-accurate" if allow_less_accurate else "")
+    metadata = {**provenance(content, checkpoint, network, command),
                 "temperature": f"{temperature:g}", "test_accuracy": f"{converted.accuracy:.4f}",
                 "test_ece": f"{converted.ece:.4f}", "parity": json.dumps(converted.parity.to_dict()),
                 "opset": str(converted.opset), "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
