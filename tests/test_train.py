@@ -145,7 +145,7 @@ def test_bad_arguments_exit_with_a_one_line_message(capsys: pytest.CaptureFixtur
 def test_help_shows_defaults() -> None:
     result = subprocess.run([sys.executable, "-m", "training.train", "--help"], cwd=ROOT, capture_output=True,
                             text=True, env={**os.environ, "COLUMNS": "200"})
-    assert result.returncode == 0 and "(default: 15)" in result.stdout and "--fast" in result.stdout
+    assert result.returncode == 0 and "(default: 12)" in result.stdout and "--fast" in result.stdout
 
 
 def real_digits(shift_labels: int) -> Mnist:

@@ -140,10 +140,9 @@ class Trainer:
                    disable=None, file=sys.stderr)
         for step, index in enumerate(bar, 1):
             labels = self.train_labels[index]
-            pixels = self.batch(index)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
-                logits = self.forward(pixels)
+                logits = self.forward(self.batch(index))
             loss = self.loss(logits.float(), index)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
