@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from export import quantize
 from export.card import read_metadata, write_model_card
 from export.onnx_export import PARITY_IMAGES, ExportError, check_structure, convert, labels_json
+from export.quantize import CALIBRATION_IMAGES, measure, quantize
 from server.layout import latest_model_file, model_path
 from training.atomic import write_atomically
 from training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -97,8 +97,8 @@ def refuse_less_accurate_default(repo: Path, name: str, version: int, accuracy: 
 def int8_variant(model: onnx.ModelProto, metadata: dict[str, str], calibration: np.ndarray, pixels: np.ndarray,
                  labels: np.ndarray, config: ModelConfig) -> tuple[onnx.ModelProto | None, str]:
     """Quantize, measure against fp32, and return the int8 model when it earns shipping, plus the verdict."""
-    int8 = quantize.quantize(model, calibration)
-    measurement = quantize.measure(model, int8, pixels, labels)
+    int8 = quantize(model, calibration)
+    measurement = measure(model, int8, pixels, labels)
     log.info("int8: %s", measurement.describe())
     if not measurement.ship:
         return None, measurement.describe()
@@ -134,7 +134,7 @@ def export_checkpoint(checkpoint: Path, name: str, version: int, repo: Path, dat
                 "opset": str(converted.opset), "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     model, quantized = converted.model, None
     if int8:
-        calibration = input_pixels(mnist.train.images[:quantize.CALIBRATION_IMAGES])
+        calibration = input_pixels(mnist.train.images[:CALIBRATION_IMAGES])
         quantized, metadata["int8_measurement"] = int8_variant(model, metadata, calibration, pixels,
                                                                 mnist.test.labels, network.config)
     set_metadata(model, metadata)
