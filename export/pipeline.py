@@ -14,7 +14,9 @@ import onnxruntime as ort
 from export.card import read_metadata, write_model_card
 from export.onnx_export import PARITY_IMAGES, ExportError, check_structure, convert, labels_json
 from export.quantize import CALIBRATION_IMAGES, measure, quantize
+from export.triton_config import write_triton_config
 from server.layout import latest_model_file, model_path
+from server.model_config import CONFIG_FILE
 from training.atomic import write_atomically
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import recipe, training_command
@@ -26,12 +28,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExportResult:
-    """Where the file went and what was measured."""
+    """Where the files went and what was measured."""
 
     path: Path
     test_accuracy: float
     parity: dict
     card: Path
+    triton_config: Path
 
 
 def architecture(config: ModelConfig) -> str:
@@ -139,9 +142,13 @@ def export_checkpoint(checkpoint: Path, name: str, version: int, repo: Path, dat
                                                                 mnist.test.labels, network.config)
     set_metadata(model, metadata)
     write_atomically(target, model.SerializeToString())
+    # Triton's own description of the folder (labels, max_batch_size, batching as this server does).
+    write_triton_config(repo / name, target)
     if quantized is not None:
         write_atomically(model_path(repo, f"{name}-int8", version), quantized.SerializeToString())
+        write_triton_config(repo / f"{name}-int8", model_path(repo, f"{name}-int8", version))
         write_model_card(repo / f"{name}-int8")
     log.info("wrote %s: test accuracy %.4f, ECE %.4f at temperature %g, parity %s", target, converted.accuracy,
              converted.ece, temperature, converted.parity.to_dict())
-    return ExportResult(target, converted.accuracy, converted.parity.to_dict(), write_model_card(repo / name))
+    return ExportResult(target, converted.accuracy, converted.parity.to_dict(), write_model_card(repo / name),
+                        repo / name / CONFIG_FILE)

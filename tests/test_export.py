@@ -94,6 +94,21 @@ def test_model_card_lists_the_file_hash(exported: Exported) -> None:
     assert sha256_file(exported.result.path) in card and "## Version 3" in card
 
 
+def test_export_writes_a_triton_config_that_reads_back_and_fits_the_graph(exported: Exported) -> None:
+    """make export also writes config.pbtxt and labels.txt, so Triton serves the labels this server does."""
+    from server.model import OnnxModel
+    from server.model_config import graph_mismatches, read_model_config
+
+    config = read_model_config(exported.repo / "digits")
+    assert exported.result.triton_config == exported.repo / "digits" / "config.pbtxt"
+    assert config is not None and config.max_batch_size == 64 and list(config.labels) == [str(i) for i in range(10)]
+    model = OnnxModel("digits", "3", exported.result.path)
+    model.load()
+    graph = {spec.name: (spec.datatype, spec.shape) for spec in model.inputs}
+    answers = {spec.name: (spec.datatype, spec.shape) for spec in model.outputs}
+    assert graph_mismatches(config, graph, answers) == []
+
+
 def test_existing_version_is_not_overwritten_without_force(exported: Exported) -> None:
     before = exported.result.path.read_bytes()
     with pytest.raises(ExportError, match="already exists; pass --force"):
