@@ -35,7 +35,7 @@ _settings = _from_environment()
 bind = f"{_settings['HOST']}:{_settings['PORT']}"
 workers = _settings["WORKERS"]
 threads = _settings["THREADS"]
-worker_class = "gthread"
+worker_class = "server.gunicorn_worker.SpreadingThreadWorker"
 # Each worker loads its own onnxruntime sessions after the fork (no preload): sessions are not
 # fork-safe, and a crashed worker is replaced with a fresh copy.
 preload_app = False
@@ -71,6 +71,12 @@ logconfig_dict = {
         "gunicorn.access": {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
     },
 }
+
+
+def pre_request(worker, req):
+    """Answer the connection's KEEPALIVE_REQUESTS-th request with `Connection: close` (see server/config.py)."""
+    if _settings["KEEPALIVE_REQUESTS"] and req.req_number >= _settings["KEEPALIVE_REQUESTS"]:
+        req.must_close = True
 
 
 def on_starting(server):
