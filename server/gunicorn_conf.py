@@ -1,5 +1,6 @@
 """gunicorn settings for production, taken from the same environment variables as the app."""
 # gunicorn reads every top-level name here as a setting: keep helpers private.
+import gc as _gc
 import logging as _logging
 import os as _os
 import shutil as _shutil
@@ -32,6 +33,31 @@ from server.config import describe_box as _describe_box  # noqa: E402 (after the
 from server.config import from_environment as _from_environment  # noqa: E402
 
 _settings = _from_environment()
+
+# The libraries are imported here, once, in the master: every worker forks with them loaded (their
+# pages shared until written, no import time at each start or replacement). Nothing that holds
+# state is made here: onnxruntime sessions are not fork-safe and each worker builds its own after
+# the fork (preload_app stays off), and server/ itself is imported by the workers, so that a HUP
+# still serves new server code (a new library version needs a restart).
+_LIBRARIES = ("numpy", "onnxruntime", "PIL.Image", "PIL.PngImagePlugin", "flask", "werkzeug",
+              "prometheus_client", "google.protobuf.text_format")
+
+
+def _import_libraries() -> None:
+    import importlib
+
+    for name in _LIBRARIES:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # the benchmarks' torch baseline runs under these settings without some
+            pass
+
+
+_import_libraries()
+# What the master holds now moves to the collector's permanent generation: the workers' collections
+# never write to those objects, so their pages stay shared (Python's gc.freeze() docs, for servers
+# that fork without exec).
+_gc.freeze()
 
 bind = f"{_settings['HOST']}:{_settings['PORT']}"
 workers = _settings["WORKERS"]
