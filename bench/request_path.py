@@ -33,7 +33,7 @@ def environ_for(spec, port: int = 8000) -> dict:
         "SERVER_NAME": "127.0.0.1", "SERVER_PORT": str(port), "SERVER_PROTOCOL": "HTTP/1.1",
         "REMOTE_ADDR": "127.0.0.1", "RAW_URI": spec.path,
         "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False,
+        "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False, "wsgi.input_terminated": True,
         "HTTP_HOST": f"127.0.0.1:{port}", "CONTENT_LENGTH": str(len(spec.body)),
     }
     for name, value in spec.headers.items():
