@@ -31,7 +31,7 @@ else
 $(error TORCH=$(TORCH): expected cuda (the default) or cpu)
 endif
 
-.PHONY: serve test train export bench bench-photos clean help image image-test triton-test memory-test
+.PHONY: serve test train export bench bench-grpc bench-photos clean help image image-test triton-test memory-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -161,6 +161,10 @@ bench: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOL
 	$(DEV_VENV)/bin/python -m bench.peers --out docs/benchmarks-peers.json
 	@# The photo evaluation is `make bench-photos`: at its default size it alone outlasts this target.
 	@if [ -f bench/batching.py ]; then echo "$(DEV_VENV)/bin/python -m bench.batching"; $(DEV_VENV)/bin/python -m bench.batching; fi
+	$(DEV_VENV)/bin/python -m bench.grpc_http
+
+bench-grpc: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp ## v2 inference over gRPC beside HTTP binary at 1, 8, 32 streams; writes docs/benchmarks-grpc.md
+	$(DEV_VENV)/bin/python -m bench.grpc_http $(BENCH_GRPC_ARGS)
 
 bench-photos: $(DEV_STAMP) ## accuracy of the image preprocessing on generated photos, scans, canvases; writes docs/preprocessing.md
 	$(DEV_VENV)/bin/python -m bench.photo_eval $(PHOTO_EVAL_ARGS)

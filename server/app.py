@@ -48,3 +48,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     sync.start()
     return app
+
+
+def start_grpc(app: Flask) -> Any:
+    """The v2 gRPC service over `app`'s models, in this process: a gunicorn worker, after the fork
+    (gunicorn_conf's post_worker_init). Returns the running grpc.Server, or None when GRPC_PORT is 0."""
+    if not app.config["GRPC_PORT"]:
+        return None
+    from .grpc import server  # here, not at the top: only a process that serves gRPC loads it
+
+    return server.start(app.extensions["registry"], app.extensions["model_sync"], app.extensions["memory_budget"], app.config)

@@ -68,6 +68,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MODEL_REPOSITORY", "models", str, "folder holding <name>/<version>/model.onnx"),
     Setting("HOST", "127.0.0.1", str, "address to bind; 0.0.0.0 exposes the server to the network"),
     Setting("PORT", 8000, _number(int, 1, 65535), "TCP port to bind"),
+    Setting("GRPC_PORT", 8001, _number(int, 0, 65535), "TCP port of the v2 gRPC service (tritonclient.grpc's), on HOST; 0 = off"),
     Setting("WORKERS", _box.default_workers(BOX), _number(int, 1, 64),
             "gunicorn worker processes (default: one per CPU plus one, as many as the memory fits)"),
     Setting("THREADS", 4, _number(int, 1, 256), "threads per worker"),

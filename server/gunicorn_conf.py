@@ -123,10 +123,52 @@ def on_starting(server):
     _SYNC_DIR.mkdir(parents=True, exist_ok=True)
     (_SYNC_DIR / "models.json").unlink(missing_ok=True)
     server.log.info("workers share model loads and unloads through %s", _SYNC_DIR)
+    from server.grpc import handoff  # standard library only: the master never loads gRPC
+
+    handoff.clear(_SYNC_DIR)
+
+
+# gRPC (server/grpc/): each worker opens its own server after the fork, once its models are
+# loaded; server/grpc/handoff.py keeps the port served while a HUP replaces the workers.
+def pre_fork(server, worker):
+    if _settings["GRPC_PORT"]:
+        from server.grpc import handoff
+
+        handoff.mark(_SYNC_DIR, worker.age, "booting")
+
+
+def post_worker_init(worker):
+    """Start this worker's gRPC server over the models it has just loaded."""
+    if not _settings["GRPC_PORT"] or "registry" not in getattr(worker.wsgi, "extensions", {}):
+        return  # gRPC off, or another app under these settings (the benchmarks' torch baseline)
+    from server.app import start_grpc
+    from server.grpc import handoff
+
+    worker.grpc_server = start_grpc(worker.wsgi)
+    handoff.mark(_SYNC_DIR, worker.age, "serving")
+
+
+def worker_exit(server, worker):
+    """Stop this worker's gRPC server: once a successor listens (on a reload), then let calls in flight finish."""
+    grpc_server = getattr(worker, "grpc_server", None)
+    if grpc_server is None:
+        return
+    from server.grpc import handoff
+
+    from server.grpc.server import drain
+
+    handoff.mark(_SYNC_DIR, worker.age, "stopping")
+    waited = handoff.wait_for_successor(_SYNC_DIR, worker.age, timeout=graceful_timeout)
+    took = drain(grpc_server, _settings["GRPC_PORT"], timeout=max(1.0, graceful_timeout - waited))
+    server.log.info("gRPC stopped: %.1fs until a new worker listened, %.1fs to see clients off, %.1fs for calls in flight",
+                    waited, took["connections_seconds"], took["stop_seconds"])
 
 
 def child_exit(server, worker):
     """Let the dead worker's live gauges go; its counters and histograms still count in the totals."""
+    from server.grpc import handoff
+
+    handoff.forget(_SYNC_DIR, worker.age)
     try:
         from prometheus_client import multiprocess
     except ModuleNotFoundError:  # the benchmarks' torch baseline runs under these settings without it

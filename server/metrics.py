@@ -29,13 +29,16 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # Label for requests that matched no route: the raw path would let any client mint new series.
 UNMATCHED_ROUTE = "<unmatched>"
 
+# gRPC calls are counted here too, with transport="grpc": the route is the full method name
+# (/inference.GRPCInferenceService/ModelInfer), the method POST (as HTTP/2 carries every call)
+# and the status the gRPC status code's name (OK, INVALID_ARGUMENT...).
 REQUESTS = Counter(
-    "http_requests_total", "HTTP requests answered, by route (the URL rule), method and status",
-    ["route", "method", "status"],
+    "http_requests_total", "Requests answered, by transport (http, grpc), route (the URL rule or gRPC method), method and status",
+    ["route", "method", "status", "transport"],
 )
 REQUEST_SECONDS = Histogram(
-    "http_request_duration_seconds", "Time from the request's start to its response, by route",
-    ["route", "method"],
+    "http_request_duration_seconds", "Time from the request's start to its response, by transport and route",
+    ["route", "method", "transport"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 INFERENCE_SECONDS = Histogram(
@@ -68,12 +71,13 @@ _INFERENCE_SECONDS_BY_LABELS: dict = {}
 _BATCH_SIZE_BY_LABELS: dict = {}
 
 
-def observe_request(route: str | None, method: str, status: int, seconds: float | None) -> None:
+def observe_request(route: str | None, method: str, status: int | str, seconds: float | None,
+                    transport: str = "http") -> None:
     """Count one answered request and, when its start is known, its duration."""
     route = route if route is not None else UNMATCHED_ROUTE
-    _child(REQUESTS, _REQUESTS_BY_LABELS, route, method, str(status)).inc()
+    _child(REQUESTS, _REQUESTS_BY_LABELS, route, method, str(status), transport).inc()
     if seconds is not None:
-        _child(REQUEST_SECONDS, _REQUEST_SECONDS_BY_LABELS, route, method).observe(seconds)
+        _child(REQUEST_SECONDS, _REQUEST_SECONDS_BY_LABELS, route, method, transport).observe(seconds)
 
 
 def observe_inference(model: str, version: str, batch_size: int, seconds: float) -> None:

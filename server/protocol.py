@@ -58,6 +58,16 @@ def model_ready(registry: ModelRegistry, name: str, version: str | None = None) 
         return False
 
 
+def decode_request(model: OnnxModel, header: dict, binary: bytes) -> tuple[str | None, dict[str, np.ndarray], list[tensors.RequestedOutput]]:
+    """A v2 inference request for `model` (its JSON header and the binary tensor data after it), checked:
+    its own `id` (to echo), the input arrays and the outputs asked for. Both transports read requests
+    through here; they let the request's bytes go before `infer` runs the model on the arrays."""
+    request_id, parameters = tensors.request_fields(header)
+    inputs = tensors.decode_inputs(header, binary, model.inputs, model.left_out_inputs)
+    wanted = tensors.requested_outputs(header, parameters, model.outputs, model.left_out_outputs)
+    return request_id, inputs, wanted
+
+
 def infer(model: OnnxModel, inputs: dict[str, np.ndarray], wanted: list[tensors.RequestedOutput],
           request_id: str = "-", chunk_rows: int = CHUNK_ROWS) -> list[Output]:
     """Run the model on decoded inputs, `chunk_rows` rows at a time; the outputs asked for, top-k
@@ -76,8 +86,8 @@ def check_rows(model: OnnxModel, inputs: dict[str, np.ndarray]) -> None:
         return
     rows = max(array.shape[0] if array.ndim else 1 for array in inputs.values())
     if rows > model.max_rows:
-        raise InvalidInput(f"inference request batch-size must be <= {model.max_rows} for {model.name!r} "
-                           f"(its max_batch_size), got {rows}")
+        raise InvalidInput(f"inference request batch-size must be <= {model.max_rows} for {model.name!r}: it takes "
+                           f"at most {model.max_rows} rows per request (its max_batch_size), got {rows}")
 
 
 def run(model: OnnxModel, inputs: dict[str, np.ndarray], request_id: str = "-",

@@ -274,7 +274,7 @@ def encode_outputs(
         datatype = datatype_of(array)
         entry = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary:
-            raw = serialize_bytes(array) if datatype == "BYTES" else _little_endian(array).tobytes()
+            raw = to_binary(array, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -284,6 +284,11 @@ def encode_outputs(
     if not chunks:
         return text, None
     return text + b"".join(chunks), len(text)
+
+
+def to_binary(array: np.ndarray, datatype: str) -> bytes:
+    """An output's raw bytes, as binary tensor data and gRPC's raw_output_contents carry them."""
+    return serialize_bytes(array) if datatype == "BYTES" else _little_endian(array).tobytes()
 
 
 def to_json(array: np.ndarray, datatype: str) -> list:

@@ -61,7 +61,9 @@ def start_server(repository: Path, env: dict[str, str] | None = None, python: Pa
     port = free_port()
     server = model_server(
         repository, name=f"gunicorn-{port}", port=port, log_dir=LOG_DIR,
-        env={**TEST_SETTINGS, **{key: str(value) for key, value in (env or {}).items()}},
+        # A gRPC port of its own (server.env["GRPC_PORT"]): the default 8001 would be shared (SO_REUSEPORT)
+        # by every test server on the machine.
+        env={**TEST_SETTINGS, "GRPC_PORT": str(free_port()), **{key: str(value) for key, value in (env or {}).items()}},
         python=python or (SERVE_PYTHON if SERVE_PYTHON.exists() else Path(sys.executable)),
     )
     return server.serve(timeout=START_TIMEOUT_S)

@@ -18,6 +18,7 @@ OUTPUT_MARK = "<!-- output of the example above, written and checked by tests/te
 CODE_BLOCK = re.compile(r"```(sh|python)\n(.*?)```", re.DOTALL)
 OUTPUT_BLOCK = re.compile(r"\n*" + re.escape(OUTPUT_MARK) + r"\n```(json|text)\n(.*?)```", re.DOTALL)
 DOCUMENTED_URL = "http://127.0.0.1:8000"
+DOCUMENTED_GRPC = "127.0.0.1:8001"
 # Each curl prints its answer on a line of its own, as a reader's terminal shows it.
 SHELL_PRELUDE = 'curl() { command curl -sS "$@"; echo; }\n'
 
@@ -49,10 +50,13 @@ def examples(document: Path, sections: tuple[str, ...] | None = None) -> list[Ex
     return found
 
 
-def run(example: Example, url: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run `example` against the server at `url` in place of the documented one, which its output names again."""
+def run(example: Example, url: str, cwd: Path, timeout: float = 60, grpc: str | None = None) -> subprocess.CompletedProcess:
+    """Run `example` against the server at `url` (and its gRPC address `grpc`) in place of the
+    documented one, which its output names again."""
     documented_host, host = DOCUMENTED_URL.removeprefix("http://"), url.removeprefix("http://")
     code = example.code.replace(documented_host, host)
+    if grpc is not None:
+        code = code.replace(DOCUMENTED_GRPC, grpc)
     argv = ["bash", "-e", "-c", SHELL_PRELUDE + code] if example.language == "sh" else [sys.executable, "-c", code]
     done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     done.stdout = done.stdout.replace(host, documented_host)

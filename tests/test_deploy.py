@@ -102,7 +102,8 @@ def test_image_environment_is_make_serves_but_for_host() -> None:
     # MODEL_REPOSITORY: absolute, where the image keeps the models.
     assert differing == {"HOST", "MODEL_REPOSITORY"}, differing
     assert env["HOST"] == "0.0.0.0" and env["MODEL_REPOSITORY"] == "/srv/mnist/models"
-    assert re.search(r"^EXPOSE " + env["PORT"] + "$", CONTAINERFILE.read_text(), re.M)
+    # Both transports' ports: HTTP, and the v2 gRPC service.
+    assert re.search(r"^EXPOSE " + env["PORT"] + " " + env["GRPC_PORT"] + "$", CONTAINERFILE.read_text(), re.M)
 
 
 def test_nginx_limits_agree_with_the_server() -> None:

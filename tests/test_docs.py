@@ -72,7 +72,7 @@ DOCUMENTED = [*doc_examples.examples(ROOT / "README.md", ("Call it",)), *doc_exa
 @pytest.mark.parametrize("example", DOCUMENTED, ids=lambda example: example.name)
 def test_the_documents_show_what_their_examples_answer(example: doc_examples.Example, committed_server, request) -> None:
     """README's and docs/api.md's examples run against the committed model; the answers they show are the real ones."""
-    done = doc_examples.run(example, committed_server.url, ROOT)
+    done = doc_examples.run(example, committed_server.url, ROOT, grpc=f"127.0.0.1:{committed_server.env['GRPC_PORT']}")
     assert done.returncode == 0, (example.code, done.stderr)
     if example.shown is None:  # shown nowhere: every answer is JSON and no error
         answers = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]

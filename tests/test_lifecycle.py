@@ -313,6 +313,8 @@ def test_unloads_survive_a_hup_and_the_sync_folder_goes_at_exit(repo, live_serve
                 for _ in range(10)}
 
     assert wait_until(lambda: statuses() == {503})
+    # The other worker's own word that it unloaded too: fresh connections may all reach one worker.
+    assert wait_until(lambda: "another worker did unload of model mnist" in server.log()), server.log()[-3000:]
     os.kill(server.process.pid, signal.SIGHUP)
     # Generous bounds: on a busy machine the new workers take a while to boot and load the model.
     assert wait_until(lambda: server.log().count("Booting worker") == 4), server.log()[-3000:]

@@ -66,12 +66,12 @@ def test_requests_are_counted_by_route_rule_method_and_status(repository: Path) 
         return value(after, name, **labels) - value(before, name, **labels)
 
     route = "/models/<name>/predict"
-    assert delta("http_requests_total", route=route, method="POST", status="200") == 1
-    assert delta("http_requests_total", route=route, method="POST", status="415") == 1
-    assert delta("http_requests_total", route="<unmatched>", method="GET", status="404") == 1
-    assert delta("http_request_duration_seconds_count", route=route, method="POST") == 2
-    assert delta("http_request_duration_seconds_sum", route=route, method="POST") > 0
-    assert delta("http_requests_total", route="/v2/models/<name>/infer", method="POST", status="200") == 1
+    assert delta("http_requests_total", route=route, method="POST", status="200", transport="http") == 1
+    assert delta("http_requests_total", route=route, method="POST", status="415", transport="http") == 1
+    assert delta("http_requests_total", route="<unmatched>", method="GET", status="404", transport="http") == 1
+    assert delta("http_request_duration_seconds_count", route=route, method="POST", transport="http") == 2
+    assert delta("http_request_duration_seconds_sum", route=route, method="POST", transport="http") > 0
+    assert delta("http_requests_total", route="/v2/models/<name>/infer", method="POST", status="200", transport="http") == 1
     # Both APIs run the model through OnnxModel.run, which records every run and its rows.
     assert delta("model_inference_duration_seconds_count", model="mnist", version="1") == 2
     assert delta("model_batch_size_sum", model="mnist", version="1") == 1 + 3
@@ -121,7 +121,7 @@ def test_gunicorn_workers_are_summed_and_a_dead_workers_counts_remain(live_serve
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(predict, range(40))) == [200] * 40
     page = http_scrape(server.url)
-    assert value(page, "http_requests_total", route="/predict", method="POST", status="200") == 40
+    assert value(page, "http_requests_total", route="/predict", method="POST", status="200", transport="http") == 40
     assert value(page, "model_batch_size_count", model="mnist", version="1") == 40
     assert len(list(metrics_dir.glob("*.db"))) >= 2
 
@@ -130,7 +130,7 @@ def test_gunicorn_workers_are_summed_and_a_dead_workers_counts_remain(live_serve
     wait_for_load_failures(server.url, 3)  # the replacement worker loaded the repository
     page = http_scrape(server.url)
     # The killed worker's requests still count: counters and histograms outlive their process.
-    assert value(page, "http_requests_total", route="/predict", method="POST", status="200") == 40
+    assert value(page, "http_requests_total", route="/predict", method="POST", status="200", transport="http") == 40
     assert victim not in worker_pids(server.process.pid)
 
     server.stop()

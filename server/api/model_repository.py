@@ -5,57 +5,34 @@ that listens on loopback and to a connection that came in on loopback, not throu
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 
 from flask import Blueprint, current_app, jsonify, request
 
-from ..errors import AdminRefused, InvalidInput
+from .. import access, model_control
+from ..errors import InvalidInput
 from .context import get_model_sync, get_registry
 from .openapi import MODEL_NAME_PARAMETER, error_responses
 
 bp = Blueprint("model_repository", __name__)
 
-# Headers a reverse proxy adds: a request carrying one did not come from this machine's own user.
-PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-Ip")
-
 
 @bp.post("/v2/repository/index")
 def repository_index():
-    ready = _json_body().get("ready", False)
-    if not isinstance(ready, bool):
-        raise InvalidInput(f"'ready' must be true or false, received {ready!r}")
-    return jsonify(get_registry().index(ready_only=ready))
+    return jsonify(model_control.index(get_registry(), _json_body().get("ready", False)))
 
 
 @bp.post("/v2/repository/models/<name>/load")
 def load_model(name: str):
     _require_admin()
-    parameters = _parameters()
-    if parameters:
-        raise InvalidInput(
-            f"load parameters {sorted(parameters)} are not supported: put the file at "
-            f"<repository>/{name}/<version>/model.onnx and send an empty body or {{}}"
-        )
-    registry = get_registry()
-    failures = registry.load_model(name)
-    get_model_sync().announce(name, "load")
-    serving = sorted(registry.models.get(name, {}), key=int)
-    if failures:
-        rejected = "; ".join(f"version {f.version}: {f.reason}" for f in failures)
-        raise InvalidInput(f"failed to load model {name!r} ({rejected}); serving versions: {', '.join(serving) or 'none'}")
+    serving = model_control.load(get_registry(), get_model_sync(), name, _parameters())
     return jsonify(name=name, versions=serving, default_version=serving[-1])
 
 
 @bp.post("/v2/repository/models/<name>/unload")
 def unload_model(name: str):
     _require_admin()
-    parameters = _parameters()
-    unsupported = sorted(set(parameters) - {"unload_dependents"})
-    if unsupported:
-        raise InvalidInput(f"unload parameters {unsupported} are not supported; only unload_dependents is")
-    get_registry().unload_model(name)
-    get_model_sync().announce(name, "unload")
+    model_control.unload(get_registry(), get_model_sync(), name, _parameters())
     return jsonify(name=name, versions=[])
 
 
@@ -85,29 +62,12 @@ def _parameters() -> dict:
 
 def _require_admin() -> None:
     """Refuse load/unload when anyone on the network could send them: no token and not loopback."""
-    config = current_app.config
-    if config["API_TOKEN"]:
-        return  # the app already checked the bearer token
     socket = request.environ.get("gunicorn.socket")  # absent under Flask's test client
     local = socket.getsockname() if socket is not None else ("127.0.0.1",)
     local_address = local[0] if isinstance(local, tuple) else "localhost"  # a str: a unix socket
-    proxied = [header for header in PROXY_HEADERS if header in request.headers]
-    if _is_loopback(config["HOST"]) and _is_loopback(local_address) and not proxied:
-        return
-    raise AdminRefused(
-        f"model load/unload refused: no API_TOKEN is set and the server listens on HOST={config['HOST']}"
-        + (f" behind a proxy ({', '.join(proxied)})" if proxied else "")
-        + "; set API_TOKEN to manage models over the network, or use MODEL_POLL_SECONDS"
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
+    proxied = [header for header in access.PROXY_HEADERS if header in request.headers]
+    config = current_app.config
+    access.require_admin(config["API_TOKEN"], config["HOST"], local_address, proxied)
 
 
 def _operation(summary: str, body: dict, response: dict, admin: bool) -> dict:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from .. import protocol, tensors
-from ..protocol import PLATFORM
 from ..budget import tensor_body_bytes
+from ..protocol import PLATFORM
 from .context import get_memory_budget, get_registry
 from .openapi import MODEL_NAME_PARAMETER, MODEL_VERSION_PARAMETER, error_responses
 
@@ -50,10 +50,8 @@ def infer(name: str, version: str | None = None):
     with memory.request(), memory.reserve(tensor_body_bytes(size), "this inference request"):
         body = tensors.decompress(raw, request.headers.get("Content-Encoding"), config["MAX_CONTENT_LENGTH"])
         header, binary = tensors.split_body(body, request.headers.get("Inference-Header-Content-Length"))
-        request_id, parameters = tensors.request_fields(header)
-        inputs = tensors.decode_inputs(header, binary, model.inputs, model.left_out_inputs)
+        request_id, inputs, wanted = protocol.decode_request(model, header, binary)
         del body, binary  # the arrays are what is left to hold while the model runs
-        wanted = tensors.requested_outputs(header, parameters, model.outputs, model.left_out_outputs)
         outputs = protocol.infer(model, inputs, wanted, g.get("request_id", "-"), config["INFER_CHUNK_ROWS"])
     answer = {"model_name": model.name, "model_version": model.version}
     if request_id is not None:

@@ -9,7 +9,7 @@ backend tests/triton/standin_onnxruntime/model.py, since the wheel has no C++ on
 backend), starts `tritonserver` in explicit model-control mode and this server (gunicorn, from
 `.venv-serve`) on the same folder on free 127.0.0.1 ports, and asks both the same questions with
 `tritonclient.http` (binary and JSON tensors) and, for Triton only, `tritonclient.grpc`: this
-server has no gRPC endpoint yet (issue 17), so those probes are skipped for it and say so.
+server is not asked over gRPC here yet (tests/test_grpc.py checks it), so those probes are skipped for it and say so.
 
 Every answer is compared. An answer that differs is a failure unless KNOWN_DIFFERENCES names the
 check and says why (docs/models.md carries the same table); a known difference that no longer
@@ -54,7 +54,7 @@ from server.model_config import (ModelConfigError, VersionPolicy, model_config_c
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 MNIST_SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
 LOG_DIR = ROOT / "tests" / "artifacts" / "logs"
-GRPC_SKIP = "this server has no gRPC endpoint yet (issue 17)"
+GRPC_SKIP = "not asked over gRPC by this script yet (tests/test_grpc.py checks its gRPC with tritonclient.grpc)"
 
 # check -> why the two servers answer differently. docs/models.md shows the same table.
 _OVER_BATCH = ("mnist-int8 has no config.pbtxt: Triton's auto-complete gives it max_batch_size 4 and refuses a "
@@ -332,7 +332,7 @@ class Run:
             self.record(True, check, "differs as documented" if differs else "same answer")
 
     def grpc_agrees(self, check: str, http_answer: Any, grpc_answer: Any) -> None:
-        """Triton over gRPC against Triton over HTTP (this server: skipped, no gRPC yet)."""
+        """Triton over gRPC against Triton over HTTP (this server: skipped, see GRPC_SKIP)."""
         ok = same(_grpc_errors_as_http(http_answer), grpc_answer)
         self.record(ok, f"{check} [grpc]", "same as Triton's HTTP answer" if ok else
                     f"gRPC {short(grpc_answer)} vs HTTP {short(http_answer)}")
