@@ -38,9 +38,11 @@ _settings = _from_environment()
 # pages shared until written, no import time at each start or replacement). Nothing that holds
 # state is made here: onnxruntime sessions are not fork-safe and each worker builds its own after
 # the fork (preload_app stays off), and server/ itself is imported by the workers, so that a HUP
-# still serves new server code (a new library version needs a restart).
-_LIBRARIES = ("numpy", "onnxruntime", "PIL.Image", "PIL.PngImagePlugin", "flask", "werkzeug",
-              "prometheus_client", "google.protobuf.text_format")
+# still serves new server code (a new library version needs a restart). Not onnxruntime: imported
+# before the fork, a worker that used it aborts at its exit (std::system_error, SIGABRT instead of
+# its exit code), so each worker imports it itself.
+_LIBRARIES = ("numpy", "PIL.Image", "PIL.PngImagePlugin", "flask", "werkzeug", "prometheus_client",
+              "google.protobuf.text_format")
 
 
 def _import_libraries() -> None:
