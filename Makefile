@@ -178,10 +178,12 @@ CHECKPOINT ?= $(shell ls -t runs/*/model.pt 2>/dev/null | head -n1)
 train: $(DEV_STAMP) ## train the default recipe (MNIST fetched into data/ if missing) into runs/<UTC time>/
 	$(DEV_VENV)/bin/python -m training.train $(TRAIN_ARGS)
 
-export: $(DEV_STAMP) ## export VERSION=n [CHECKPOINT=runs/<run>/model.pt, default newest] [NAME=mnist] to models/
+EXPORT_ARGS ?=
+
+export: $(DEV_STAMP) ## export VERSION=n [CHECKPOINT=runs/<run>/model.pt, default newest] [NAME=mnist] [EXPORT_ARGS=--int8 ...] to models/
 	@[ -n "$(VERSION)" ] || { echo "make export: say which version to write, e.g. make export VERSION=2" >&2; exit 2; }
 	@[ -n "$(CHECKPOINT)" ] || { echo "make export: no runs/*/model.pt; run make train or pass CHECKPOINT=" >&2; exit 2; }
-	$(DEV_VENV)/bin/python -m export --checkpoint $(CHECKPOINT) --name $(NAME) --version $(VERSION) --repo $(MODEL_REPOSITORY)
+	$(DEV_VENV)/bin/python -m export --checkpoint $(CHECKPOINT) --name $(NAME) --version $(VERSION) --repo $(MODEL_REPOSITORY) $(EXPORT_ARGS)
 
 clean: ## remove virtual environments and caches (keeps data/ and runs/)
 	rm -rf $(SERVE_VENV) $(DEV_VENV) $(TRITON_VENV) $(BENCH_KSERVE_VENV) $(BENCH_MLSERVER_VENV) .pytest_cache .hypothesis

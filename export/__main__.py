@@ -1,6 +1,6 @@
 """`python -m export`: checkpoint → checked ONNX file in the model repository."""
 import sys
 
-from export import main
+from export.cli import main
 
 sys.exit(main())

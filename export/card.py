@@ -6,13 +6,14 @@ from pathlib import Path
 
 import onnx
 
+from server.layout import MODEL_FILE, find_versions
 from training.data import sha256_file
 
 
 def version_dirs(model_dir: Path) -> list[Path]:
-    """Numeric version folders holding a model.onnx, in version order."""
-    found = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and (p / "model.onnx").is_file()]
-    return sorted(found, key=lambda p: int(p.name))
+    """Version folders holding a model file (the repository's layout rules), in version order."""
+    found = find_versions(model_dir.parent, model_dir, warn=lambda message: None)
+    return [path.parent for _, path in sorted(found, key=lambda item: int(item[0]))]
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -36,12 +37,13 @@ def version_section(name: str, version: str, path: Path, meta: dict[str, str]) -
     lines = [
         f"## Version {version}",
         "",
-        f"- file: `{name}/{version}/model.onnx`, sha256 `{sha256_file(path)}`",
+        f"- file: `{name}/{version}/{MODEL_FILE}`, sha256 `{sha256_file(path)}`",
         f"- test accuracy (onnxruntime, official 10,000 MNIST test images): **{percent(meta.get('test_accuracy'))}**"
         f" (PyTorch checkpoint: {percent(meta.get('torch_test_accuracy'))})",
         f"- architecture: {meta.get('architecture', 'n/a')}; stages {config.get('stages')}, dropout "
-        f"{config.get('dropout')}; **{meta.get('parameters', 'n/a')} parameters**; input normalised "
-        f"inside the graph (mean {config.get('mean')}, std {config.get('std')})",
+        f"{config.get('dropout')}; **{meta.get('parameters', 'n/a')} parameters**"
+        f"{', ' + format(int(meta['multiply_adds']), ',') + ' multiply-adds an image' if meta.get('multiply_adds') else ''}"
+        f"; input normalised inside the graph (mean {config.get('mean')}, std {config.get('std')})",
         f"- training: {recipe}; {meta.get('epochs_trained', '?')} epochs on {meta.get('train_images', '?')} images, "
         f"{float(meta.get('training_seconds') or 'nan'):.0f} s on {meta.get('training_device', '?')} "
         f"(--threads {args.get('threads', '?')}, "
@@ -54,6 +56,10 @@ def version_section(name: str, version: str, path: Path, meta: dict[str, str]) -
         f" max abs difference of probabilities {parity.get('max_abs_diff', float('nan')):.2e}",
         f"- ONNX opset {meta.get('opset')}, exported {meta.get('exported_at')}",
     ]
+    if meta.get("temperature"):
+        lines.append(f"- calibration: softmax temperature {meta['temperature']} (fitted on held-out training images, "
+                     f"folded into the last layer); expected calibration error on the test set (15 bins) "
+                     f"**{percent(meta.get('test_ece'))}**")
     if meta.get("quantization"):
         lines.append(f"- quantized: {meta['quantization']}")
     if meta.get("int8_measurement"):
@@ -73,7 +79,8 @@ def write_model_card(model_dir: Path) -> Path:
         "by `python -m export`. Generated from each version's ONNX metadata; do not edit by hand.",
         "",
         "- input `input`: float32 `[N, 1, 28, 28]`, pixels in [0, 1], white digit on black (as MNIST)",
-        "- output `probabilities`: float32 `[N, 10]`, softmax inside the graph; class i is digit i",
+        "- output `probabilities`: float32 `[N, 10]`, softmax inside the graph (of logits divided by the",
+        "  version's calibration temperature, where it lists one); class i is digit i",
         "- metadata_props: `labels`, `preprocessing` (`mnist-digit`), `output_kind` (`probabilities`),",
         "  and the provenance below (hashes, accuracy, recipe)",
         "- limits: trained on centred 28×28 MNIST digits; other images need the server's `mnist-digit`",
@@ -83,13 +90,13 @@ def write_model_card(model_dir: Path) -> Path:
         "| version | test accuracy | sha256 |",
         "| --- | --- | --- |",
     ]
-    metas = {path.name: read_metadata(path / "model.onnx") for path in versions}
+    metas = {path.name: read_metadata(path / MODEL_FILE) for path in versions}
     for path in versions:
         lines.append(f"| {path.name} | {percent(metas[path.name].get('test_accuracy'))} | "
-                     f"`{sha256_file(path / 'model.onnx')}` |")
+                     f"`{sha256_file(path / MODEL_FILE)}` |")
     lines.append("")
     for path in versions:
-        lines += version_section(name, path.name, path / "model.onnx", metas[path.name])
+        lines += version_section(name, path.name, path / MODEL_FILE, metas[path.name])
     card = model_dir / "README.md"
     card.write_text("\n".join(lines))
     return card

@@ -1,9 +1,12 @@
 """Checkpoint → ONNX bytes, and the checks a file must pass before it is written."""
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +15,7 @@ import onnxruntime as ort
 import torch
 from onnx import shape_inference
 
+from training.calibration import expected_calibration_error
 from training.model import DigitNet
 
 log = logging.getLogger(__name__)
@@ -30,25 +34,60 @@ class ExportError(Exception):
     """A check failed; nothing was written."""
 
 
-class ProbabilityModel(torch.nn.Module):
-    """The trained network with softmax appended, so the graph outputs probabilities."""
+# Loggers of the exporter's graph optimiser, which log a dozen INFO lines per export
+# ("Removed 38 unused nodes", "Skipping constant folding ..."): progress that is not ours to report.
+EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
 
-    def __init__(self, network: DigitNet) -> None:
+
+class ProbabilityModel(torch.nn.Module):
+    """The trained network with a temperature-scaled softmax appended: the graph outputs probabilities."""
+
+    def __init__(self, network: DigitNet, temperature: float = 1.0) -> None:
         super().__init__()
         self.network = network
+        self.temperature = temperature
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Class probabilities [N, classes] for [0, 1] pixels [N, 1, 28, 28]."""
-        return torch.softmax(self.network(pixels), dim=1)
+        logits = self.network(pixels)
+        return torch.softmax(logits if self.temperature == 1.0 else logits / self.temperature, dim=1)
 
 
-def to_onnx(network: DigitNet) -> onnx.ModelProto:
-    """Export with torch's dynamo exporter: one file, dynamic batch axis named N."""
-    wrapper = ProbabilityModel(network).eval()
+def fold_temperature(network: DigitNet, temperature: float) -> DigitNet:
+    """A copy of `network` whose logits are already divided by `temperature`: the final linear
+    layer's weight and bias are scaled, so the calibration costs no extra operator in the graph."""
+    folded = copy.deepcopy(network).eval()
+    if temperature != 1.0:
+        linear = folded.head[-1]
+        with torch.no_grad():
+            linear.weight.div_(temperature)
+            linear.bias.div_(temperature)
+    return folded
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's warnings and its optimiser's INFO logging for the duration."""
+    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def to_onnx(network: DigitNet, temperature: float = 1.0) -> onnx.ModelProto:
+    """Export with torch's dynamo exporter: one file, dynamic batch axis named N, the softmax
+    temperature folded into the last layer."""
+    wrapper = ProbabilityModel(fold_temperature(network, temperature)).eval()
     size = network.config.image_size
     example = torch.rand(2, 1, size, size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's progress chatter is not ours to fix
+    with quiet_exporter():
         program = torch.onnx.export(
             wrapper, (example,), None, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_shapes={"pixels": {0: torch.export.Dim(BATCH_DIM, min=1)}},
@@ -121,9 +160,10 @@ class Parity:
 @torch.no_grad()
 def check_parity(runtime: ort.InferenceSession, network: DigitNet, pixels: np.ndarray,
                  batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES,
-                 tolerance: float = PARITY_TOLERANCE) -> Parity:
-    """onnxruntime vs PyTorch (fp32) probabilities at each batch size; raise unless they agree."""
-    wrapper = ProbabilityModel(network).eval()
+                 tolerance: float = PARITY_TOLERANCE, temperature: float = 1.0) -> Parity:
+    """onnxruntime vs PyTorch (fp32, softmax of logits / temperature) probabilities at each batch
+    size; raise unless they agree."""
+    wrapper = ProbabilityModel(network, temperature).eval()
     worst, mismatches = 0.0, 0
     for batch in batch_sizes:
         for start in range(0, len(pixels), batch):
@@ -139,12 +179,42 @@ def check_parity(runtime: ort.InferenceSession, network: DigitNet, pixels: np.nd
     return parity
 
 
+def onnx_probabilities(runtime: ort.InferenceSession, pixels: np.ndarray, batch: int = 500) -> np.ndarray:
+    """The graph's probabilities for every image, run in batches."""
+    return np.concatenate([runtime.run([OUTPUT_NAME], {INPUT_NAME: pixels[i:i + batch]})[0]
+                           for i in range(0, len(pixels), batch)])
+
+
 def onnx_accuracy(runtime: ort.InferenceSession, pixels: np.ndarray, labels: np.ndarray,
                   batch: int = 500) -> float:
     """Fraction of images whose most probable class (per onnxruntime) is the label."""
-    predicted = np.concatenate([runtime.run([OUTPUT_NAME], {INPUT_NAME: pixels[i:i + batch]})[0].argmax(1)
-                                for i in range(0, len(pixels), batch)])
-    return float((predicted == labels).mean())
+    return float((onnx_probabilities(runtime, pixels, batch).argmax(1) == labels).mean())
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A checked ONNX model (no metadata yet) and what onnxruntime measured on it."""
+
+    model: onnx.ModelProto
+    parity: Parity
+    accuracy: float
+    ece: float
+    opset: int
+
+
+def convert(network: DigitNet, temperature: float, parity_pixels: np.ndarray, test_pixels: np.ndarray,
+            test_labels: np.ndarray) -> Converted:
+    """Export, check the graph's structure and its parity with PyTorch, and measure test accuracy
+    and calibration through onnxruntime; any failed check raises ExportError."""
+    model = to_onnx(network, temperature)
+    size, classes = network.config.image_size, network.config.num_classes
+    check_structure(model, size, classes)
+    runtime = session(model.SerializeToString())
+    parity = check_parity(runtime, network, parity_pixels, temperature=temperature)
+    probabilities = onnx_probabilities(runtime, test_pixels)
+    accuracy = float((probabilities.argmax(1) == test_labels).mean())
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return Converted(model, parity, accuracy, expected_calibration_error(probabilities, test_labels), opset)
 
 
 def labels_json(classes: int) -> str:

@@ -12,7 +12,6 @@ Reads the graph with onnxruntime (not `onnx`), so the Triton test environment ca
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -20,6 +19,7 @@ import onnxruntime as ort
 from google.protobuf import text_format
 
 from server.model import V2_DATATYPES, TensorSpec, labels_from_metadata
+from training.atomic import write_atomically
 from server.model_config import (CONFIG_FILE, ONNX_PLATFORM, ModelConfigError, TritonModelConfig, VersionPolicy,
                                  datatype_number, model_config_class, parse_model_config)
 
@@ -109,8 +109,8 @@ def write_triton_config(model_dir: Path, onnx_file: Path, *, max_batch_size: int
     labels_text = "".join(f"{label}\n" for label in labels) if label_output else None
     _check_reads_back(text, labels_text, model_dir)
     if labels_text is not None:
-        _write_atomically(model_dir / LABELS_FILE, labels_text)
-    _write_atomically(model_dir / CONFIG_FILE, text)
+        write_atomically(model_dir / LABELS_FILE, labels_text.encode())
+    write_atomically(model_dir / CONFIG_FILE, text.encode())
     return parse_model_config(text, model_dir)
 
 
@@ -143,9 +143,3 @@ def _int(metadata: Mapping[str, str], key: str) -> int | None:
     except (KeyError, ValueError):
         return None
 
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

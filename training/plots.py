@@ -63,3 +63,27 @@ def plot_misclassified(images: np.ndarray, labels: np.ndarray, predictions: np.n
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_reliability(labels: np.ndarray, probabilities: dict[str, np.ndarray], path: Path, bins: int = 15) -> None:
+    """Reliability diagram: accuracy against confidence per bin, one line per set of probabilities,
+    each labelled with its expected calibration error; the diagonal is perfect calibration."""
+    from training.calibration import reliability  # numpy only
+
+    fig, (curve_ax, count_ax) = plt.subplots(2, 1, figsize=(6, 6.5), sharex=True,
+                                             gridspec_kw={"height_ratios": (3, 1)})
+    curve_ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for name, values in probabilities.items():
+        bins_ = reliability(values, labels, bins)
+        used = bins_.counts > 0
+        curve_ax.plot(bins_.confidence[used], bins_.accuracy[used], marker="o",
+                      label=f"{name}: ECE {100 * bins_.ece:.2f} %")
+        count_ax.step(np.arange(bins) / bins, bins_.counts, where="post", label=name)
+    curve_ax.set(ylabel="accuracy in bin", title=f"reliability, {len(labels)} images, {bins} bins")
+    count_ax.set(xlabel="confidence (top probability)", ylabel="images", yscale="log")
+    for ax in (curve_ax, count_ax):
+        ax.grid(alpha=0.3)
+    curve_ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

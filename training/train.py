@@ -1,15 +1,13 @@
-"""Train the digit CNN on MNIST (CPU or GPU): batched on-tensor augmentation, one-cycle SGD."""
+"""Train the digit CNN on MNIST (CPU or GPU): batched on-tensor augmentation, one-cycle SGD,\ndistillation from a teacher ONNX model, and a softmax temperature fitted on held-out images."""
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -18,81 +16,24 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training import plots
+from training.calibration import expected_calibration_error, fit_temperature, softmax
 from training.checkpoint import save_checkpoint
-from training.data import DEFAULT_DATA_DIR, DataError, Mnist, dataset_sha256, ensure_mnist, load_mnist
-from training.model import DigitNet, ModelConfig, parameter_count
+from training.config import TrainConfig, parse_config
+from training.data import DataError, Mnist, dataset_sha256, ensure_mnist, load_mnist
+from training.distill import OnnxTeacher, TeacherError, distillation_loss
+from training.model import DigitNet, ModelConfig, multiply_adds, parameter_count
 
 log = logging.getLogger(__name__)
 
-# `--fast`: a short preset; these values replace the defaults (options given explicitly still win).
-FAST_PRESET = {"epochs": 2, "batch_size": 256, "lr": 0.2, "stages": ((16, 16), (32, 32), (64, 64))}
-ACCURACY_MILESTONES = (0.99, 0.995, 0.996)
+ACCURACY_MILESTONES = (0.99, 0.995, 0.996, 0.997)
 EVAL_BATCH = 1000
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+CALIBRATION_SPLIT_SEED = 1  # fixed, so every recipe holds out the same calibration images
 
 
-def default_threads() -> int:
-    """The CPUs this process may use: on a quiet 2-core machine 2 threads trained 1.8x faster than
-    1. When other jobs keep every core busy, OpenMP threads wait on each other at each barrier and
-    `--threads 1` is faster (3-10x, docs/training.md)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def parse_stages(text: str) -> tuple[tuple[int, ...], ...]:
-    """`32,32:64,64` → ((32, 32), (64, 64)); argparse turns a ValueError into a usage error."""
-    stages = tuple(tuple(int(width) for width in stage.split(",")) for stage in text.split(":"))
-    if not stages or any(width < 1 for stage in stages for width in stage):
-        raise ValueError(text)
-    return stages
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options; every default shows in --help."""
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=12, help="passes over the training images")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per optimiser step")
-    parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
-    parser.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
-    parser.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
-    parser.add_argument("--rotation", type=float, default=10.0, help="max random rotation, degrees")
-    parser.add_argument("--scale", type=float, default=0.1, help="max random relative zoom (±)")
-    parser.add_argument("--shift", type=float, default=2.0, help="max random shift, pixels (±)")
-    parser.add_argument("--no-augment", action="store_true", help="train on the images as they are")
-    parser.add_argument("--stages", type=parse_stages, default=ModelConfig.stages,
-                        help="conv widths, stages split by ':' (2x2 max-pool between stages), e.g. 32,32:64,64")
-    parser.add_argument("--dropout", type=float, default=ModelConfig.dropout, help="dropout before the classifier")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights, order and augmentation")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto = cuda when available")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="training matmul precision; auto = bf16 autocast where the hardware has it "
-                             "(evaluation always runs in fp32)")
-    parser.add_argument("--threads", type=int, default=default_threads(),
-                        help="CPU threads for torch; by default the usable CPUs (1 is faster when other jobs load every core)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (helps on GPU)")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="MNIST root")
-    parser.add_argument("--out", type=Path, default=None, help="run directory (default runs/<UTC time>)")
-    parser.add_argument("--validation", type=int, default=0,
-                        help="hold out this many training images and evaluate on them instead of the "
-                             "test set (for choosing hyper-parameters; 0 = train on all 60,000)")
-    parser.add_argument("--limit", type=int, default=0,
-                        help="train on only N images and evaluate on N (quick checks; 0 = all)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="one training batch, evaluated on one batch of images, then stop")
-    parser.add_argument("--fast", action="store_true",
-                        help=f"short preset: {', '.join(f'{k}={v}' for k, v in FAST_PRESET.items())}")
-    args = parser.parse_args(argv)
-    if args.fast:
-        parser.set_defaults(**FAST_PRESET)
-        args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.validation < 0 or args.limit < 0:
-        parser.error("--validation and --limit must be >= 0")
-    if args.out is None:
-        args.out = Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return args
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """Command-line options (training/config.py's TrainConfig); every default shows in --help."""
+    return parse_config(argv, description=__doc__)
 
 
 def pick_device(name: str) -> torch.device:
@@ -141,13 +82,14 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
 class Trainer:
     """The state of one training run."""
 
-    args: argparse.Namespace
+    args: TrainConfig
     device: torch.device
     model: DigitNet
     train_images: torch.Tensor
     train_labels: torch.Tensor
     generator: torch.Generator
     amp_dtype: torch.dtype | None
+    teacher: OnnxTeacher | None = None
     optimizer: torch.optim.Optimizer = field(init=False)
     scheduler: torch.optim.lr_scheduler.LRScheduler = field(init=False)
 
@@ -159,6 +101,16 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, max_lr=self.args.lr, total_steps=max(steps, 8), pct_start=0.25)
         self.forward = torch.compile(self.model) if self.args.compile else self.model
+        # The teacher's answers for the un-augmented images, computed once: running version 1 (8x the
+        # student's multiply-adds) on every augmented batch made each epoch 3x slower on a CPU.
+        self.teacher_log_probs = None
+        if self.teacher is not None:
+            started = time.perf_counter()
+            self.teacher_log_probs = torch.cat([
+                self.teacher.log_probabilities(to_input(self.train_images[start:start + EVAL_BATCH]))
+                for start in range(0, len(self.train_labels), EVAL_BATCH)])
+            log.info("teacher %s: soft targets for %d training images in %.1fs", self.teacher.path,
+                     len(self.train_labels), time.perf_counter() - started)
 
     def batch(self, index: torch.Tensor) -> torch.Tensor:
         """Training inputs for `index`, augmented unless --no-augment."""
@@ -166,6 +118,14 @@ class Trainer:
         if not self.args.no_augment:
             pixels = random_affine(pixels, self.generator, self.args.rotation, self.args.scale, self.args.shift)
         return pixels.contiguous(memory_format=torch.channels_last)
+
+    def loss(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on the labels, mixed with distillation from the teacher when there is one."""
+        hard = F.cross_entropy(logits, self.train_labels[index], label_smoothing=self.args.label_smoothing)
+        if self.teacher_log_probs is None:
+            return hard
+        soft = distillation_loss(logits, self.teacher_log_probs[index], self.args.distill_temperature)
+        return (1 - self.args.distill_weight) * hard + self.args.distill_weight * soft
 
     def epoch(self, number: int) -> tuple[float, float, int]:
         """One pass over the shuffled training images; mean loss, accuracy, images seen."""
@@ -183,7 +143,7 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
                 logits = self.forward(self.batch(index))
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing)
+            loss = self.loss(logits.float(), index)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -198,21 +158,45 @@ class Trainer:
 
 
 @torch.no_grad()
-def evaluate(model: DigitNet, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, np.ndarray]:
-    """Loss, accuracy and predicted classes in fp32 (the precision the exported model runs in)."""
+def predict_logits(model: DigitNet, images: torch.Tensor) -> torch.Tensor:
+    """fp32 logits (the precision the exported model runs in) for uint8 images, in eval mode."""
     model.eval()
-    loss_sum, predictions = 0.0, []
-    for start in range(0, len(labels), EVAL_BATCH):
-        pixels = to_input(images[start:start + EVAL_BATCH]).contiguous(memory_format=torch.channels_last)
-        logits = model(pixels).float()
-        loss_sum += F.cross_entropy(logits, labels[start:start + EVAL_BATCH], reduction="sum").item()
-        predictions.append(logits.argmax(1).cpu())
-    predicted = torch.cat(predictions).numpy()
-    return loss_sum / len(labels), float((predicted == labels.cpu().numpy()).mean()), predicted
+    chunks = [model(to_input(images[start:start + EVAL_BATCH]).contiguous(memory_format=torch.channels_last)).float()
+              for start in range(0, len(images), EVAL_BATCH)]
+    return torch.cat(chunks) if chunks else torch.zeros(0, model.config.num_classes, device=images.device)
 
 
-def split_data(mnist: Mnist, args: argparse.Namespace, device: torch.device) -> dict[str, torch.Tensor]:
-    """Training tensors and the evaluation set (held-out validation or test), on the device."""
+@dataclass(frozen=True)
+class Evaluation:
+    """Loss, accuracy, predicted classes and expected calibration error (at a temperature)."""
+
+    loss: float
+    accuracy: float
+    predicted: np.ndarray
+    ece: float
+    probabilities: np.ndarray
+
+
+def evaluate(model: DigitNet, images: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> Evaluation:
+    """Evaluate in fp32 with the softmax temperature the export will fold into the graph."""
+    logits = predict_logits(model, images).cpu().numpy()
+    truth = labels.cpu().numpy()
+    probabilities = softmax(logits, temperature)
+    loss = float(-np.log(np.maximum(probabilities[np.arange(len(truth)), truth], 1e-12)).mean())
+    predicted = probabilities.argmax(1)
+    return Evaluation(loss, float((predicted == truth).mean()), predicted,
+                      expected_calibration_error(probabilities, truth), probabilities)
+
+
+def calibrate(model: DigitNet, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """The softmax temperature that fits the held-out calibration images best (1 without any)."""
+    if not len(labels):
+        return 1.0
+    return fit_temperature(predict_logits(model, images).cpu().numpy(), labels.cpu().numpy())
+
+
+def split_data(mnist: Mnist, args: TrainConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    """Training tensors, the held-out calibration images and the evaluation set (validation or test)."""
     images, labels = torch.from_numpy(mnist.train.images), torch.from_numpy(mnist.train.labels)
     eval_images, eval_labels = torch.from_numpy(mnist.test.images), torch.from_numpy(mnist.test.labels)
     if args.validation:
@@ -221,13 +205,19 @@ def split_data(mnist: Mnist, args: argparse.Namespace, device: torch.device) -> 
         held, kept = order[:args.validation], order[args.validation:]
         eval_images, eval_labels = images[held], labels[held]
         images, labels = images[kept], labels[kept]
+    calibration = torch.randperm(len(labels), generator=torch.Generator().manual_seed(CALIBRATION_SPLIT_SEED))
+    held, kept = calibration[:args.calibration_images], calibration[args.calibration_images:].sort().values
+    calibration_images, calibration_labels = images[held], labels[held]
+    images, labels = images[kept], labels[kept]
     if args.limit:
         images, labels = images[:args.limit], labels[:args.limit]
     eval_limit = args.batch_size if args.dry_run else args.limit
     if eval_limit:
         eval_images, eval_labels = eval_images[:eval_limit], eval_labels[:eval_limit]
+        calibration_images, calibration_labels = calibration_images[:eval_limit], calibration_labels[:eval_limit]
     tensors = {"train_images": images, "train_labels": labels, "eval_images": eval_images,
-               "eval_labels": eval_labels}
+               "eval_labels": eval_labels, "calibration_images": calibration_images,
+               "calibration_labels": calibration_labels}
     return {name: tensor.to(device) for name, tensor in tensors.items()}
 
 
@@ -246,32 +236,44 @@ def write_metrics(path: Path, summary: dict, epochs: list[dict]) -> None:
     path.write_text(json.dumps(content, indent=2) + "\n")
 
 
-def plain_args(args: argparse.Namespace) -> dict:
-    """The arguments as JSON-able plain values (paths as strings)."""
-    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+def load_teacher(args: TrainConfig) -> OnnxTeacher | None:
+    """The distillation teacher, or None when --teacher none or its loss weight is 0."""
+    if args.teacher is None or args.distill_weight == 0:
+        return None
+    path = args.teacher
+    if not path.is_absolute() and not path.exists() and (REPOSITORY_ROOT / path).exists():
+        path = REPOSITORY_ROOT / path  # the default names the committed model, wherever we run from
+    return OnnxTeacher(path, args.threads)
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Train, checkpointing after every epoch; return the run summary."""
+def run(args: TrainConfig, mnist: Mnist | None = None) -> dict:
+    """Train, checkpointing after every epoch; return the run summary. Without `mnist`, MNIST is
+    read from (and if need be fetched into) --data-dir."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     amp_dtype = autocast_dtype(args.precision, device)
-    ensure_mnist(args.data_dir)
-    mnist = load_mnist(args.data_dir)
+    teacher = load_teacher(args)
+    if mnist is None:
+        ensure_mnist(args.data_dir)
+        mnist = load_mnist(args.data_dir)
     data = split_data(mnist, args, device)
-    model = DigitNet(ModelConfig(stages=args.stages, dropout=args.dropout))
+    model = DigitNet(ModelConfig(stages=args.stages, dropout=args.dropout, stem_stride=args.stem_stride,
+                                 separable=args.separable))
+    macs = multiply_adds(model)
     model = model.to(device).to(memory_format=torch.channels_last)
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    trainer = Trainer(args, device, model, data["train_images"], data["train_labels"], generator, amp_dtype)
+    trainer = Trainer(args, device, model, data["train_images"], data["train_labels"], generator, amp_dtype, teacher)
     args.out.mkdir(parents=True, exist_ok=True)
     eval_name = "validation" if args.validation else "test"
     summary = {"device": str(device), "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
-               "threads": args.threads, "parameters": parameter_count(model),
-               "train_images": len(data["train_labels"]), "eval_set": eval_name,
+               "threads": args.threads, "parameters": parameter_count(model), "multiply_adds": macs,
+               "train_images": len(data["train_labels"]), "calibration_images": len(data["calibration_labels"]),
+               "teacher": str(args.teacher) if teacher else None, "eval_set": eval_name,
                "eval_images": len(data["eval_labels"]), "torch_version": torch.__version__}
-    log.info("training %s parameters on %d images, %s, %s, %d threads; evaluating on %d %s images",
-             summary["parameters"], summary["train_images"], device, summary["precision"], args.threads,
+    log.info("training %s parameters (%.1f M multiply-adds an image) on %d images, %s, %s, %d threads%s; "
+             "evaluating on %d %s images", summary["parameters"], macs / 1e6, summary["train_images"], device,
+             summary["precision"], args.threads, f", distilling from {args.teacher}" if teacher else "",
              summary["eval_images"], eval_name)
     epochs: list[dict] = []
     started = time.perf_counter()
@@ -280,20 +282,24 @@ def run(args: argparse.Namespace) -> dict:
             epoch_start = time.perf_counter()
             train_loss, train_accuracy, seen = trainer.epoch(number)
             train_s = time.perf_counter() - epoch_start
-            eval_loss, eval_accuracy, predicted = evaluate(model, data["eval_images"], data["eval_labels"])
+            temperature = calibrate(model, data["calibration_images"], data["calibration_labels"])
+            result = evaluate(model, data["eval_images"], data["eval_labels"], temperature)
             epochs.append({"epoch": number, "train_loss": train_loss, "train_accuracy": train_accuracy,
-                           "eval_loss": eval_loss, "eval_accuracy": eval_accuracy,
-                           "train_s": round(train_s, 2), "epoch_s": round(time.perf_counter() - epoch_start, 2),
+                           "eval_loss": result.loss, "eval_accuracy": result.accuracy, "eval_ece": result.ece,
+                           "temperature": temperature, "train_s": round(train_s, 2),
+                           "epoch_s": round(time.perf_counter() - epoch_start, 2),
                            "elapsed_s": round(time.perf_counter() - started, 2),
                            "train_images_per_s": round(seen / train_s, 1)})
-            log.info("epoch %d/%d: train loss %.4f acc %.4f | %s loss %.4f acc %.4f | %.1fs, %.0f img/s",
-                     number, args.epochs, train_loss, train_accuracy, eval_name, eval_loss, eval_accuracy,
-                     epochs[-1]["epoch_s"], epochs[-1]["train_images_per_s"])
-            accuracy = {"test_accuracy": None, f"{eval_name}_accuracy": eval_accuracy}
-            save_checkpoint(args.out / "model.pt", model, args=plain_args(args), epoch=number,
+            log.info("epoch %d/%d: train loss %.4f acc %.4f | %s loss %.4f acc %.4f ECE %.4f (T %.3f) | %.1fs, "
+                     "%.0f img/s", number, args.epochs, train_loss, train_accuracy, eval_name, result.loss,
+                     result.accuracy, result.ece, temperature, epochs[-1]["epoch_s"],
+                     epochs[-1]["train_images_per_s"])
+            accuracy = {"test_accuracy": None, f"{eval_name}_accuracy": result.accuracy, f"{eval_name}_ece": result.ece}
+            save_checkpoint(args.out / "model.pt", model, args=args.to_dict(), epoch=number,
                             data_sha256=mnist.file_sha256, dataset_sha256=dataset_sha256(mnist),
                             training_s=epochs[-1]["elapsed_s"], device=summary["device"],
-                            precision=summary["precision"], train_images=summary["train_images"], **accuracy)
+                            precision=summary["precision"], train_images=summary["train_images"],
+                            temperature=temperature, **accuracy)
             write_metrics(args.out / "metrics.json", summary, epochs)
             if args.dry_run:
                 break
@@ -301,33 +307,44 @@ def run(args: argparse.Namespace) -> dict:
         kept = f"epoch {epochs[-1]['epoch']}'s checkpoint in {args.out}" if epochs else "no checkpoint"
         log.warning("interrupted: kept %s", kept)
         raise
-    summary.update(total_s=round(time.perf_counter() - started, 2), final_accuracy=epochs[-1]["eval_accuracy"])
+    summary.update(total_s=round(time.perf_counter() - started, 2), final_accuracy=epochs[-1]["eval_accuracy"],
+                   final_ece=epochs[-1]["eval_ece"], temperature=epochs[-1]["temperature"])
     write_metrics(args.out / "metrics.json", summary, epochs)
-    write_plots(args.out, epochs, data, predicted)
+    write_plots(args.out, epochs, data, model, result)
     return summary
 
 
-def write_plots(out: Path, epochs: list[dict], data: dict[str, torch.Tensor], predicted: np.ndarray) -> None:
-    """curves.png, confusion.png and misclassified.png in the run directory."""
+def write_plots(out: Path, epochs: list[dict], data: dict[str, torch.Tensor], model: DigitNet,
+                result: Evaluation) -> None:
+    """curves.png, confusion.png, misclassified.png and reliability.png in the run directory."""
     images, labels = data["eval_images"].cpu().numpy(), data["eval_labels"].cpu().numpy()
     plots.plot_curves(epochs, out / "curves.png")
-    plots.plot_confusion(labels, predicted, out / "confusion.png")
-    plots.plot_misclassified(images, labels, predicted, out / "misclassified.png")
+    plots.plot_confusion(labels, result.predicted, out / "confusion.png")
+    plots.plot_misclassified(images, labels, result.predicted, out / "misclassified.png")
+    uncalibrated = softmax(predict_logits(model, data["eval_images"]).cpu().numpy())
+    plots.plot_reliability(labels, {"temperature 1": uncalibrated,
+                                    f"temperature {epochs[-1]['temperature']:.2f} (exported)": result.probabilities},
+                           out / "reliability.png")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m training.train`."""
     args = parse_args(argv)
+    # Explicitly, because a process started with SIGINT ignored (`make test &`, nohup) inherits the
+    # ignore and Python then never installs its KeyboardInterrupt handler: Ctrl-C or a test's
+    # SIGINT would be lost and training would run on. Ending keeps the last finished epoch.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         summary = run(args)
-    except DataError as error:
+    except (DataError, TeacherError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    log.info("done in %.1fs: final %s accuracy %.4f; run directory %s", summary["total_s"],
-             summary["eval_set"], summary["final_accuracy"], args.out)
+    log.info("done in %.1fs: final %s accuracy %.4f, ECE %.4f at temperature %.3f; run directory %s",
+             summary["total_s"], summary["eval_set"], summary["final_accuracy"], summary["final_ece"],
+             summary["temperature"], args.out)
     return 0
 
 
