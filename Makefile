@@ -135,13 +135,30 @@ $(BENCH_TOOLS_VENV)/.stamp: bench/requirements-tools.txt
 	$(BENCH_TOOLS_VENV)/bin/pip install $(PIP_FLAGS) -r bench/requirements-tools.txt
 	touch $@
 
-bench: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOLS_VENV)/.stamp ## measure speed, footprint, soak against baselines; writes docs/benchmarks.md
+# The peers users would pick instead (bench/peers.py), each in its own environment, never the serving one.
+BENCH_KSERVE_VENV := .venv-bench-kserve
+BENCH_MLSERVER_VENV := .venv-bench-mlserver
+
+$(BENCH_KSERVE_VENV)/.stamp: bench/peers/requirements-kserve.txt
+	rm -rf $(BENCH_KSERVE_VENV)
+	$(PYTHON) -m venv $(BENCH_KSERVE_VENV)
+	$(BENCH_KSERVE_VENV)/bin/pip install $(PIP_FLAGS) -r bench/peers/requirements-kserve.txt
+	touch $@
+
+$(BENCH_MLSERVER_VENV)/.stamp: bench/peers/requirements-mlserver.txt
+	rm -rf $(BENCH_MLSERVER_VENV)
+	$(PYTHON) -m venv $(BENCH_MLSERVER_VENV)
+	$(BENCH_MLSERVER_VENV)/bin/pip install $(PIP_FLAGS) -r bench/peers/requirements-mlserver.txt
+	touch $@
+
+bench: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOLS_VENV)/.stamp $(BENCH_KSERVE_VENV)/.stamp $(BENCH_MLSERVER_VENV)/.stamp ## measure speed, footprint, soak against baselines; writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; \
 		else echo "make bench: please install wrk (Debian package wrk)" >&2; exit 1; fi; }
 	$(DEV_VENV)/bin/python -m bench.run $(BENCH_ARGS)
 	$(DEV_VENV)/bin/python -m bench.memory
+	$(DEV_VENV)/bin/python -m bench.peers --out docs/benchmarks-peers.json
 	@# The photo evaluation is `make bench-photos`: at its default size it alone outlasts this target.
 	@if [ -f bench/batching.py ]; then echo "$(DEV_VENV)/bin/python -m bench.batching"; $(DEV_VENV)/bin/python -m bench.batching; fi
 	$(DEV_VENV)/bin/python -m bench.grpc_http
@@ -169,4 +186,4 @@ export: $(DEV_STAMP) ## export VERSION=n [CHECKPOINT=runs/<run>/model.pt, defaul
 	$(DEV_VENV)/bin/python -m export --checkpoint $(CHECKPOINT) --name $(NAME) --version $(VERSION) --repo $(MODEL_REPOSITORY) $(EXPORT_ARGS)
 
 clean: ## remove virtual environments and caches (keeps data/ and runs/)
-	rm -rf $(SERVE_VENV) $(DEV_VENV) $(TRITON_VENV) .pytest_cache .hypothesis
+	rm -rf $(SERVE_VENV) $(DEV_VENV) $(TRITON_VENV) $(BENCH_KSERVE_VENV) $(BENCH_MLSERVER_VENV) .pytest_cache .hypothesis

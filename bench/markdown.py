@@ -272,7 +272,9 @@ def ab_section(r: dict) -> str:
     return ("## Changes the profile led to: before and after\n\n`bench/ab.py` runs the same request against the "
             "server at two revisions, alternating, medians of its rounds ([benchmarks-ab.json](benchmarks-ab.json)). "
             "Single rounds swing by up to 2x here (how wrk's connections happen to split between the two workers "
-            "decides whether both cores are busy), so the best round of each side is shown too.\n\n"
+            "decides whether both cores are busy), so the best round of each side is shown too. The lean request path "
+            "(issue 19: profile, kept changes, connection spread, cold start and memory, KServe and MLServer side by "
+            "side) is in [benchmarks-lean.md](benchmarks-lean.md).\n\n"
             + table(["change", "request", "connections", "before", "after", "rounds", "req/s (median)",
                      "CPU ms/request (median)", "best round: req/s, CPU ms/request", "measured"], rows)
             + "\n")

@@ -72,6 +72,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WORKERS", _box.default_workers(BOX), _number(int, 1, 64),
             "gunicorn worker processes (default: one per CPU plus one, as many as the memory fits)"),
     Setting("THREADS", 4, _number(int, 1, 256), "threads per worker"),
+    # All workers accept from one socket and a keep-alive connection stays with the worker that
+    # accepted it: a burst of connects can pin most of them to one worker for good. Closing each
+    # connection after this many requests (nginx's keepalive_requests) lets clients reconnect
+    # and the kernel hand them to whichever worker accepts first, the less busy one.
+    Setting("KEEPALIVE_REQUESTS", 1000, _number(int, 0),
+            "requests on one keep-alive connection before the server closes it (spreads connections over workers); 0 = no limit"),
     Setting("MAX_CONTENT_LENGTH", 8 * 1024 * 1024, _number(int, 1), "largest request body in bytes (413 above)"),
     Setting("MAX_IMAGE_PIXELS", 25_000_000, _number(int, 1), "largest image, width x height, checked before decoding"),
     Setting("MAX_IMAGES_PER_REQUEST", 64, _number(int, 1), "most images in one /predict request"),

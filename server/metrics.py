@@ -57,19 +57,33 @@ LOAD_FAILURES = Counter(
 )
 
 
+def _child(metric, cache: dict, *labels: str):
+    """`metric.labels(*labels)`, looked up once: labels() takes a lock and checks every value each call."""
+    child = cache.get(labels)
+    if child is None:
+        child = cache[labels] = metric.labels(*labels)
+    return child
+
+
+_REQUESTS_BY_LABELS: dict = {}
+_REQUEST_SECONDS_BY_LABELS: dict = {}
+_INFERENCE_SECONDS_BY_LABELS: dict = {}
+_BATCH_SIZE_BY_LABELS: dict = {}
+
+
 def observe_request(route: str | None, method: str, status: int | str, seconds: float | None,
                     transport: str = "http") -> None:
     """Count one answered request and, when its start is known, its duration."""
     route = route if route is not None else UNMATCHED_ROUTE
-    REQUESTS.labels(route, method, str(status), transport).inc()
+    _child(REQUESTS, _REQUESTS_BY_LABELS, route, method, str(status), transport).inc()
     if seconds is not None:
-        REQUEST_SECONDS.labels(route, method, transport).observe(seconds)
+        _child(REQUEST_SECONDS, _REQUEST_SECONDS_BY_LABELS, route, method, transport).observe(seconds)
 
 
 def observe_inference(model: str, version: str, batch_size: int, seconds: float) -> None:
     """Record one onnxruntime run of `model` (batched or not)."""
-    INFERENCE_SECONDS.labels(model, version).observe(seconds)
-    BATCH_SIZE.labels(model, version).observe(batch_size)
+    _child(INFERENCE_SECONDS, _INFERENCE_SECONDS_BY_LABELS, model, version).observe(seconds)
+    _child(BATCH_SIZE, _BATCH_SIZE_BY_LABELS, model, version).observe(batch_size)
 
 
 def count_load_failure(model: str, version: str) -> None:

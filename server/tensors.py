@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from . import jsonio
 from .errors import InvalidInput, TooLarge, UnsupportedFormat
 from .model import NUMPY_DTYPES, TensorSpec
 
@@ -80,7 +81,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
                 "expected the length of the JSON header, between 1 and the body size"
             )
     try:
-        header = json.loads(body[:size])
+        header = jsonio.loads(body[:size])
     except RecursionError:
         raise InvalidInput("JSON header is nested too deeply") from None
     except ValueError as err:

@@ -22,7 +22,7 @@ FORBIDDEN_TOP_LEVEL = ("torch", "torchvision", "training", "export")
 ALLOWED_TOP_LEVEL = {
     "flask", "werkzeug", "jinja2", "markupsafe", "itsdangerous", "click", "blinker",
     "gunicorn", "onnxruntime", "numpy", "PIL", "prometheus_client", "google", "server",
-    "grpc", "typing_extensions", "cython_runtime",
+    "grpc", "typing_extensions", "cython_runtime", "orjson",
 }
 
 

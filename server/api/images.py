@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
+from .. import jsonio
 from ..budget import body_bytes
 from ..classifier import DEFAULT_MODEL, ImageClassifier, Item, default_model_name, which_image
 from ..errors import InvalidInput, TooLarge, UnsupportedFormat
@@ -110,7 +110,7 @@ def _read_multipart() -> tuple[list[bytes], bool]:
 
 def _read_json() -> tuple[list[Item], bool]:
     try:
-        body = json.loads(request.get_data())
+        body = jsonio.loads(request.get_data())
     except (ValueError, RecursionError) as err:  # RecursionError: absurdly deep nesting
         raise InvalidInput(f"body is not valid JSON ({type(err).__name__}: {str(err)[:100]})") from None
     expected = "expected a JSON object with one of 'image' (base64 or data: URL), 'images' (a list of them) or 'pixels'"

@@ -1,0 +1,144 @@
+"""This server beside the servers its users would pick instead, on the same model.onnx and the same v2 requests.
+
+Peers, each from its own virtual environment (`make bench` builds them from bench/peers/requirements-*.txt):
+- KServe's ModelServer (bench/peers/kserve_model.py, `--workers 2`: KServe's uvicorn workers, one per core);
+- Seldon MLServer (bench/peers/mlserver_model.py, `parallel_workers: 2`, one inference process per core;
+  its REST side has no binary tensor extension, so it runs v2 JSON only).
+This server runs as `make serve` does, with WORKERS=2 so every server has two processes on the model.
+wrk sends the same v2 infer request (JSON, and Triton's binary extension where the peer takes it)
+from 1, 8 and 32 connections; the servers take turns, `--rounds` times, one server running at a time.
+Prints JSON and, with --out, writes it (docs/benchmarks-lean.md quotes the figures).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import bodies  # noqa: E402
+from bench.loadgen import run_wrk  # noqa: E402
+from bench.procs import Gunicorn, model_server, send  # noqa: E402
+from server.layout import model_path  # noqa: E402
+
+PEERS_DIR = ROOT / "bench" / "peers"
+KSERVE_PYTHON = ROOT / ".venv-bench-kserve" / "bin" / "python"
+MLSERVER_BIN = ROOT / ".venv-bench-mlserver" / "bin" / "mlserver"
+WORKERS = 2
+
+
+def kserve(model_dir: Path, name: str, probe: bodies.RequestSpec) -> Gunicorn:
+    server = Gunicorn("peer-kserve", [], probe, cwd=PEERS_DIR)
+    server.argv = [str(KSERVE_PYTHON), "kserve_model.py", "--model_dir", str(model_dir), "--model_name", name,
+                   "--http_port", str(server.port), "--grpc_port", str(server.port + 1), "--workers", str(WORKERS)]
+    return server
+
+
+def mlserver(model_file: Path, name: str, probe: bodies.RequestSpec, scratch: Path) -> Gunicorn:
+    server = Gunicorn("peer-mlserver", [], probe, cwd=PEERS_DIR, env={"PYTHONPATH": str(PEERS_DIR)})
+    folder = scratch / "mlserver"
+    (folder / name).mkdir(parents=True)
+    (folder / "settings.json").write_text(json.dumps({
+        "http_port": server.port, "grpc_port": server.port + 1, "metrics_port": server.port + 2,
+        "parallel_workers": WORKERS}))
+    (folder / name / "model-settings.json").write_text(json.dumps({
+        "name": name, "implementation": "mlserver_model.OnnxModel", "parameters": {"uri": str(model_file)}}))
+    server.argv = [str(MLSERVER_BIN), "start", str(folder)]
+    return server
+
+
+def wait_ready(server: Gunicorn, timeout: float = 180.0) -> float:
+    """Poll with the probe until a 200; unlike Gunicorn.wait_serving, other answers only mean "not yet"
+    (MLServer answers 400 while its model loads)."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.log()[-3000:]}")
+        try:
+            status, _ = send(server.port, server.probe, timeout=5)
+        except OSError:
+            status = 0
+        if status == 200:
+            return time.perf_counter() - server.started_at
+        time.sleep(0.2)
+    raise RuntimeError(f"{server.name} did not serve within {timeout}s:\n{server.log()[-3000:]}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--repository", type=Path, default=ROOT / "models")
+    parser.add_argument("--model", default="mnist")
+    parser.add_argument("--version", default="1")
+    parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=2, help="turns of every server")
+    parser.add_argument("--peers", nargs="+", default=["server", "kserve", "mlserver"])
+    parser.add_argument("--out", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    model_file = model_path(args.repository.resolve(), args.model, args.version)
+    specs = {s.name: s for s in bodies.server_requests(args.model, "input", "probabilities")}
+    requests = {"server": ["v2_infer_json", "v2_infer_binary"], "kserve": ["v2_infer_json", "v2_infer_binary"],
+                "mlserver": ["v2_infer_json"]}
+    runs: dict = {}
+    with open("/proc/loadavg") as f:
+        load_before = f.read().split()[:3]
+    with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
+        for round_number in range(args.rounds):
+            for peer in args.peers:
+                probe = specs["v2_infer_json"]
+                if peer == "server":
+                    server = model_server(args.repository.resolve(), name="peer-server", probe=probe,
+                                          env={"WORKERS": str(WORKERS)})
+                elif peer == "kserve":
+                    server = kserve(model_file.parent, args.model, probe)
+                else:
+                    server = mlserver(model_file, args.model, probe, Path(tmp) / f"r{round_number}")
+                with server:
+                    wait_ready(server)
+                    for request in requests[peer]:
+                        spec = specs[request]
+                        for connections in args.connections:
+                            run_wrk(server.port, spec, connections=connections, seconds=args.warmup)
+                            result = run_wrk(server.port, spec, connections=connections, seconds=args.seconds,
+                                             server_cpu=server.cpu_seconds)
+                            runs.setdefault(f"{peer}|{request}|{connections}", []).append(result)
+    with open("/proc/loadavg") as f:
+        load_after = f.read().split()[:3]
+    table = []
+    for key, results in runs.items():
+        peer, request, connections = key.split("|")
+        table.append({
+            "server": peer, "request": request, "connections": int(connections),
+            "rps_median": round(statistics.median(r["rps"] for r in results), 1),
+            "rps_runs": [round(r["rps"], 1) for r in results],
+            "p50_ms": round(statistics.median(r["latency_ms"]["p50"] for r in results), 2),
+            "p99_ms": round(statistics.median(r["latency_ms"]["p99"] for r in results), 2),
+            "cpu_ms_per_request": round(statistics.median(r["server_cpu_ms_per_request"] for r in results), 3),
+            "errors": sum(r["errors"] for r in results),
+        })
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "workers": WORKERS,
+              "seconds": args.seconds, "rounds": args.rounds, "load_average_before": load_before,
+              "load_average_after": load_after, "cpus": os.cpu_count(), "table": table}
+    text = json.dumps(result, indent=1)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
