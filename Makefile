@@ -151,7 +151,7 @@ $(BENCH_MLSERVER_VENV)/.stamp: bench/peers/requirements-mlserver.txt
 	$(BENCH_MLSERVER_VENV)/bin/pip install $(PIP_FLAGS) -r bench/peers/requirements-mlserver.txt
 	touch $@
 
-bench: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOLS_VENV)/.stamp $(BENCH_KSERVE_VENV)/.stamp $(BENCH_MLSERVER_VENV)/.stamp ## measure speed, footprint, soak against baselines; writes docs/benchmarks.md
+bench: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOLS_VENV)/.stamp $(BENCH_KSERVE_VENV)/.stamp $(BENCH_MLSERVER_VENV)/.stamp $(TRITON_VENV)/.stamp ## measure speed, footprint, soak against baselines; writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; \
@@ -159,11 +159,13 @@ bench: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOL
 	$(DEV_VENV)/bin/python -m bench.run $(BENCH_ARGS)
 	$(DEV_VENV)/bin/python -m bench.memory
 	$(DEV_VENV)/bin/python -m bench.peers --out docs/benchmarks-peers.json
+	@# Triton's HTTP frontend with the stand-in Python onnxruntime backend (labelled so; docs/models.md).
+	$(DEV_VENV)/bin/python -m bench.triton_peer --out docs/benchmarks-triton-peer.json
 	@# The photo evaluation is `make bench-photos`: at its default size it alone outlasts this target.
 	@if [ -f bench/batching.py ]; then echo "$(DEV_VENV)/bin/python -m bench.batching"; $(DEV_VENV)/bin/python -m bench.batching; fi
 	$(DEV_VENV)/bin/python -m bench.grpc_http
 
-bench-grpc: $(DEV_VENV)/.stamp $(SERVE_VENV)/.stamp ## v2 inference over gRPC beside HTTP binary at 1, 8, 32 streams; writes docs/benchmarks-grpc.md
+bench-grpc: $(DEV_STAMP) $(SERVE_VENV)/.stamp ## v2 inference over gRPC beside HTTP binary at 1, 8, 32 streams; writes docs/benchmarks-grpc.md
 	$(DEV_VENV)/bin/python -m bench.grpc_http $(BENCH_GRPC_ARGS)
 
 bench-photos: $(DEV_STAMP) ## accuracy of the image preprocessing on generated photos, scans, canvases; writes docs/preprocessing.md
