@@ -17,7 +17,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,7 +26,7 @@ if str(ROOT) not in sys.path:
 
 from bench import bodies  # noqa: E402
 from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import Gunicorn, model_server, send  # noqa: E402
+from bench.procs import Gunicorn, model_server  # noqa: E402
 from server.layout import model_path  # noqa: E402
 
 PEERS_DIR = ROOT / "bench" / "peers"
@@ -54,23 +53,6 @@ def mlserver(model_file: Path, name: str, probe: bodies.RequestSpec, scratch: Pa
         "name": name, "implementation": "mlserver_model.OnnxModel", "parameters": {"uri": str(model_file)}}))
     server.argv = [str(MLSERVER_BIN), "start", str(folder)]
     return server
-
-
-def wait_ready(server: Gunicorn, timeout: float = 180.0) -> float:
-    """Poll with the probe until a 200; unlike Gunicorn.wait_serving, other answers only mean "not yet"
-    (MLServer answers 400 while its model loads)."""
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.log()[-3000:]}")
-        try:
-            status, _ = send(server.port, server.probe, timeout=5)
-        except OSError:
-            status = 0
-        if status == 200:
-            return time.perf_counter() - server.started_at
-        time.sleep(0.2)
-    raise RuntimeError(f"{server.name} did not serve within {timeout}s:\n{server.log()[-3000:]}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     server = mlserver(model_file, args.model, probe, Path(tmp) / f"r{round_number}")
                 with server:
-                    wait_ready(server)
+                    server.wait_serving(timeout=180.0, patient=True)
                     for request in requests[peer]:
                         spec = specs[request]
                         for connections in args.connections:

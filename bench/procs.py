@@ -115,8 +115,11 @@ class Gunicorn:
         )
         return self
 
-    def wait_serving(self, timeout: float = 120.0) -> float:
-        """Poll with the probe request until it gets a 200; return seconds since start()."""
+    def wait_serving(self, timeout: float = 120.0, patient: bool = False) -> float:
+        """Poll with the probe request until it gets a 200; return seconds since start().
+
+        Another answer is an error, unless `patient`: then it only means "not yet" (MLServer answers
+        400 while its model loads)."""
         deadline = self.started_at + timeout
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
@@ -127,9 +130,9 @@ class Gunicorn:
                 status, body = 0, b""
             if status == 200:
                 return time.perf_counter() - self.started_at
-            if status:
+            if status and not patient:
                 raise RuntimeError(f"{self.name}: probe {self.probe.path} answered {status}: {body[:300]!r}")
-            time.sleep(0.01)
+            time.sleep(0.2 if patient else 0.01)
         raise RuntimeError(f"{self.name} did not serve within {timeout}s:\n{self.log()[-5000:]}")
 
     def serve(self, timeout: float = 120.0) -> "Gunicorn":
