@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import InvalidInput, Overloaded, TooLarge
+from .errors import Overloaded, TooLarge
 
 MIB = 2**20
 # Work below this many bytes is not worth a reservation: a 28x28 PNG, a one-row v2 body.
@@ -195,20 +195,17 @@ def tensor_body_bytes(body_length: int) -> int:
 
 def run_in_chunks(
     run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], inputs: dict[str, np.ndarray],
-    chunk_rows: int, max_rows: int | None = None,
+    chunk_rows: int,
 ) -> dict[str, np.ndarray]:
     """`run(inputs)`, at most `chunk_rows` rows at a time along the first axis, outputs joined.
 
-    Inputs of differing first axes (or no axes) run in one piece, as they are. More rows than the
-    model's `max_rows` is InvalidInput, as Triton answers it.
+    Inputs of differing first axes (or no axes) run in one piece, as they are. (More rows than a
+    model's max_batch_size are refused before, by `protocol.check_rows`.)
     """
     rows = {array.shape[0] if array.ndim else None for array in inputs.values()}
     if len(rows) != 1 or None in rows:
         return run(inputs)
     (count,) = rows
-    if max_rows is not None and count > max_rows:
-        raise InvalidInput(f"received a batch of {count} rows; this model takes at most {max_rows} "
-                           "rows per request (its max_batch_size)")
     if count <= chunk_rows:
         return run(inputs)
     pieces: list[dict[str, np.ndarray]] = []

@@ -8,6 +8,7 @@ import io
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -17,6 +18,7 @@ from PIL import Image
 from server import box, create_app
 from server.budget import SMALL, MemoryBudget, image_bytes, run_in_chunks
 from server.model import row_limit
+from server.protocol import check_rows
 from server.errors import InvalidInput, Overloaded, TooLarge
 from tests.onnx_factory import write_classifier
 
@@ -188,7 +190,7 @@ def test_run_in_chunks_equals_one_run() -> None:
     np.testing.assert_array_equal(out["y"], x * 2)
     np.testing.assert_array_equal(out["s"], x.sum(axis=1))
     with pytest.raises(InvalidInput, match="at most 100 rows"):
-        run_in_chunks(run, {"x": x}, chunk_rows=64, max_rows=100)
+        check_rows(SimpleNamespace(name="x", max_rows=100), {"x": x})
 
 
 def test_row_limit_reads_max_batch_size() -> None:

@@ -176,17 +176,18 @@ class InferenceService:
 
     @rpc(pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse)
     def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, call: Call) -> pb.RepositoryModelLoadResponse | bytes:
-        self._require_admin(call)
-        name, kserve = self._model_name(request)
-        model_control.load(self.registry, self.sync, name, messages.parameters(request.parameters))
-        return messages.kserve_repository_answer(name, True) if kserve else pb.RepositoryModelLoadResponse()
+        return self._change_model(request, call, model_control.load, pb.RepositoryModelLoadResponse)
 
     @rpc(pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse)
     def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, call: Call) -> pb.RepositoryModelUnloadResponse | bytes:
+        return self._change_model(request, call, model_control.unload, pb.RepositoryModelUnloadResponse)
+
+    def _change_model(self, request: Any, call: Call, change: Callable, answer: type) -> Any:
+        """Load or unload (`change`) the model a repository request names; Triton's `answer`, or KServe's."""
         self._require_admin(call)
         name, kserve = self._model_name(request)
-        model_control.unload(self.registry, self.sync, name, messages.parameters(request.parameters))
-        return messages.kserve_repository_answer(name, True) if kserve else pb.RepositoryModelUnloadResponse()
+        change(self.registry, self.sync, name, messages.parameters(request.parameters))
+        return messages.kserve_repository_answer(name, True) if kserve else answer()
 
     def _model_name(self, request: Any) -> tuple[str, bool]:
         """The model to load or unload, and whether the request is KServe's message.
