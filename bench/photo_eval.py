@@ -101,6 +101,23 @@ def pooled(results: list[KindResult], kinds: tuple[str, ...], method: str) -> tu
     return right / max(count, 1), count
 
 
+def compare_models(results: list[KindResult], paths: list[Path], sessions: list) -> str:
+    """A table of each model's accuracy on the same robust inputs, per kind and pooled."""
+    lines = ["| model | " + " | ".join(r.kind for r in results) + " | all photo-like | all clean scans + canvases |",
+             "|---|" + "---:|" * (len(results) + 2)]
+    for path, session in zip(paths, sessions):
+        right = {r.kind: classify(session, r.inputs["robust"]) == np.array([s.label for s in r.samples])
+                 for r in results}
+        cells = [f"{100 * right[r.kind].mean():.2f} %" for r in results]
+        for kinds in (PHOTO_KINDS, CLEAN_KINDS):
+            chosen = [kind for kind in right if kind in kinds]
+            count = sum(len(right[kind]) for kind in chosen)
+            correct = sum(int(right[kind].sum()) for kind in chosen)
+            cells.append(f"**{100 * correct / count:.2f} %** ({count})" if count else "")
+        lines.append(f"| `{path}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def time_call(function, repeats: int) -> float:
     """Median wall time of `function()` in milliseconds."""
     times = []
@@ -232,11 +249,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="kinds to evaluate")
     parser.add_argument("--doc", type=Path, default=Path("docs/preprocessing.md"), help="document to update")
     parser.add_argument("--no-doc", action="store_true", help="print the results only")
+    parser.add_argument("--compare", type=Path, nargs="+", default=[], metavar="ONNX",
+                        help="other digit models to score on the same robust inputs, side by side (printed only)")
     args = parser.parse_args(argv)
     if args.per_kind < 1 or args.per_kind > 10000:
         parser.error(f"--per-kind must be 1..10000, got {args.per_kind}")
-    if not args.model.is_file():
-        parser.error(f"no model file at {args.model}")
+    for path in (args.model, *args.compare):
+        if not path.is_file():
+            parser.error(f"no model file at {path}")
     return args
 
 
@@ -254,7 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(args.model), options, providers=["CPUExecutionProvider"])
-    results = evaluate(session, test.images, test.labels, args.kinds, args.per_kind, args.seed)
+    methods = ("robust",) if args.compare else tuple(METHODS)
+    results = evaluate(session, test.images, test.labels, args.kinds, args.per_kind, args.seed, methods)
+    if args.compare:
+        paths = [args.model, *args.compare]
+        sessions = [session] + [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+                                for p in args.compare]
+        print(compare_models(results, paths, sessions))
+        return 0
     costs = measure_costs(test.images, args.seed)
     grid_path = args.doc.with_name("preprocessing-grid.png")
     generated = results_markdown(results, costs, args, args.model, grid_path.name)

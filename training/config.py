@@ -66,6 +66,8 @@ class TrainConfig:
     rotation: float = option(10.0, "max random rotation, degrees")
     scale: float = option(0.1, "max random relative zoom (±)")
     shift: float = option(2.0, "max random shift, pixels (±)")
+    elastic: float = option(0.0, "strength (alpha, pixels) of the random elastic distortion; 0 = off")
+    elastic_sigma: float = option(4.0, "smoothness (Gaussian sigma, pixels) of the elastic distortion")
     no_augment: bool = option(False, "train on the images as they are")
     stages: tuple[tuple[int, ...], ...] = option(
         ModelConfig.stages, "conv widths, stages split by ':' (2x2 max-pool between stages), e.g. 32,32:64,64",

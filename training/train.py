@@ -59,9 +59,10 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def random_affine(pixels: torch.Tensor, generator: torch.Generator, rotation_deg: float,
-                  scale: float, shift_px: float) -> torch.Tensor:
-    """Per-image random rotation, zoom and shift of a [N, 1, H, W] batch, in one grid_sample."""
-    n, _, height, _ = pixels.shape
+                  scale: float, shift_px: float, elastic_px: float = 0.0, elastic_sigma: float = 4.0) -> torch.Tensor:
+    """Per-image random rotation, zoom and shift of a [N, 1, H, W] batch, plus (with `elastic_px`)
+    Simard et al.'s elastic distortion, all in one grid_sample."""
+    n, _, height, width = pixels.shape
     uniform = lambda: torch.rand(n, generator=generator, device=pixels.device) * 2 - 1
     angle = uniform() * math.radians(rotation_deg)
     zoom = 1 + uniform() * scale
@@ -70,7 +71,24 @@ def random_affine(pixels: torch.Tensor, generator: torch.Generator, rotation_deg
     theta = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
     theta = torch.cat([theta, shift.unsqueeze(2)], 2)
     grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
+    if elastic_px:
+        grid = grid + elastic_field(n, height, width, generator, elastic_px, elastic_sigma, pixels.device)
     return F.grid_sample(pixels, grid, align_corners=False, padding_mode="zeros")
+
+
+def elastic_field(n: int, height: int, width: int, generator: torch.Generator, alpha_px: float, sigma_px: float,
+                  device: torch.device) -> torch.Tensor:
+    """Smooth random displacements [N, H, W, 2] in grid units: uniform noise blurred by a Gaussian
+    of `sigma_px`, scaled by `alpha_px` (Simard, Steinkraus & Platt 2003; torchvision's ElasticTransform)."""
+    noise = torch.rand(n, 2, height, width, generator=generator, device=device) * 2 - 1
+    radius = max(1, int(3 * sigma_px))
+    taps = torch.arange(-radius, radius + 1, dtype=noise.dtype, device=device)
+    kernel = torch.exp(-taps ** 2 / (2 * sigma_px ** 2))
+    kernel = (kernel / kernel.sum()).repeat(2, 1, 1, 1)  # one separable Gaussian per displacement axis
+    blurred = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode="reflect"), kernel.view(2, 1, 1, -1), groups=2)
+    blurred = F.conv2d(F.pad(blurred, (0, 0, radius, radius), mode="reflect"), kernel.view(2, 1, -1, 1), groups=2)
+    scale = torch.tensor([2 * alpha_px / width, 2 * alpha_px / height], device=device).view(1, 2, 1, 1)
+    return (blurred * scale).permute(0, 2, 3, 1)
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
@@ -116,7 +134,8 @@ class Trainer:
         """Training inputs for `index`, augmented unless --no-augment."""
         pixels = to_input(self.train_images[index])
         if not self.args.no_augment:
-            pixels = random_affine(pixels, self.generator, self.args.rotation, self.args.scale, self.args.shift)
+            pixels = random_affine(pixels, self.generator, self.args.rotation, self.args.scale, self.args.shift,
+                                   self.args.elastic, self.args.elastic_sigma)
         return pixels.contiguous(memory_format=torch.channels_last)
 
     def loss(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
