@@ -16,7 +16,7 @@ from PIL import Image
 
 from bench import bodies, footprint, soak
 from bench.loadgen import run_wrk, send_many
-from tests.conftest import ROOT
+from tests.conftest import COMMITTED_MNIST, ROOT
 
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (system-packages.txt)")
 
@@ -96,6 +96,34 @@ def test_torch_baseline_answers_like_the_checkpoint_it_loads(tmp_path):
             expected = torch.softmax(network(torch.from_numpy(image[None, None] / np.float32(255))), 1)[0]
         np.testing.assert_allclose(answer.get_json()["predictions"][0]["probabilities"], expected.numpy(), atol=1e-5)
     assert client.post("/predict", json={"nothing": 1}).status_code == 400
+
+
+def test_torch_baseline_without_checkpoint_runs_the_served_architecture(tmp_path):
+    """Random weights, but the network the served ONNX file names in its metadata; a checkpoint of another is refused."""
+    torch = pytest.importorskip("torch")
+    from bench import torch_app
+    from training.checkpoint import save_checkpoint
+    from training.model import DigitNet, ModelConfig, parameter_count
+
+    import onnxruntime
+
+    served = torch_app.served_model_config(COMMITTED_MNIST)
+    model = torch_app.load_model("", 1, served)
+    assert model.config == ModelConfig.from_dict(json.loads(served))
+    metadata = onnxruntime.InferenceSession(str(COMMITTED_MNIST)).get_modelmeta().custom_metadata_map
+    assert parameter_count(model) == int(metadata["parameters"])  # the exported network's own count
+
+    small = ModelConfig(stages=((8,), (16, 16)), stem_stride=2, separable=True)
+    network = torch_app.load_model("", 1, json.dumps(small.to_dict()))
+    assert network.config == small and parameter_count(network) == parameter_count(DigitNet(small))
+    assert parameter_count(network) != parameter_count(DigitNet())  # not the default architecture
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(checkpoint, DigitNet(small).eval(), args={}, data_sha256="-", epoch=1)
+    assert torch_app.load_model(str(checkpoint), 1, json.dumps(small.to_dict())).config == small
+    with pytest.raises(ValueError, match="not the served model's"):
+        torch_app.load_model(str(checkpoint), 1, served)
 
 
 def test_environment_size_skips_pycache(tmp_path):
