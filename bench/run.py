@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from bench import bodies, footprint, profile, recovery, report, soak, torch_app  # noqa: E402
 from bench.loadgen import run_wrk, send_many, wrk_version  # noqa: E402
-from bench.procs import Gunicorn, model_server, send, wait_idle  # noqa: E402
+from bench.procs import Gunicorn, memory_kib, model_server, send, wait_idle  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
 from server.layout import latest_model_file, model_path as model_path_of  # noqa: E402
 
@@ -186,6 +186,7 @@ def bench_app(make, specs: list[bodies.RequestSpec], args: argparse.Namespace, m
         if memory:
             result["rss_load"] = send_many(server.port, specs[0], args.rss_requests, concurrency=8)
             result["rss_after_kib"] = server.worker_memory()
+            result["master_kib_after"] = memory_kib(server.process.pid)
         result["load"] = load_series(server, specs, args)
         result["rss_end_kib"] = server.worker_memory()
         result["requests_served"] = (args.rss_requests if memory else 0) + sum(
@@ -284,6 +285,7 @@ def run(args: argparse.Namespace) -> dict:
                    "rss_requests": args.rss_requests, "cold_starts": args.cold_starts, "wrk_threads": 1,
                    "digit_label": label, "quick": args.quick},
         "model": model, "int8_model": model_info(int8_path) if int8_path else None, "torch_checkpoint": os.path.relpath(args.checkpoint, ROOT) if args.checkpoint else None,
+        "torch_model_config": json.loads(args.model_config) if args.model_config else None,
     }
     log.info("in-process compute"); results["inprocess"] = inprocess(args, model_path, int8_path)
     log.info("trivial app"); results["trivial"] = bench_app(lambda: trivial_app(args), [bodies.trivial()], args, memory=False)
