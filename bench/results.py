@@ -68,6 +68,7 @@ def figures(results: dict) -> dict:
     apps = ("server", "torch")
     return {
         "date": results["date"],
+        "machine": {k: results["machine"][k] for k in ("cpu_model", "cores")},
         "model_sha256": results["model"]["sha256"],
         "connections": results["method"]["concurrency"][-1],
         "cpu_ms_per_request": {"trivial": cpu_per_request(results, "trivial", "trivial"),
@@ -178,14 +179,18 @@ def evaluate(f: dict, before: dict, peers: dict | None = None, peers_source: str
     own = []
     for request, label in OWN_WORK_REQUESTS:
         now, then = own_work_ms(f, request), own_work_ms(before, request)
+        trivial, trivial_before = f["cpu_ms_per_request"]["trivial"], before["cpu_ms_per_request"]["trivial"]
         own.append({"request": request, "label": label, "cpu_ms": f["cpu_ms_per_request"][request],
-                    "trivial_ms": f["cpu_ms_per_request"]["trivial"], "inference_ms": round(f["inference_ms"], 3),
+                    "trivial_ms": trivial, "inference_ms": round(f["inference_ms"], 3),
                     "own_ms": round(now, 3), "before_own_ms": round(then, 3), "ratio": round(now / then, 3),
+                    # in units of the trivial endpoint's CPU per request: what a change of CPU leaves alone
+                    "own_per_trivial": round(now / trivial, 3), "before_own_per_trivial": round(then / trivial_before, 3),
                     "goal": f"<= {OWN_WORK_FRACTION:.3f}", "met": now <= then * OWN_WORK_FRACTION})
     cold = lambda x: x["cold_start_s"]["server"] / x["cold_start_s"]["torch"]  # noqa: E731
     return {
         "issue": 19,
-        "baseline": {k: before.get(k) for k in ("date", "commit", "code_commit", "model_sha256", "rss_requests")},
+        "baseline": {k: before.get(k) for k in ("date", "commit", "code_commit", "machine", "model_sha256", "rss_requests")},
+        "machine": f["machine"],
         "own_work": own,
         "throughput": throughput_rows(f, before),
         "cold_start": [row("cold start to first 200 from /predict / torch baseline's", cold(before), cold(f),

@@ -211,6 +211,7 @@ def test_issue19_targets_of_the_before_run_are_the_figures_the_issue_quotes() ->
     # Issue 19: 1.48 ms a /predict PNG, 0.27 ms the trivial endpoint, 0.59 ms the CNN: 0.62 ms own work.
     assert own["predict_png"]["own_ms"] == 0.623 and own["predict_png"]["before_own_ms"] == 0.623
     assert own["v2_infer_binary"]["own_ms"] == round(1.44 - 0.274 - 0.5869, 3)
+    assert own["predict_png"]["own_per_trivial"] == own["predict_png"]["before_own_per_trivial"] == round(0.6231 / 0.274, 3)
     assert set(own) == {"predict_png", "predict_pixels", "v2_infer_binary", "v2_infer_json"}
     assert all(o["ratio"] == 1.0 and o["met"] is False for o in own.values())
     throughput = [(row["measured"], row["goal"], row["met"]) for row in t["throughput"]]
@@ -280,3 +281,23 @@ def test_issue19_targets_of_a_run_take_its_saturated_figures_and_the_peers_of_it
     (tmp_path / "peers.json").write_text(json.dumps(peers))
     shown = targets(results, peers_file=tmp_path / "peers.json")["peers"]
     assert shown["status"] == "older" and shown["rows"] == []
+
+
+def test_the_targets_section_says_when_the_cpu_or_the_run_is_not_comparable() -> None:
+    """A run on another CPU, or a --quick one, is named so above the targets; the before run itself too."""
+    from bench.markdown import targets_section
+    from bench.results import BASELINE, targets
+
+    results = json.loads((ROOT / "docs" / "benchmarks.json").read_text())
+    before = json.loads(BASELINE.read_text())
+    results["date"], results["method"]["quick"] = before["date"], False
+    results["machine"].update(before["machine"])
+    results["targets"] = targets(results, BASELINE, peers_file=None)
+    same = targets_section(results)
+    assert "This run is that before run" in same and "Another CPU" not in same and "--quick" not in same
+    results["machine"]["cpu_model"] = "Some Other CPU"
+    results["method"]["quick"] = True
+    results["targets"] = targets(results, BASELINE, peers_file=None)
+    other = targets_section(results)
+    assert "**Another CPU**" in other and "Some Other CPU" in other and "**A `--quick` run**" in other
+    assert "No `docs/benchmarks-peers.json`" in other  # no peers file given: said, not left out
