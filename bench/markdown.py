@@ -114,6 +114,9 @@ def targets_section(r: dict) -> str:
                      f"cores), this one on {t['machine']['cpu_model']} ({t['machine']['cores']} cores). Milliseconds "
                      "compare across CPUs only roughly; the ratios, and own work in units of the trivial endpoint's "
                      "CPU per request (last column of 1.), less so.")
+    if base["settings"] != r["settings"]:
+        notes.append("**Other settings**: the before run served with " + settings_text(base["settings"]) + ", this one "
+                     "with " + settings_text(r["settings"]) + " (every app alike within each run).")
     if base["model_sha256"] != r["model"]["sha256"]:
         notes.append(f"The model served then (sha256 `{base['model_sha256'][:16]}…`) is not this run's: own work "
                      "subtracts each run's own inference of its own model, so it still compares.")
@@ -167,6 +170,10 @@ figure for memory: it asks for sharing where it can be, with PSS reported beside
 Issue 7's throughput (0.6 × trivial, 2 × torch) and cold-start (0.5 × torch) targets are replaced by issue
 19's above.
 """
+
+
+def settings_text(settings: dict) -> str:
+    return ", ".join(f"{name}={value}" for name, value in settings.items())
 
 
 def own_work_table(rows: list[dict]) -> str:

@@ -69,6 +69,7 @@ def figures(results: dict) -> dict:
     return {
         "date": results["date"],
         "machine": {k: results["machine"][k] for k in ("cpu_model", "cores")},
+        "settings": results["settings"],  # workers, threads, onnxruntime threads
         "model_sha256": results["model"]["sha256"],
         "connections": results["method"]["concurrency"][-1],
         "cpu_ms_per_request": {"trivial": cpu_per_request(results, "trivial", "trivial"),
@@ -189,7 +190,8 @@ def evaluate(f: dict, before: dict, peers: dict | None = None, peers_source: str
     cold = lambda x: x["cold_start_s"]["server"] / x["cold_start_s"]["torch"]  # noqa: E731
     return {
         "issue": 19,
-        "baseline": {k: before.get(k) for k in ("date", "commit", "code_commit", "machine", "model_sha256", "rss_requests")},
+        "baseline": {k: before.get(k) for k in ("date", "commit", "code_commit", "machine", "settings", "model_sha256",
+                                                "rss_requests")},
         "machine": f["machine"],
         "own_work": own,
         "throughput": throughput_rows(f, before),

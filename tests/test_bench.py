@@ -284,7 +284,7 @@ def test_issue19_targets_of_a_run_take_its_saturated_figures_and_the_peers_of_it
 
 
 def test_the_targets_section_says_when_the_cpu_or_the_run_is_not_comparable() -> None:
-    """A run on another CPU, or a --quick one, is named so above the targets; the before run itself too."""
+    """A run on another CPU, with other settings, or a --quick one, is named so above the targets; the before run too."""
     from bench.markdown import targets_section
     from bench.results import BASELINE, targets
 
@@ -292,12 +292,16 @@ def test_the_targets_section_says_when_the_cpu_or_the_run_is_not_comparable() ->
     before = json.loads(BASELINE.read_text())
     results["date"], results["method"]["quick"] = before["date"], False
     results["machine"].update(before["machine"])
+    results["settings"] = dict(before["settings"])
     results["targets"] = targets(results, BASELINE, peers_file=None)
     same = targets_section(results)
-    assert "This run is that before run" in same and "Another CPU" not in same and "--quick" not in same
+    assert "This run is that before run" in same
+    assert not any(text in same for text in ("Another CPU", "--quick", "Other settings"))
     results["machine"]["cpu_model"] = "Some Other CPU"
     results["method"]["quick"] = True
+    results["settings"]["WORKERS"] = before["settings"]["WORKERS"] + 1
     results["targets"] = targets(results, BASELINE, peers_file=None)
     other = targets_section(results)
     assert "**Another CPU**" in other and "Some Other CPU" in other and "**A `--quick` run**" in other
+    assert f"this one with WORKERS={before['settings']['WORKERS'] + 1}," in other
     assert "No `docs/benchmarks-peers.json`" in other  # no peers file given: said, not left out
