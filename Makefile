@@ -159,6 +159,8 @@ bench: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOL
 	$(DEV_VENV)/bin/python -m bench.run $(BENCH_ARGS)
 	$(DEV_VENV)/bin/python -m bench.memory
 	$(DEV_VENV)/bin/python -m bench.peers --out docs/benchmarks-peers.json
+	@# benchmarks.md again, its figures unchanged, with issue 19's peer targets from the peers just measured.
+	$(DEV_VENV)/bin/python -m bench.report docs/benchmarks.json
 	@# Triton's HTTP frontend with the stand-in Python onnxruntime backend (labelled so; docs/models.md).
 	$(DEV_VENV)/bin/python -m bench.triton_peer --out docs/benchmarks-triton-peer.json
 	@# The photo evaluation is `make bench-photos`: at its default size it alone outlasts this target.

@@ -1,7 +1,8 @@
 """The compute floor: the CNN run in-process with no HTTP, in microseconds per image.
 
 `--engine ort` runs the served ONNX file through server.model.OnnxModel (the server's own session
-options); `--engine torch` runs DigitNet in the torch baseline's environment. Prints JSON.
+options); `--engine torch` runs DigitNet in the torch baseline's environment, built as the torch
+app builds it (bench/torch_app.load_model). Prints JSON.
 """
 from __future__ import annotations
 
@@ -50,12 +51,12 @@ def ort_runner(model_path: str, threads: int) -> Callable[[np.ndarray], object]:
     return lambda batch: model.predict({name: batch})
 
 
-def torch_runner(checkpoint: str, threads: int) -> Callable[[np.ndarray], object]:
+def torch_runner(checkpoint: str, threads: int, model_config: str = "") -> Callable[[np.ndarray], object]:
     import torch
 
     from bench.torch_app import load_model
 
-    model = load_model(checkpoint, threads)
+    model = load_model(checkpoint, threads, model_config)
 
     def run(batch: np.ndarray):
         with torch.inference_mode():
@@ -86,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=str(model_path(ROOT / "models", "mnist", 1)),
                         help="ONNX file (ort engine)")
     parser.add_argument("--checkpoint", default="", help="training checkpoint (torch engine); empty = random weights")
+    parser.add_argument("--model-config", default="",
+                        help="torch engine: the served ONNX file's model_config metadata (JSON), the architecture "
+                             "built with random weights when there is no checkpoint (empty: DigitNet's default)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts to try")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per batch size")
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.engine == "ort":
             runner = ort_runner(args.model, threads)
         else:
-            runner = torch_runner(args.checkpoint, threads)
+            runner = torch_runner(args.checkpoint, threads, args.model_config)
         results.append({"threads": threads, "batches": measure(runner, args.batches, args.seconds)})
     print(json.dumps({"engine": args.engine, "results": results}))
     return 0

@@ -1,7 +1,7 @@
 """docs/benchmarks.md from one run's results: every figure in it comes from benchmarks.json."""
 from __future__ import annotations
 
-from bench.results import MB, mean_worker_kib, series
+from bench.results import MB, TRIVIAL_FRACTION, cpu_per_request, inference_ms, mean_worker_kib, series
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -37,8 +37,18 @@ the start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}. No GPU.
 gunicorn {torch.get('gunicorn')}; load generator {v['wrk']}.
 
 **Model**: `{r['model']['path']}` ({r['model']['bytes']:,} bytes, sha256 `{r['model']['sha256'][:16]}…`).
-Torch baseline weights: {('`' + r['torch_checkpoint'] + '`') if r['torch_checkpoint'] else 'random (no checkpoint on disk; compute is the same)'}.
+Torch baseline weights: {('`' + r['torch_checkpoint'] + '`') if r['torch_checkpoint'] else 'random (no checkpoint on disk; compute is the same)'}{torch_architecture(r)}.
 """
+
+
+def torch_architecture(r: dict) -> str:
+    """Which network the torch baseline ran (runs before 2026-11-30 do not say)."""
+    config = r.get("torch_model_config")
+    if config is None:
+        return ""
+    shape = ", ".join(f"{k} {v}" for k, v in config.items() if k not in ("mean", "std", "dropout"))
+    source = "the checkpoint's, the same as" if r["torch_checkpoint"] else "built from"
+    return f"; architecture {source} the served file's `model_config` metadata ({shape})"
 
 
 def method(r: dict) -> str:
@@ -66,38 +76,151 @@ def method(r: dict) -> str:
   server's master and workers (from `/proc/<pid>/stat`) over each run, shown as a share of one core.
 - Memory: RSS (and PSS, shared pages split) of each worker from `/proc/<pid>/smaps_rollup`, once the
   workers have settled after start-up (idle) and after exactly {m['rss_requests']:,} `/predict` PNG requests
-  from 8 connections. Cold start: from `Popen` to the first HTTP 200 on `/predict` (polled every
+  from 8 connections (then the master's too). Cold start: from `Popen` to the first HTTP 200 on `/predict` (polled every
   10 ms), median of {m['cold_starts']} fresh starts with the page cache warm.
 - Environment size: bytes of every file in the virtual environment, without `__pycache__`.
 """
 
 
+def verdict(met: bool | None) -> str:
+    return "reported" if met is None else "met" if met else "**missed**"
+
+
+def figure(value: float | None) -> str:
+    """A target's figure: three decimals for ratios and small values, fewer as they grow."""
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def ratio_table(rows: list[dict]) -> str:
+    return table(["target", "before", "this run", "goal", ""],
+                 [[t["target"], figure(t["before"]), figure(t["measured"]), t["goal"] or "—", verdict(t["met"])]
+                  for t in rows])
+
+
 def targets_section(r: dict) -> str:
-    rows = [[t["target"], t["measured"], t["goal"], "met" if t["met"] else "**missed**"] for t in r["targets"]]
-    return ("## Targets (issue 7), as ratios from this run\n\n" + table(["target", "measured", "goal", ""], rows)
-            + "\n\nThroughput ratios compare each app's best requests/s over the concurrencies measured. The CPU "
-            "rows compare the server CPU time each answered request cost at the highest concurrency: on a "
-            "CPU-bound machine throughput is the inverse of it, and it moves much less than requests/s when "
-            "other processes compete for the cores.\n\n"
-            + ceiling(r) + "\n")
+    t = r["targets"]
+    base = t["baseline"]
+    same_run = base["date"] == r["date"]
+    notes = []
+    if same_run:
+        notes.append("**This run is that before run**: each before and after below is the same figure.")
+    if r["method"].get("quick"):
+        notes.append("**A `--quick` run** (one try of a second per point, a few hundred requests before the memory "
+                     "is read): it checks the machinery; its figures are not a measurement.")
+    if base["machine"] != t["machine"]:
+        notes.append(f"**Another CPU**: the before run ran on {base['machine']['cpu_model']} ({base['machine']['cores']} "
+                     f"cores), this one on {t['machine']['cpu_model']} ({t['machine']['cores']} cores). Milliseconds "
+                     "compare across CPUs only roughly; the ratios, and own work in units of the trivial endpoint's "
+                     "CPU per request (last column of 1.), less so.")
+    if base["settings"] != r["settings"]:
+        notes.append("**Other settings**: the before run served with " + settings_text(base["settings"]) + ", this one "
+                     "with " + settings_text(r["settings"]) + " (every app alike within each run).")
+    if base["model_sha256"] != r["model"]["sha256"]:
+        notes.append(f"The model served then (sha256 `{base['model_sha256'][:16]}…`) is not this run's: own work "
+                     "subtracts each run's own inference of its own model, so it still compares.")
+    return f"""## Targets (issue 19), as ratios from this run
+
+**Before** is the `make bench` run of {base['date']} (docs/benchmarks.json as committed in `{base['commit']}`,
+server code of `{base['code_commit']}`), the figures this comparison needs frozen in
+`bench/baseline-issue19.json`.
+
+{chr(10).join(f"- {note}" for note in notes)}
+
+### 1. The server's own CPU work per request
+
+{own_work_table(t['own_work'])}
+
+Own work is the server CPU time per answered request at {max(r['method']['concurrency'])} connections, minus the trivial
+endpoint's under the same gunicorn, minus one in-process onnxruntime inference of the served model (1 thread,
+batch 1, no HTTP): what parsing, decoding, preprocessing, JSON, logging and metrics cost. Goal: at most 1/3
+of the before run's. The last column divides it by the trivial endpoint's CPU per request in the same run: less
+tied to the CPU's speed than milliseconds, but it moves too when the HTTP layer under both changes.
+
+### 2. Throughput against the trivial endpoint and the torch baseline
+
+{ratio_table(t['throughput'])}
+
+Throughput ratios compare each app's best requests/s over the concurrencies measured. The CPU rows compare
+the server CPU time each answered request cost at the highest concurrency: on a CPU-bound machine throughput
+is the inverse of it, and it moves much less than requests/s when other processes compete for the cores.
+
+{ceiling(r)}
+
+### 3. Peers: this server against the best of KServe and MLServer
+
+{peers_part(t['peers'])}
+
+### 4. Cold start and worker memory
+
+{ratio_table(t['cold_start'])}
+
+{ratio_table(t['memory'])}
+
+Memory after {r['method']['rss_requests']:,} `/predict` PNG requests (before: after {base['rss_requests']:,}), mean of the
+workers, from `/proc/<pid>/smaps_rollup`. PSS splits each shared page between the processes sharing it, so
+what the workers share (imported in the master before the fork) shows as PSS below RSS. Issue 19 sets no
+figure for memory: it asks for sharing where it can be, with PSS reported beside RSS.
+
+### Issue 7's targets still standing
+
+{ratio_table(t['issue7'])}
+
+Issue 7's throughput (0.6 × trivial, 2 × torch) and cold-start (0.5 × torch) targets are replaced by issue
+19's above.
+"""
 
 
-def cpu_per_request(r: dict, app: str, request: str) -> float:
-    """CPU ms per request at the highest concurrency, where the server is saturated."""
-    return r[app]["load"][request]["runs"][-1]["server_cpu_ms_per_request"]
+def settings_text(settings: dict) -> str:
+    return ", ".join(f"{name}={value}" for name, value in settings.items())
+
+
+def own_work_table(rows: list[dict]) -> str:
+    return table(["request", "server CPU ms/req", "− trivial's", "− inference", "= own work (ms)", "before (ms)",
+                  "this run / before", "goal", "", "own work / trivial's CPU: before → this run"],
+                 [[o["label"], f"{o['cpu_ms']:.3f}", f"{o['trivial_ms']:.3f}", f"{o['inference_ms']:.3f}",
+                   f"{o['own_ms']:.3f}", f"{o['before_own_ms']:.3f}", f"{o['ratio']:.2f}", "<= 1/3", verdict(o["met"]),
+                   f"{o['before_own_per_trivial']:.2f} → {o['own_per_trivial']:.2f}"] for o in rows])
+
+
+def peers_part(p: dict) -> str:
+    if p["status"] == "absent":
+        return ("No `docs/benchmarks-peers.json`: `python -m bench.peers --out docs/benchmarks-peers.json`, then "
+                "`python -m bench.report`, put the peers beside this run.")
+    if p["status"] == "older":
+        return (f"`{p['source']}` is from {p['date']}, older than this run: its figures are not mixed with this "
+                "run's. `make bench` runs bench/peers.py after this report and renders the report again with it.")
+    rows = [[row["label"], row["connections"], f"{row['server']['rps_median']:,.0f}",
+             f"{row['server']['p50_ms']:.2f} / {row['server']['p99_ms']:.2f}",
+             row["peer"]["server"] if row["peer"] else "none serves it",
+             f"{row['peer']['rps_median']:,.0f}" if row["peer"] else "—",
+             f"{row['peer']['p50_ms']:.2f} / {row['peer']['p99_ms']:.2f}" if row["peer"] else "—",
+             figure(row["ratio"]), row["goal"], verdict(row["met"]) if row["peer"] else "—"] for row in p["rows"]]
+    return (table(["request", "connections", "this server req/s", "p50 / p99 ms", "best peer", "its req/s",
+                   "p50 / p99 ms", "this server / best peer", "goal", ""], rows)
+            + f"\n\nFrom `{p['source']}` (`bench/peers.py`, {p['date']}): every server side by side in that run, "
+            f"{p.get('rounds')} rounds of {p.get('seconds')} s, medians; this server's figures here are that run's, "
+            "with WORKERS=2 like the peers, not the tables above. MLServer's REST side has no binary extension.")
+
+
+def threads(count: int) -> str:
+    return f"{count} thread" + ("" if count == 1 else "s")
 
 
 def ceiling(r: dict) -> str:
     """What the model's own compute allows: trivial's CPU per request plus one inference."""
     trivial, png = cpu_per_request(r, "trivial", "trivial"), cpu_per_request(r, "server", "predict_png")
-    ort_ms = r["inprocess"]["ort"]["results"][0]["batches"][0]["us_per_image_p50"] / 1000
+    ort_ms = inference_ms(r)
     best = trivial / (trivial + ort_ms)
-    return f"""**What the CNN itself allows.** At 32 connections the trivial endpoint costs {trivial:.3f} ms of
+    cap = ("" if best >= TRIVIAL_FRACTION else
+           f":\nshort of issue 19's {TRIVIAL_FRACTION:g} × whatever the server does, which only a cheaper inference reaches")
+    return f"""**What the CNN itself allows.** At {max(r['method']['concurrency'])} connections the trivial endpoint costs {trivial:.3f} ms of
 server CPU per request and `/predict` PNG {png:.3f} ms. One inference of the CNN alone, in-process with
-no HTTP, takes {ort_ms:.3f} ms (onnxruntime, 1 thread, batch 1). Even if parsing, preprocessing, JSON and
+no HTTP, takes {ort_ms:.3f} ms (onnxruntime, {threads(r['settings']['ORT_THREADS'])}, batch 1). Even if parsing, preprocessing, JSON and
 logging cost nothing, a `/predict` request would cost at least {trivial:.3f} + {ort_ms:.3f} ms, so on a
-CPU-bound machine its throughput can reach at most **{best:.2f} ×** the trivial endpoint's. The rest of
-the measured cost, {png - trivial - ort_ms:.3f} ms per request, is the server's own Python work
+CPU-bound machine its throughput can reach at most **{best:.2f} ×** the trivial endpoint's{cap}.
+The rest of the measured cost, {png - trivial - ort_ms:.3f} ms per request, is the server's own Python work
 (multipart parsing, PNG decoding, preprocessing, JSON, logging, metrics); the profile below shows where
 it goes."""
 
@@ -174,13 +297,13 @@ def inprocess_section(r: dict) -> str:
 
 def footprint_section(r: dict) -> str:
     s, server, torch = r["sizes"], r["server"], r["torch"]
-    pss = lambda ws: sum(w.get("pss", 0) for w in ws) / len(ws)  # noqa: E731
     rows = [
         ["installed environment", mb(s["serve"]["bytes"]), mb(s["torch"]["bytes"])],
         ["RSS per worker, idle", kib_mb(mean_worker_kib(server["rss_idle_kib"])), kib_mb(mean_worker_kib(torch["rss_idle_kib"]))],
         [f"RSS per worker after {r['method']['rss_requests']:,} requests", kib_mb(mean_worker_kib(server["rss_after_kib"])),
          kib_mb(mean_worker_kib(torch["rss_after_kib"]))],
-        ["PSS per worker after them", kib_mb(pss(server["rss_after_kib"])), kib_mb(pss(torch["rss_after_kib"]))],
+        ["PSS per worker after them", kib_mb(mean_worker_kib(server["rss_after_kib"], "pss")),
+         kib_mb(mean_worker_kib(torch["rss_after_kib"], "pss"))],
         ["cold start to first /predict (median)", f"{server['cold_start_s_median']:.2f} s", f"{torch['cold_start_s_median']:.2f} s"],
         ["cold starts measured", ", ".join(f"{x:.2f}" for x in server["cold_start_s"]), ", ".join(f"{x:.2f}" for x in torch["cold_start_s"])],
         ["RSS per worker at the end of the load runs", kib_mb(mean_worker_kib(server["rss_end_kib"])),

@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import bodies  # noqa: E402
+from bench import bodies, torch_app  # noqa: E402
 from bench.loadgen import run_wrk  # noqa: E402
 from bench.procs import Gunicorn, model_server, wait_idle  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
+from server.layout import latest_model_file  # noqa: E402
 
 PY_SPY = ROOT / ".venv-bench-tools" / "bin" / "py-spy"
 REQUESTS = ("predict_png", "predict_pixels", "v2_infer_binary", "v2_infer_json")
@@ -71,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--app", choices=("server", "torch"), default="server")
     parser.add_argument("--repository", type=Path, default=ROOT / "models")
-    parser.add_argument("--checkpoint", default="", help="torch baseline weights ('' = random)")
+    parser.add_argument("--checkpoint", default="",
+                        help="torch baseline weights ('' = random, in the architecture of the repository's mnist model)")
     parser.add_argument("--request", choices=REQUESTS, default="predict_png")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--top", type=int, default=25, help="functions listed")
@@ -87,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.app == "server":
         server = model_server(args.repository, probe=spec)
     else:
-        server = Gunicorn("torch", [str(ROOT / ".venv-bench-torch/bin/python"), "-m", "bench.torch_app"], spec,
-                          env={"TORCH_CHECKPOINT": args.checkpoint})
+        served = latest_model_file(args.repository, "mnist")
+        server = torch_app.gunicorn(spec, args.checkpoint, torch_app.served_model_config(served) if served else "")
     with server:
         server.wait_serving()
         wait_idle(server, BY_NAME["WORKERS"].default)

@@ -12,6 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only bac
 from bench.markdown import render  # noqa: E402
 from bench.results import MB, mean_worker_kib, series, targets  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
+PEERS_NAME = "benchmarks-peers.json"
+
 # --------------------------------------------------------------------------- plots
 
 
@@ -100,10 +103,16 @@ PLOTS = {"benchmarks-throughput.png": plot_throughput, "benchmarks-latency.png":
          "benchmarks-footprint.png": plot_footprint, "benchmarks-soak.png": plot_soak}
 
 
+def peers_file(out: Path) -> Path:
+    """bench/peers.py's results beside the report, else the committed ones in docs/ (a --quick run's out has none)."""
+    beside = out / PEERS_NAME
+    return beside if beside.exists() else ROOT / "docs" / PEERS_NAME
+
+
 def write(results: dict, out: Path) -> None:
     """Write benchmarks.json, the plots and benchmarks.md into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    results["targets"] = targets(results)
+    results["targets"] = targets(results, peers_file=peers_file(out))
     (out / "benchmarks.json").write_text(json.dumps(results, indent=1) + "\n")
     for name, plot in PLOTS.items():
         plot(results, out / name)
@@ -111,7 +120,8 @@ def write(results: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Render the document and plots again from a run's benchmarks.json (the figures stay the run's)."""
+    """Render the document and plots again from a run's benchmarks.json (the figures stay the run's; the targets
+    are computed again, against bench/baseline-issue19.json and the peers' file as it is now)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import bodies, footprint, profile, recovery, report, soak  # noqa: E402
+from bench import bodies, footprint, profile, recovery, report, soak, torch_app  # noqa: E402
 from bench.loadgen import run_wrk, send_many, wrk_version  # noqa: E402
-from bench.procs import Gunicorn, model_server, send, wait_idle  # noqa: E402
+from bench.procs import Gunicorn, memory_kib, model_server, send, wait_idle  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
 from server.layout import latest_model_file, model_path as model_path_of  # noqa: E402
 
@@ -126,11 +126,6 @@ def trivial_app(args: argparse.Namespace) -> Gunicorn:
     return Gunicorn("trivial", argv, bodies.trivial(), env={"MODEL_REPOSITORY": str(args.repository)})
 
 
-def torch_app(args: argparse.Namespace, probe: bodies.RequestSpec) -> Gunicorn:
-    return Gunicorn("torch", [str(TORCH_VENV / "bin" / "python"), "-m", "bench.torch_app"], probe,
-                    env={"TORCH_CHECKPOINT": args.checkpoint})
-
-
 def answer_label(body: bytes) -> str | None:
     """The predicted label in a /predict answer (None for other endpoints)."""
     try:
@@ -191,6 +186,7 @@ def bench_app(make, specs: list[bodies.RequestSpec], args: argparse.Namespace, m
         if memory:
             result["rss_load"] = send_many(server.port, specs[0], args.rss_requests, concurrency=8)
             result["rss_after_kib"] = server.worker_memory()
+            result["master_kib_after"] = memory_kib(server.process.pid)
         result["load"] = load_series(server, specs, args)
         result["rss_end_kib"] = server.worker_memory()
         result["requests_served"] = (args.rss_requests if memory else 0) + sum(
@@ -202,7 +198,8 @@ def bench_app(make, specs: list[bodies.RequestSpec], args: argparse.Namespace, m
 def inprocess(args: argparse.Namespace, model_path: Path, int8_path: Path | None) -> dict:
     common = ["-m", "bench.inprocess", "--seconds", str(args.inprocess_seconds)]
     runs = {"ort": [SERVE_VENV, "--engine", "ort", "--model", str(model_path)],
-            "torch": [TORCH_VENV, "--engine", "torch", "--checkpoint", args.checkpoint]}
+            "torch": [TORCH_VENV, "--engine", "torch", "--checkpoint", args.checkpoint,
+                      "--model-config", args.model_config]}
     if int8_path:
         runs["ort_int8"] = [SERVE_VENV, "--engine", "ort", "--model", str(int8_path)]
     results = {}
@@ -272,6 +269,8 @@ def run(args: argparse.Namespace) -> dict:
     int8_path = latest_model_file(args.repository, f"{args.model}-int8")
     model = model_info(model_path)
     args.checkpoint = find_checkpoint(args.checkpoint, model)
+    # The torch baseline runs the served architecture: the checkpoint's, else this one with random weights.
+    args.model_config = model["metadata"].get("model_config", "")
     specs = bodies.server_requests(args.model, model["input"], model["output"])
     png, pixels = specs[0], specs[1]
     image, label = bodies.mnist_digit()
@@ -286,11 +285,13 @@ def run(args: argparse.Namespace) -> dict:
                    "rss_requests": args.rss_requests, "cold_starts": args.cold_starts, "wrk_threads": 1,
                    "digit_label": label, "quick": args.quick},
         "model": model, "int8_model": model_info(int8_path) if int8_path else None, "torch_checkpoint": os.path.relpath(args.checkpoint, ROOT) if args.checkpoint else None,
+        "torch_model_config": json.loads(args.model_config) if args.model_config else None,
     }
     log.info("in-process compute"); results["inprocess"] = inprocess(args, model_path, int8_path)
     log.info("trivial app"); results["trivial"] = bench_app(lambda: trivial_app(args), [bodies.trivial()], args, memory=False)
     log.info("this server"); results["server"] = bench_app(lambda: server_app(args, png), specs, args)
-    log.info("torch baseline"); results["torch"] = bench_app(lambda: torch_app(args, png), [png, pixels], args)
+    log.info("torch baseline"); results["torch"] = bench_app(
+        lambda: torch_app.gunicorn(png, args.checkpoint, args.model_config), [png, pixels], args)
     log.info("soak")
     with soak.serve(args.repository) as server:
         server.wait_serving()

@@ -5,9 +5,14 @@ line per request) and the same gunicorn settings (server/gunicorn_conf.py), but 
 onnxruntime. It runs from its own environment (.venv-bench-torch: flask, gunicorn, numpy, Pillow,
 CPU torch), which has no onnxruntime: `python -m bench.torch_app` imports only the server's modules
 that need none (settings, decoding, the digit pipeline, errors), never its app factory.
+
+Its network is the served model's: a training checkpoint's (TORCH_CHECKPOINT), else random weights
+in the architecture the served ONNX file names in its `model_config` metadata (TORCH_MODEL_CONFIG,
+which bench/run.py reads from the file and passes): the same compute, so the comparison holds.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -30,19 +35,36 @@ def use_server_modules_without_onnxruntime() -> None:
         sys.modules["server"] = package
 
 
-def load_model(checkpoint: str, threads: int):
-    """DigitNet from training/model.py with the checkpoint's weights, or random ones without it."""
+def load_model(checkpoint: str, threads: int, model_config: str = ""):
+    """DigitNet from training/model.py with the checkpoint's weights, else random ones in `model_config`'s shape.
+
+    `model_config` is the served ONNX file's `model_config` metadata (JSON); a checkpoint whose
+    architecture differs from it is refused, since the baseline must run the served network.
+    """
     import torch
 
-    from training.model import DigitNet
+    from training.model import DigitNet, ModelConfig
 
     torch.set_num_threads(threads)
+    served = ModelConfig.from_dict(json.loads(model_config)) if model_config else None
     if not checkpoint:
-        log.warning("no TORCH_CHECKPOINT: random weights (same compute, meaningless answers)")
-        return DigitNet().eval()
+        if served is None:
+            log.warning("no TORCH_CHECKPOINT and no TORCH_MODEL_CONFIG: DigitNet's default architecture, random weights")
+            return DigitNet().eval()
+        log.warning("no TORCH_CHECKPOINT: random weights in the served architecture (same compute, meaningless answers)")
+        return DigitNet(served).eval()
     from training.checkpoint import load_checkpoint, model_from_checkpoint
 
-    return model_from_checkpoint(load_checkpoint(Path(checkpoint)), checkpoint)
+    model = model_from_checkpoint(load_checkpoint(Path(checkpoint)), checkpoint)
+    if served is not None and architecture(model.config) != architecture(served):
+        raise ValueError(f"{checkpoint}: architecture {architecture(model.config)} is not the served model's "
+                         f"{architecture(served)}")
+    return model
+
+
+def architecture(config) -> dict:
+    """The fields of a ModelConfig that decide the compute (dropout is off at inference; mean and std are two constants)."""
+    return {key: value for key, value in config.to_dict().items() if key not in ("dropout", "mean", "std")}
 
 
 def create_app(config: dict | None = None):
@@ -60,10 +82,12 @@ def create_app(config: dict | None = None):
     app.json.sort_keys = False
     app.config.from_mapping(settings.from_environment())
     app.config["TORCH_CHECKPOINT"] = os.environ.get("TORCH_CHECKPOINT", "")
+    app.config["TORCH_MODEL_CONFIG"] = os.environ.get("TORCH_MODEL_CONFIG", "")
     app.config.from_mapping(config or {})
-    model = load_model(app.config["TORCH_CHECKPOINT"], app.config["ORT_THREADS"])
+    model = load_model(app.config["TORCH_CHECKPOINT"], app.config["ORT_THREADS"], app.config["TORCH_MODEL_CONFIG"])
     with torch.inference_mode():
-        model(torch.zeros(1, 1, 28, 28))  # warm-up, as the server warms its sessions
+        side = model.config.image_size
+        model(torch.zeros(1, 1, side, side))  # warm-up, as the server warms its sessions
     register_error_handlers(app)
 
     @app.before_request
@@ -105,6 +129,22 @@ def _prediction(probabilities) -> dict:
         "confidence": round(float(probabilities[index]), PROBABILITY_DIGITS),
         "probabilities": [round(float(p), PROBABILITY_DIGITS) for p in probabilities],
     }
+
+
+def served_model_config(model_file: Path) -> str:
+    """The `model_config` metadata of the served ONNX file ('' without one); onnxruntime, so the launching side's."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    return session.get_modelmeta().custom_metadata_map.get("model_config", "")
+
+
+def gunicorn(probe, checkpoint: str, model_config: str):
+    """This app under gunicorn from .venv-bench-torch, as bench/run.py and bench/profile.py start it."""
+    from bench.procs import Gunicorn
+
+    return Gunicorn("torch", [str(ROOT / ".venv-bench-torch" / "bin" / "python"), "-m", "bench.torch_app"], probe,
+                    env={"TORCH_CHECKPOINT": checkpoint, "TORCH_MODEL_CONFIG": model_config})
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from bench import bodies, footprint, soak
 from bench.loadgen import run_wrk, send_many
-from tests.conftest import ROOT
+from tests.conftest import COMMITTED_MNIST, ROOT
 
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (system-packages.txt)")
 
@@ -98,6 +98,34 @@ def test_torch_baseline_answers_like_the_checkpoint_it_loads(tmp_path):
     assert client.post("/predict", json={"nothing": 1}).status_code == 400
 
 
+def test_torch_baseline_without_checkpoint_runs_the_served_architecture(tmp_path):
+    """Random weights, but the network the served ONNX file names in its metadata; a checkpoint of another is refused."""
+    torch = pytest.importorskip("torch")
+    from bench import torch_app
+    from training.checkpoint import save_checkpoint
+    from training.model import DigitNet, ModelConfig, parameter_count
+
+    import onnxruntime
+
+    served = torch_app.served_model_config(COMMITTED_MNIST)
+    model = torch_app.load_model("", 1, served)
+    assert model.config == ModelConfig.from_dict(json.loads(served))
+    metadata = onnxruntime.InferenceSession(str(COMMITTED_MNIST)).get_modelmeta().custom_metadata_map
+    assert parameter_count(model) == int(metadata["parameters"])  # the exported network's own count
+
+    small = ModelConfig(stages=((8,), (16, 16)), stem_stride=2, separable=True)
+    network = torch_app.load_model("", 1, json.dumps(small.to_dict()))
+    assert network.config == small and parameter_count(network) == parameter_count(DigitNet(small))
+    assert parameter_count(network) != parameter_count(DigitNet())  # not the default architecture
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(checkpoint, DigitNet(small).eval(), args={}, data_sha256="-", epoch=1)
+    assert torch_app.load_model(str(checkpoint), 1, json.dumps(small.to_dict())).config == small
+    with pytest.raises(ValueError, match="not the served model's"):
+        torch_app.load_model(str(checkpoint), 1, served)
+
+
 def test_environment_size_skips_pycache(tmp_path):
     (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
     (tmp_path / "pkg" / "a.py").write_bytes(b"x" * 100)
@@ -153,3 +181,127 @@ def test_the_benchmark_document_is_what_its_run_renders() -> None:
     rendered = render(results, list(PLOTS))
     assert (ROOT / "docs" / "benchmarks.md").read_text() == rendered, \
         "docs/benchmarks.md differs from its JSON: run `python -m bench.report` (or make bench) to write it again"
+
+
+def baseline() -> dict:
+    from bench.results import BASELINE
+
+    return json.loads(BASELINE.read_text())
+
+
+def test_the_frozen_before_figures_are_those_of_the_run_they_name() -> None:
+    """bench/baseline-issue19.json is results.figures() of docs/benchmarks.json as committed where it says."""
+    from bench.results import figures
+
+    before = baseline()
+    shown = subprocess.run(["git", "show", f"{before['commit']}:docs/benchmarks.json"], cwd=ROOT, capture_output=True)
+    if shown.returncode != 0:
+        pytest.skip(f"commit {before['commit']} is not in this clone (shallow?)")
+    assert figures(json.loads(shown.stdout)) == {k: v for k, v in before.items()
+                                                 if k not in ("about", "commit", "code_commit")}
+
+
+def test_issue19_targets_of_the_before_run_are_the_figures_the_issue_quotes() -> None:
+    """The before run against itself: the issue's own figures, every issue 19 target missed, a ratio of 1."""
+    from bench.results import evaluate
+
+    before = baseline()
+    t = evaluate(before, before)
+    own = {o["request"]: o for o in t["own_work"]}
+    # Issue 19: 1.48 ms a /predict PNG, 0.27 ms the trivial endpoint, 0.59 ms the CNN: 0.62 ms own work.
+    assert own["predict_png"]["own_ms"] == 0.623 and own["predict_png"]["before_own_ms"] == 0.623
+    assert own["v2_infer_binary"]["own_ms"] == round(1.44 - 0.274 - 0.5869, 3)
+    assert own["predict_png"]["own_per_trivial"] == own["predict_png"]["before_own_per_trivial"] == round(0.6231 / 0.274, 3)
+    assert set(own) == {"predict_png", "predict_pixels", "v2_infer_binary", "v2_infer_json"}
+    assert all(o["ratio"] == 1.0 and o["met"] is False for o in own.values())
+    throughput = [(row["measured"], row["goal"], row["met"]) for row in t["throughput"]]
+    # issue 7's table of that run: 0.201, 0.185 against the trivial endpoint, 1.893, 1.952 against torch
+    assert throughput == [(0.201, ">= 0.45", False), (0.185, ">= 0.45", False), (1.893, ">= 3", False),
+                          (1.952, ">= 3", False)]
+    assert [(row["measured"], row["met"]) for row in t["cold_start"]] == [(0.394, False)]  # "0.39 x the torch baseline's"
+    assert [(row["measured"], row["met"]) for row in t["issue7"]] == [(0.34, True), (169.872, True), (0.205, True)]
+    memory = {row["target"]: row["measured"] for row in t["memory"]}
+    assert memory["this server: PSS per worker (MB)"] < memory["this server: RSS per worker (MB)"]
+    assert all(row["met"] is None for row in t["memory"])  # issue 19 sets no figure: reported only
+    assert t["peers"]["status"] == "absent" and t["baseline"]["commit"] == before["commit"]
+
+
+def test_issue19_own_work_target_is_met_at_a_third_of_before_and_missed_above() -> None:
+    """The before run with each request's CPU cut to leave 0.33 or 0.34 of its own work; /predict PNG at 0.46 x trivial."""
+    import copy
+
+    from bench.results import evaluate, own_work_ms
+
+    before = baseline()
+    after = copy.deepcopy(before)
+    cpu, fixed = after["cpu_ms_per_request"], before["cpu_ms_per_request"]["trivial"] + before["inference_ms"]
+    shares = {"predict_png": 0.33, "predict_pixels": 0.34, "v2_infer_binary": 0.2, "v2_infer_json": 1.1}
+    for request, share in shares.items():
+        cpu[request] = fixed + share * own_work_ms(before, request)
+    after["peak_rps"]["predict_png"] = 0.46 * after["peak_rps"]["trivial"]
+    t = evaluate(after, before)
+    assert {o["request"]: (o["ratio"], o["met"]) for o in t["own_work"]} == {
+        "predict_png": (0.33, True), "predict_pixels": (0.34, False), "v2_infer_binary": (0.2, True),
+        "v2_infer_json": (1.1, False)}
+    # 0.46 x 6,370 = 2,930 req/s is 4.3 x torch's 675; by CPU, 0.274 + 0.587 + 0.33 x 0.623 = 1.067 ms a request
+    # is 0.257 x trivial's CPU per request and 2.72 x torch's: short of 0.45 and 3.
+    assert [(row["measured"], row["met"]) for row in t["throughput"]] == [
+        (0.46, True), (0.257, False), (4.341, True), (2.716, False)]
+    assert t["throughput"][0]["before"] == 0.201
+
+
+def test_issue19_targets_of_a_run_take_its_saturated_figures_and_the_peers_of_its_day(tmp_path) -> None:
+    """A real run's results: CPU at the highest concurrency, inference at the workers' thread count; peers only if not older."""
+    from bench.results import figures, targets
+
+    results = json.loads((ROOT / "docs" / "benchmarks.json").read_text())
+    f = figures(results)
+    threads = results["settings"]["ORT_THREADS"]
+    inference = [b["us_per_image_p50"] / 1000 for r in results["inprocess"]["ort"]["results"] if r["threads"] == threads
+                 for b in r["batches"] if b["batch"] == 1]
+    assert f["inference_ms"] == inference[0]
+    highest = max(results["method"]["concurrency"])
+    png = next(run for run in results["server"]["load"]["predict_png"]["runs"] if run["connections"] == highest)
+    assert f["cpu_ms_per_request"]["predict_png"] == png["server_cpu_ms_per_request"]
+
+    peers = json.loads((ROOT / "docs" / "benchmarks-peers.json").read_text())
+    peers["date"] = results["date"]  # measured the same day as the run
+    (tmp_path / "peers.json").write_text(json.dumps(peers))
+    shown = targets(results, peers_file=tmp_path / "peers.json")["peers"]
+    assert shown["status"] == "current" and len(shown["rows"]) == 6  # JSON and binary at 1, 8, 32 connections
+    for row in shown["rows"]:
+        same = [r for r in peers["table"] if r["request"] == row["request"] and r["connections"] == row["connections"]]
+        ours = next(r["rps_median"] for r in same if r["server"] == "server")
+        best = max(r["rps_median"] for r in same if r["server"] != "server")
+        assert row["ratio"] == round(ours / best, 3) and row["met"] == (ours / best >= 2)
+        assert row["peer"]["server"] != "server" and {"p50_ms", "p99_ms"} <= set(row["server"])
+
+    run_day = results["date"][:10]
+    peers["date"] = f"{int(run_day[:4]) - 1}{run_day[4:]}T23:59:59+00:00"  # a year before the run
+    (tmp_path / "peers.json").write_text(json.dumps(peers))
+    shown = targets(results, peers_file=tmp_path / "peers.json")["peers"]
+    assert shown["status"] == "older" and shown["rows"] == []
+
+
+def test_the_targets_section_says_when_the_cpu_or_the_run_is_not_comparable() -> None:
+    """A run on another CPU, with other settings, or a --quick one, is named so above the targets; the before run too."""
+    from bench.markdown import targets_section
+    from bench.results import BASELINE, targets
+
+    results = json.loads((ROOT / "docs" / "benchmarks.json").read_text())
+    before = json.loads(BASELINE.read_text())
+    results["date"], results["method"]["quick"] = before["date"], False
+    results["machine"].update(before["machine"])
+    results["settings"] = dict(before["settings"])
+    results["targets"] = targets(results, BASELINE, peers_file=None)
+    same = targets_section(results)
+    assert "This run is that before run" in same
+    assert not any(text in same for text in ("Another CPU", "--quick", "Other settings"))
+    results["machine"]["cpu_model"] = "Some Other CPU"
+    results["method"]["quick"] = True
+    results["settings"]["WORKERS"] = before["settings"]["WORKERS"] + 1
+    results["targets"] = targets(results, BASELINE, peers_file=None)
+    other = targets_section(results)
+    assert "**Another CPU**" in other and "Some Other CPU" in other and "**A `--quick` run**" in other
+    assert f"this one with WORKERS={before['settings']['WORKERS'] + 1}," in other
+    assert "No `docs/benchmarks-peers.json`" in other  # no peers file given: said, not left out
