@@ -126,6 +126,23 @@ def test_augmentation_is_per_image_and_identity_when_disabled() -> None:
     torch.testing.assert_close(unchanged, batch, atol=1e-5, rtol=0)
 
 
+def test_elastic_distortion_is_smooth_local_and_per_image() -> None:
+    field = train.elastic_field(64, 28, 28, torch.Generator().manual_seed(0), alpha_px=20, sigma_px=5,
+                                device=torch.device("cpu"))
+    pixels = field * 14  # grid units to pixels: the grid spans 2 units over 28 pixels
+    assert field.shape == (64, 28, 28, 2)
+    assert 0.3 < pixels.std().item() < 3 and pixels.abs().max().item() < 10  # a few pixels, not a scramble
+    neighbour_step = (pixels[:, 1:] - pixels[:, :-1]).abs().mean()
+    assert neighbour_step < pixels.abs().mean() / 3  # smooth: neighbours move together
+    assert not torch.allclose(field[0], field[1])
+    digit = torch.zeros(2, 1, 28, 28)
+    digit[..., 8:20, 12:16] = 1.0
+    generator = torch.Generator().manual_seed(1)
+    distorted = train.random_affine(digit, generator, 0, 0, 0, elastic_px=20, elastic_sigma=5)
+    assert not torch.allclose(distorted, digit, atol=1e-3)
+    assert math.isclose(distorted.sum().item(), digit.sum().item(), rel_tol=0.3)  # ink moved, not lost
+
+
 def test_model_takes_raw_pixels_and_normalises_inside() -> None:
     model = DigitNet(ModelConfig(stages=((4,), (8,)))).eval()
     config = ModelConfig.from_dict(model.config.to_dict())
