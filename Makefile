@@ -31,7 +31,7 @@ else
 $(error TORCH=$(TORCH): expected cuda (the default) or cpu)
 endif
 
-.PHONY: serve test train export bench bench-grpc bench-photos clean help image image-test triton-test memory-test
+.PHONY: serve test train export bench bench-grpc bench-photos bench-http-layer clean help image image-test triton-test memory-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -151,6 +151,17 @@ $(BENCH_MLSERVER_VENV)/.stamp: bench/peers/requirements-mlserver.txt
 	$(BENCH_MLSERVER_VENV)/bin/pip install $(PIP_FLAGS) -r bench/peers/requirements-mlserver.txt
 	touch $@
 
+BENCH_GRANIAN_VENV := .venv-bench-granian
+
+$(BENCH_GRANIAN_VENV)/.stamp: bench/peers/requirements-granian.txt requirements-serve.txt
+	rm -rf $(BENCH_GRANIAN_VENV)
+	$(PYTHON) -m venv $(BENCH_GRANIAN_VENV)
+	$(BENCH_GRANIAN_VENV)/bin/pip install $(PIP_FLAGS) -r bench/peers/requirements-granian.txt
+	touch $@
+
+bench-http-layer: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_GRANIAN_VENV)/.stamp ## gunicorn against Granian under the same Flask apps: server CPU per request (issue 19)
+	$(DEV_VENV)/bin/python -m bench.http_layer $(BENCH_HTTP_ARGS)
+
 bench: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOLS_VENV)/.stamp $(BENCH_KSERVE_VENV)/.stamp $(BENCH_MLSERVER_VENV)/.stamp $(TRITON_VENV)/.stamp ## measure speed, footprint, soak against baselines; writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -190,4 +201,4 @@ export: $(DEV_STAMP) ## export VERSION=n [CHECKPOINT=runs/<run>/model.pt, defaul
 	$(DEV_VENV)/bin/python -m export --checkpoint $(CHECKPOINT) --name $(NAME) --version $(VERSION) --repo $(MODEL_REPOSITORY) $(EXPORT_ARGS)
 
 clean: ## remove virtual environments and caches (keeps data/ and runs/)
-	rm -rf $(SERVE_VENV) $(DEV_VENV) $(TRITON_VENV) $(BENCH_KSERVE_VENV) $(BENCH_MLSERVER_VENV) .pytest_cache .hypothesis
+	rm -rf $(SERVE_VENV) $(DEV_VENV) $(TRITON_VENV) $(BENCH_KSERVE_VENV) $(BENCH_MLSERVER_VENV) $(BENCH_GRANIAN_VENV) .pytest_cache .hypothesis
