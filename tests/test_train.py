@@ -223,3 +223,15 @@ def test_stem_stride_and_separable_blocks_cut_multiply_adds() -> None:
         assert multiply_adds(model) < multiply_adds(plain) / 2
         assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     assert multiply_adds(DigitNet(ModelConfig())) == 29_128_448  # version 1's network
+
+
+def test_frontier_plot_is_drawn_from_the_committed_rows(tmp_path: Path) -> None:
+    from training import plots
+
+    frontier = Path(__file__).resolve().parents[1] / "docs" / "training-frontier.json"
+    assert plots.main([str(frontier), str(tmp_path / "frontier.png")]) == 0
+    assert (tmp_path / "frontier.png").read_bytes().startswith(b"\x89PNG")
+    (tmp_path / "broken.json").write_text("{}")
+    with pytest.raises(SystemExit) as refused:
+        plots.main([str(tmp_path / "broken.json"), str(tmp_path / "x.png")])
+    assert refused.value.code == 1 and not (tmp_path / "x.png").exists()

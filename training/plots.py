@@ -87,3 +87,51 @@ def plot_reliability(labels: np.ndarray, probabilities: dict[str, np.ndarray], p
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_frontier(rows: list[dict], path: Path, budget_ratio: float = 0.25) -> None:
+    """Test accuracy against µs per image at batch 1 (docs/training-frontier.json's rows): one point
+    per seed, the mean marked, and the cost budget as a line at `budget_ratio` × version 1's time."""
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    markers = {"full": "o", "chosen": "*", "screen": "x", "session2": "D"}
+    reference = next((row["us_batch1"] for row in rows if row.get("ratio_batch1") == 1.0), None)
+    for row in rows:
+        accuracies = [100 * a for a in row["test_accuracy"]]
+        marker = markers.get(row["kind"], "o")
+        ax.scatter([row["us_batch1"]] * len(accuracies), accuracies, marker=marker, s=40, alpha=0.6)
+        ax.scatter([row["us_batch1"]], [np.mean(accuracies)], marker=marker, s=90, color="black")
+        ax.annotate(row["label"], (row["us_batch1"], np.mean(accuracies)), fontsize=7,
+                    xytext=(5, 3), textcoords="offset points")
+    if reference:
+        ax.axvline(budget_ratio * reference, color="tab:red", linestyle="--",
+                   label=f"{budget_ratio:g} × version 1's time (issue 20's budget)")
+    ax.axhline(99.70, color="tab:green", linestyle=":", label="99.70 % (issue 20's target)")
+    ax.set_ylim(top=max(99.75, ax.get_ylim()[1]))
+    ax.set(xscale="log", xlabel="µs per image, onnxruntime, 1 thread, batch 1 (log scale)",
+           ylabel="test accuracy (%): seeds, and their mean in black", title="Accuracy against cost")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m training.plots FRONTIER_JSON PNG`: draw the frontier plot of docs/training.md."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m training.plots", description=main.__doc__)
+    parser.add_argument("frontier", type=Path, help="docs/training-frontier.json")
+    parser.add_argument("png", type=Path, help="where the plot goes, e.g. docs/training-frontier.png")
+    args = parser.parse_args(argv)
+    try:
+        rows = json.loads(args.frontier.read_text())["rows"]
+    except (OSError, ValueError, KeyError) as error:
+        parser.exit(1, f"error: cannot read the frontier rows of {args.frontier}: {error}\n")
+    plot_frontier(rows, args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
