@@ -43,7 +43,8 @@ def short_hash(revision: str) -> str:
 
 
 def measure(tree: Path, label: str, spec: bodies.RequestSpec, args: argparse.Namespace) -> dict:
-    settings = dict(item.split("=", 1) for item in args.setting)
+    own = args.before_setting if label == "before" else args.after_setting
+    settings = dict(item.split("=", 1) for item in [*args.setting, *own])
     server = model_server(args.repository.resolve(), name=f"ab-{label}", probe=spec, env=settings, cwd=tree)
     with server:
         server.wait_serving()
@@ -78,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="before/after alternations")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a server setting for both sides, e.g. WORKERS=2 when the default differs between them")
+    parser.add_argument("--before-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the before side only: with --before HEAD and no --after, an A/B of settings")
+    parser.add_argument("--after-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the after side only")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks-ab.json")
     return parser.parse_args(argv)
 
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "before": short_hash(args.before),
         "after": short_hash(args.after) if args.after else f"working tree on {short_hash('HEAD')}", "request": args.request,
         "connections": args.connections, "seconds": args.seconds, "rounds": args.rounds, "settings": args.setting,
+        "before_settings": args.before_setting, "after_settings": args.after_setting,
         "result_before": before, "result_after": after,
         "rps_change": round(after["rps"] / before["rps"] - 1, 4),
         "cpu_change": round(after["cpu_ms_per_request"] / before["cpu_ms_per_request"] - 1, 4),
