@@ -155,8 +155,12 @@ def batch_totals(server: Gunicorn, model: str) -> tuple[float, float]:
 
 def server_modes(args: argparse.Namespace, repository: Path) -> dict[str, dict[str, str]]:
     """Environment of each server: batching off, and on with each delay asked for."""
+    # LARGE_REQUESTS: by default a worker serves one large request (>= 4 MiB of work: a resnet18
+    # tensor body is one) and refuses the third with a 503, so no two resnet18 requests could ever
+    # meet in a batch; here every connection may be in flight, as batching needs.
     common = {"MODEL_REPOSITORY": str(repository), "WORKERS": str(args.workers), "THREADS": str(args.threads),
-              "BATCH_MIN_INFERENCE_MS": "0", "LOG_LEVEL": "warning"}
+              "BATCH_MIN_INFERENCE_MS": "0", "LOG_LEVEL": "warning",
+              "LARGE_REQUESTS": str(max(args.concurrency))}
     modes = {"off": {**common, "MAX_BATCH_SIZE": "1"}}
     for delay in args.delays_us:
         modes[f"on, {delay} µs"] = {**common, "MAX_BATCH_SIZE": str(args.batch_size), "MAX_BATCH_DELAY_US": str(delay)}
@@ -241,7 +245,9 @@ def render(results: dict) -> str:
         "",
         f"Each model is served by {len(a['delays_us']) + 1} gunicorn servers on 127.0.0.1 "
         f"({a['workers']} workers x {a['threads']} threads, ORT_THREADS=1), identical but for batching: off "
-        f"(`MAX_BATCH_SIZE=1`) or on (`MAX_BATCH_SIZE={a['batch_size']}`) with each `MAX_BATCH_DELAY_US`. wrk sends "
+        f"(`MAX_BATCH_SIZE=1`) or on (`MAX_BATCH_SIZE={a['batch_size']}`) with each `MAX_BATCH_DELAY_US`, all with "
+        f"`LARGE_REQUESTS={max(a['concurrency'])}` (the default, 1, serves one large request per worker at a time and "
+        "refuses the third with a 503: a resnet18 tensor body is large, so no two of them could meet in a batch). wrk sends "
         f"the same v2 binary-tensor request, {a['seconds']:g} s per run, to each server in turn, "
         f"{a['rounds']} rounds after a warm-up. req/s pools the rounds; p50/p99 are medians of the runs; "
         "'vs off' is the median (min-max) of the per-round ratios against the off run of the same round.",

@@ -149,8 +149,9 @@ def load(transport: str, port: int, streams: int, seconds: float, server: Gunico
 
 
 def serve(name: str, **env: str) -> Gunicorn:
-    """The server as `make serve` runs it, on the committed models, serving."""
-    environment = {"LOG_LEVEL": "warning", **{key: str(value) for key, value in env.items()}}
+    """The server as `make serve` runs it, on the committed models, serving; 2 workers unless `WORKERS`
+    says otherwise (the default now follows the box: 3 on a 2-core machine)."""
+    environment = {"LOG_LEVEL": "warning", "WORKERS": "2", **{key: str(value) for key, value in env.items()}}
     return model_server(ROOT / "models", name=name, env=environment, python=SERVE_PYTHON).serve()
 
 

@@ -388,7 +388,8 @@ def ab_section(r: dict) -> str:
     experiments = r.get("ab") or {}
     if not experiments:
         return ""
-    rows = [[e["name"], e["request"], e["connections"], f"`{e['before']}`", e["after"], e["rounds"],
+    rows = [[e["name"], e["request"], e["connections"], f"`{e['before']}`" + with_settings(e.get("before_settings")),
+             e["after"] + with_settings(e.get("after_settings")), e["rounds"],
              f"{e['result_before']['rps']:,.0f} → {e['result_after']['rps']:,.0f} ({e['rps_change']:+.0%})",
              f"{e['result_before']['cpu_ms_per_request']:.3f} → {e['result_after']['cpu_ms_per_request']:.3f} "
              f"({e['cpu_change']:+.0%})", best_round(e), e["date"]] for e in experiments.values()]
@@ -401,6 +402,11 @@ def ab_section(r: dict) -> str:
             + table(["change", "request", "connections", "before", "after", "rounds", "req/s (median)",
                      "CPU ms/request (median)", "best round: req/s, CPU ms/request", "measured"], rows)
             + "\n")
+
+
+def with_settings(settings: list[str] | None) -> str:
+    """` with WORKERS=2`: the settings one side of a settings A/B ran with (nothing when none)."""
+    return " with " + ", ".join(f"`{item}`" for item in settings) if settings else ""
 
 
 def best_round(e: dict) -> str:
