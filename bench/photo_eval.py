@@ -106,14 +106,13 @@ def compare_models(results: list[KindResult], paths: list[Path], sessions: list)
     lines = ["| model | " + " | ".join(r.kind for r in results) + " | all photo-like | all clean scans + canvases |",
              "|---|" + "---:|" * (len(results) + 2)]
     for path, session in zip(paths, sessions):
-        right = {r.kind: classify(session, r.inputs["robust"]) == np.array([s.label for s in r.samples])
-                 for r in results}
-        cells = [f"{100 * right[r.kind].mean():.2f} %" for r in results]
+        answers = f"robust, {path}"  # this model's answers beside the methods', scored the same way
+        for r in results:
+            r.predictions[answers] = classify(session, r.inputs["robust"])
+        cells = [f"{100 * r.accuracy(answers):.2f} %" for r in results]
         for kinds in (PHOTO_KINDS, CLEAN_KINDS):
-            chosen = [kind for kind in right if kind in kinds]
-            count = sum(len(right[kind]) for kind in chosen)
-            correct = sum(int(right[kind].sum()) for kind in chosen)
-            cells.append(f"**{100 * correct / count:.2f} %** ({count})" if count else "")
+            accuracy, count = pooled(results, kinds, answers)
+            cells.append(f"**{100 * accuracy:.2f} %** ({count})" if count else "")
         lines.append(f"| `{path}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
