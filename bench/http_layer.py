@@ -1,7 +1,7 @@
 """The HTTP layer under Flask, measured (issue 19, point 6): gunicorn against Granian, same apps.
 
 Runs the trivial Flask app (bench/trivial_app.py) and this server (`server:create_app`) under
-gunicorn as `make serve` runs them (server/gunicorn_conf.py, WORKERS=2) and under Granian's WSGI
+gunicorn with the server's own server/gunicorn_conf.py (WORKERS=2) and under Granian's WSGI
 interface (2 workers, Rust HTTP, from `.venv-bench-granian`, built from bench/peers/requirements-granian.txt),
 taking turns, and prints the server CPU per request and requests/s of each under wrk (32 connections).
 Granian here serves the app without gunicorn_conf.py's hooks (no metrics folder shared by the
@@ -24,25 +24,31 @@ if str(ROOT) not in sys.path:
 
 from bench import bodies  # noqa: E402
 from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import Gunicorn  # noqa: E402
+from bench.procs import Gunicorn, gunicorn_app  # noqa: E402
 from server.layout import latest_model_file  # noqa: E402
 
-SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 GRANIAN_PYTHON = ROOT / ".venv-bench-granian" / "bin" / "python"
 WORKERS = 2
 
 
-def gunicorn(target: str, probe: bodies.RequestSpec, env: dict[str, str]) -> Gunicorn:
-    argv = [str(SERVE_PYTHON), "-m", "gunicorn", "--config", "server/gunicorn_conf.py", target]
-    return Gunicorn("layer-gunicorn", argv, probe, env={**env, "WORKERS": str(WORKERS)})
-
-
-def granian(target: str, probe: bodies.RequestSpec, env: dict[str, str], factory: bool) -> Gunicorn:
-    server = Gunicorn("layer-granian", [], probe, env={**env, "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp()})
+def granian(target: str, probe: bodies.RequestSpec, env: dict[str, str], factory: bool, metrics_dir: str) -> Gunicorn:
+    """`target` under Granian's WSGI interface, its workers writing metrics into `metrics_dir`, not yet started."""
+    server = Gunicorn("layer-granian", [], probe, env={**env, "PROMETHEUS_MULTIPROC_DIR": metrics_dir})
     server.argv = [str(GRANIAN_PYTHON), "-m", "granian", "--interface", "wsgi", "--workers", str(WORKERS),
                    "--host", "127.0.0.1", "--port", str(server.port), "--no-ws", *(["--factory"] if factory else []),
                    target]
     return server
+
+
+def measure(server: Gunicorn, specs: list[bodies.RequestSpec], seconds: float, layer: str,
+            samples: dict[str, list[dict]]) -> None:
+    """Start `server`, load it with each request in turn (after a warm-up) and add the runs to `samples`."""
+    with server:
+        server.wait_serving()
+        for spec in specs:
+            run_wrk(server.port, spec, connections=32, seconds=1)  # warm-up
+            samples.setdefault(f"{spec.name} {layer}", []).append(
+                run_wrk(server.port, spec, connections=32, seconds=seconds, server_cpu=server.cpu_seconds))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,19 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         apps["server"] = ("server:create_app", True, specs)
     samples: dict[str, list[dict]] = {}
     for _ in range(args.rounds):
-        for app, (target, factory, specs) in apps.items():
-            for layer in ("gunicorn", "granian"):
-                if layer == "gunicorn":
-                    server = gunicorn(target + ("()" if factory else ""), specs[0], env)
-                else:
-                    server = granian(target, specs[0], env, factory)
-                with server:
-                    server.wait_serving()
-                    for spec in specs:
-                        run_wrk(server.port, spec, connections=32, seconds=1)  # warm-up
-                        result = run_wrk(server.port, spec, connections=32, seconds=args.seconds,
-                                         server_cpu=server.cpu_seconds)
-                        samples.setdefault(f"{spec.name} {layer}", []).append(result)
+        for target, factory, specs in apps.values():
+            server = gunicorn_app("layer-gunicorn", target + ("()" if factory else ""), specs[0],
+                                  {**env, "WORKERS": str(WORKERS)})
+            measure(server, specs, args.seconds, "gunicorn", samples)
+            # gunicorn_conf.py makes the workers' metrics folder under gunicorn; Granian's gets this one.
+            with tempfile.TemporaryDirectory(prefix="layer-metrics-") as metrics_dir:
+                measure(granian(target, specs[0], env, factory, metrics_dir), specs, args.seconds, "granian", samples)
     rows = {}
     for key, runs in samples.items():
         rows[key] = {"cpu_ms_per_request": round(statistics.median(r["server_cpu_ms_per_request"] for r in runs), 3),

@@ -194,6 +194,14 @@ def signal_group(pgid: int, signum: int) -> None:
         pass
 
 
+def gunicorn_app(name: str, target: str, probe: RequestSpec, env: dict[str, str] | None = None,
+                 python: Path = SERVE_PYTHON) -> Gunicorn:
+    """A WSGI app (`module:app`, or `module:factory()`) under gunicorn with the server's own
+    server/gunicorn_conf.py, not yet started: how the benchmarks run other apps beside the server."""
+    return Gunicorn(name, [str(python), "-m", "gunicorn", "--config", "server/gunicorn_conf.py", target], probe,
+                    env=env or {})
+
+
 def model_server(repository: Path, *, name: str = "server", probe: RequestSpec = LIVE, env: dict[str, str] | None = None,
                  python: Path = SERVE_PYTHON, **options) -> Gunicorn:
     """This project's server (`python -m server`, as `make serve` runs it) on `repository`, not yet started."""

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from bench import bodies, footprint, profile, recovery, report, soak, torch_app  # noqa: E402
 from bench.loadgen import run_wrk, send_many, wrk_version  # noqa: E402
-from bench.procs import Gunicorn, memory_kib, model_server, send, wait_idle  # noqa: E402
+from bench.procs import Gunicorn, gunicorn_app, memory_kib, model_server, send, wait_idle  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
 from server.layout import latest_model_file, model_path as model_path_of  # noqa: E402
 
@@ -121,9 +121,8 @@ def server_app(args: argparse.Namespace, probe: bodies.RequestSpec) -> Gunicorn:
 
 
 def trivial_app(args: argparse.Namespace) -> Gunicorn:
-    argv = [str(SERVE_VENV / "bin" / "python"), "-m", "gunicorn", "--config", "server/gunicorn_conf.py",
-            "bench.trivial_app:app"]
-    return Gunicorn("trivial", argv, bodies.trivial(), env={"MODEL_REPOSITORY": str(args.repository)})
+    return gunicorn_app("trivial", "bench.trivial_app:app", bodies.trivial(), {"MODEL_REPOSITORY": str(args.repository)},
+                        python=SERVE_VENV / "bin" / "python")
 
 
 def answer_label(body: bytes) -> str | None:
