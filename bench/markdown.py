@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from bench.results import MB, TRIVIAL_FRACTION, cpu_per_request, inference_ms, mean_worker_kib, series
+from bench.torch_app import architecture
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -46,7 +47,7 @@ def torch_architecture(r: dict) -> str:
     config = r.get("torch_model_config")
     if config is None:
         return ""
-    shape = ", ".join(f"{k} {v}" for k, v in config.items() if k not in ("mean", "std", "dropout"))
+    shape = ", ".join(f"{k} {v}" for k, v in architecture(config).items())
     source = "the checkpoint's, the same as" if r["torch_checkpoint"] else "built from"
     return f"; architecture {source} the served file's `model_config` metadata ({shape})"
 

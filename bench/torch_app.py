@@ -56,15 +56,16 @@ def load_model(checkpoint: str, threads: int, model_config: str = ""):
     from training.checkpoint import load_checkpoint, model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(Path(checkpoint)), checkpoint)
-    if served is not None and architecture(model.config) != architecture(served):
-        raise ValueError(f"{checkpoint}: architecture {architecture(model.config)} is not the served model's "
-                         f"{architecture(served)}")
+    mine, theirs = architecture(model.config.to_dict()), architecture(served.to_dict()) if served else None
+    if theirs is not None and mine != theirs:
+        raise ValueError(f"{checkpoint}: architecture {mine} is not the served model's {theirs}")
     return model
 
 
-def architecture(config) -> dict:
-    """The fields of a ModelConfig that decide the compute (dropout is off at inference; mean and std are two constants)."""
-    return {key: value for key, value in config.to_dict().items() if key not in ("dropout", "mean", "std")}
+def architecture(config: dict) -> dict:
+    """The fields of a ModelConfig's dict that decide the compute (dropout is off at inference; mean and std are
+    two constants)."""
+    return {key: value for key, value in config.items() if key not in ("dropout", "mean", "std")}
 
 
 def create_app(config: dict | None = None):
