@@ -170,13 +170,16 @@ class Largest:
 
     def reserved(self) -> int:
         """Bytes the server reserves for this request's largest piece of work (server/budget.py)."""
+        headers = {name.lower(): value for name, value in self.spec.headers.items()}
         if self.spec.path.startswith("/v2/"):
-            return tensor_body_bytes(len(self.spec.body))
+            header_length = headers.get("inference-header-content-length")
+            return tensor_body_bytes(len(self.spec.body), int(header_length) if header_length else None)
         piece = 0
         if self.image:
             image = open_image(self.image, MAX_PIXELS)
             piece = image_bytes(image.mode, *image.size, is_rotated(image))
-        return max(body_bytes(len(self.spec.body)), piece)
+        is_json = headers.get("content-type", "").split(";")[0].strip() == "application/json"
+        return max(body_bytes(len(self.spec.body), is_json), piece)
 
 
 @lru_cache(maxsize=1)
@@ -236,10 +239,11 @@ def reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def measure(repository: Path, env: dict[str, str] | None = None, repeat: int = 1, tree: Path = ROOT) -> dict:
+def measure(repository: Path, env: dict[str, str] | None = None, repeat: int = 1, tree: Path = ROOT,
+            kinds: tuple[str, ...] = ()) -> dict:
     """Idle RSS, then per kind: peak RSS while answering its largest request and RSS after it.
 
-    `tree` holds the server/ to run (another revision's, for a before/after).
+    `tree` holds the server/ to run (another revision's, for a before/after); `kinds` picks some (all when empty).
     """
     png, _ = normal_requests()
     server = Gunicorn("memory", [str(SERVE_VENV / "bin" / "python"), "-m", "server"], png,
@@ -253,7 +257,7 @@ def measure(repository: Path, env: dict[str, str] | None = None, repeat: int = 1
             send(server.port, png)
         results["idle_kib"] = status_kib(worker)["VmRSS"]
         log.info("idle worker RSS %d MiB", results["idle_kib"] // 1024)
-        for item in largest_requests():
+        for item in (item for item in largest_requests() if not kinds or item.kind in kinds):
             row = {"kind": item.kind, "request": item.spec.name, "body_bytes": len(item.spec.body),
                    "reserved_bytes": item.reserved(), "runs": []}
             for _ in range(repeat):

@@ -28,6 +28,12 @@ from .errors import Overloaded, TooLarge
 MIB = 2**20
 # Work below this many bytes is not worth a reservation: a 28x28 PNG, a one-row v2 body.
 SMALL = 4 * MIB
+# Peak bytes per body byte, measured by bench/memory.py (docs/memory.md) with a margin: JSON of short
+# numbers becomes a Python object per value (8 MiB bodies peaked 12-16.5x their size over idle, v2
+# and pixels alike, from run to run), binary tensors a few array copies (~4.5x), multipart a few copies of the pieces.
+JSON_PEAK = 20
+BINARY_PEAK = 6
+MULTIPART_PEAK = 10
 
 
 class MemoryBudget:
@@ -187,10 +193,11 @@ def image_bytes(mode: str, width: int, height: int, rotated: bool = False) -> in
     return decoded + max(decoded if rotated else 0, converted + premultiplied) + per_float_pixel * reduced
 
 
-def tensor_body_bytes(body_length: int) -> int:
-    """Peak bytes of parsing a v2 body of `body_length` bytes into arrays (JSON: a Python object per value)."""
-    # Measured (docs/memory.md): an 8 MiB JSON body of short numbers peaks ~12x its size; binary ~4x.
-    return 14 * body_length
+def tensor_body_bytes(body_length: int, header_length: int | None = None) -> int:
+    """Peak bytes of parsing a v2 body into arrays: its JSON part (all of it unless `header_length`
+    says where the binary data starts) at a Python object per value, the binary rest as arrays."""
+    json_part = body_length if header_length is None else min(max(header_length, 0), body_length)
+    return JSON_PEAK * json_part + BINARY_PEAK * (body_length - json_part)
 
 
 def run_in_chunks(
@@ -217,7 +224,6 @@ def run_in_chunks(
     return {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
 
 
-def body_bytes(body_length: int) -> int:
+def body_bytes(body_length: int, is_json: bool) -> int:
     """Peak bytes of reading a request body into its parts (multipart pieces, parsed JSON, base64 decoded)."""
-    # Measured (docs/memory.md): parsing holds a few copies of a body; JSON of short numbers ~9x.
-    return 10 * body_length
+    return (JSON_PEAK if is_json else MULTIPART_PEAK) * body_length

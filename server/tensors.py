@@ -63,18 +63,25 @@ def compress(body: bytes, encoding: str | None) -> bytes:
     return body
 
 
+def parse_header_length(header_length: str | None) -> int | None:
+    """`Inference-Header-Content-Length` as a number, None when absent; anything else is a 400."""
+    if header_length is None:
+        return None
+    text = header_length.strip()
+    if not text.isdigit() or not text.isascii():
+        raise InvalidInput(f"Inference-Header-Content-Length must be a non-negative integer, got {header_length[:40]!r}")
+    return int(text)
+
+
 def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     """Split a request into its JSON header and the binary tensor data after it.
 
     Without `Inference-Header-Content-Length` the whole body is JSON, as the protocol says.
     """
-    if header_length is None:
+    size = parse_header_length(header_length)
+    if size is None:
         size = len(body)
     else:
-        text = header_length.strip()
-        if not text.isdigit() or not text.isascii():
-            raise InvalidInput(f"Inference-Header-Content-Length must be a non-negative integer, got {header_length[:40]!r}")
-        size = int(text)
         if size == 0 or size > len(body):
             raise InvalidInput(
                 f"Inference-Header-Content-Length is {size} but the body holds {len(body)} bytes; "

@@ -260,3 +260,22 @@ def test_a_busy_worker_answers_503_with_retry_after(random_repository: Path) -> 
     assert "server busy" in busy.json["error"]
     assert small.status_code in (200, 422), small.json  # everyday requests go on
     assert app.test_client().post("/predict", data=page, content_type="image/png").status_code in (200, 422)
+
+
+# --------------------------------------------------------------------------- the estimates, measured
+
+BODY_KINDS = ("v2 JSON at the body limit", "v2 binary at the body limit", "JSON pixels at the body limit (400)")
+
+
+def test_body_reservations_cover_what_a_live_worker_really_peaks_at() -> None:
+    """The largest JSON and binary bodies, sent to a real worker: its peak RSS over idle stays within what
+    server/budget.py reserved for them (bench/memory.py measures every kind the same way)."""
+    from bench.memory import measure
+    from tests.conftest import COMMITTED_REPOSITORY
+
+    results = measure(COMMITTED_REPOSITORY, kinds=BODY_KINDS)
+    assert "worker_died" not in results and [row["kind"] for row in results["kinds"]] == list(BODY_KINDS)
+    for row in results["kinds"]:
+        over_idle = (row["peak_kib"] - results["idle_kib"]) * 1024
+        assert row["runs"][0]["status"] in (200, 400), row
+        assert over_idle <= row["reserved_bytes"], (row["kind"], over_idle // MIB, row["reserved_bytes"] // MIB)

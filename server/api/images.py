@@ -48,7 +48,8 @@ def _predict(name: str):
     memory, config = get_memory_budget(), current_app.config
     request.get_data()  # read before any wait: a 503 must not leave the client's upload unread
     with memory.request():
-        with memory.reserve(body_bytes(request.content_length or 0), "reading this request's body"):
+        with memory.reserve(body_bytes(request.content_length or 0, request.is_json),
+                            "reading this request's body"):
             items, return_input = read_items()
         predictions = classifier.predict(
             items, config["MAX_IMAGE_PIXELS"], return_input, memory, config["MAX_REQUEST_PIXELS"],
