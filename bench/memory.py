@@ -36,6 +36,7 @@ from bench.procs import Gunicorn, send  # noqa: E402
 from server.budget import body_bytes, image_bytes, tensor_body_bytes  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
 from server.decoding import is_rotated, open_image  # noqa: E402
+from server.tensors import parse_header_length  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +173,8 @@ class Largest:
         """Bytes the server reserves for this request's largest piece of work (server/budget.py)."""
         headers = {name.lower(): value for name, value in self.spec.headers.items()}
         if self.spec.path.startswith("/v2/"):
-            header_length = headers.get("inference-header-content-length")
-            return tensor_body_bytes(len(self.spec.body), int(header_length) if header_length else None)
+            header_length = parse_header_length(headers.get("inference-header-content-length"))
+            return tensor_body_bytes(len(self.spec.body), header_length)
         piece = 0
         if self.image:
             image = open_image(self.image, MAX_PIXELS)

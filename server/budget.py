@@ -196,7 +196,7 @@ def image_bytes(mode: str, width: int, height: int, rotated: bool = False) -> in
 def tensor_body_bytes(body_length: int, header_length: int | None = None) -> int:
     """Peak bytes of parsing a v2 body into arrays: its JSON part (all of it unless `header_length`
     says where the binary data starts) at a Python object per value, the binary rest as arrays."""
-    json_part = body_length if header_length is None else min(max(header_length, 0), body_length)
+    json_part = body_length if header_length is None else min(header_length, body_length)
     return JSON_PEAK * json_part + BINARY_PEAK * (body_length - json_part)
 
 

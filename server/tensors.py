@@ -73,15 +73,16 @@ def parse_header_length(header_length: str | None) -> int | None:
     return int(text)
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+def split_body(body: bytes, header_length: int | None) -> tuple[dict, bytes]:
     """Split a request into its JSON header and the binary tensor data after it.
 
-    Without `Inference-Header-Content-Length` the whole body is JSON, as the protocol says.
+    `header_length` is `Inference-Header-Content-Length` as `parse_header_length` read it; without it
+    the whole body is JSON, as the protocol says.
     """
-    size = parse_header_length(header_length)
-    if size is None:
+    if header_length is None:
         size = len(body)
     else:
+        size = header_length
         if size == 0 or size > len(body):
             raise InvalidInput(
                 f"Inference-Header-Content-Length is {size} but the body holds {len(body)} bytes; "

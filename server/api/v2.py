@@ -46,10 +46,9 @@ def infer(name: str, version: str | None = None):
     encoded = request.headers.get("Content-Encoding", "identity").strip().lower() != "identity"
     size = config["MAX_CONTENT_LENGTH"] if encoded else (request.content_length or 0)
     raw = request.get_data(cache=False)  # read before any wait: a 503 must not leave the upload unread
-    header_length = request.headers.get("Inference-Header-Content-Length")
+    header_length = tensors.parse_header_length(request.headers.get("Inference-Header-Content-Length"))
     memory = get_memory_budget()
-    json_length = tensors.parse_header_length(header_length)
-    with memory.request(), memory.reserve(tensor_body_bytes(size, json_length), "this inference request"):
+    with memory.request(), memory.reserve(tensor_body_bytes(size, header_length), "this inference request"):
         body = tensors.decompress(raw, request.headers.get("Content-Encoding"), config["MAX_CONTENT_LENGTH"])
         header, binary = tensors.split_body(body, header_length)
         request_id, inputs, wanted = protocol.decode_request(model, header, binary)
