@@ -31,7 +31,7 @@ else
 $(error TORCH=$(TORCH): expected cuda (the default) or cpu)
 endif
 
-.PHONY: serve test train export bench bench-grpc bench-photos bench-http-layer clean help image image-test triton-test memory-test
+.PHONY: serve test train export bench bench-grpc bench-photos bench-http-layer clean help image image-test triton-test memory-test kserve-schemas rolling-restart-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -84,6 +84,11 @@ IMAGE_BASE ?= debian
 image: ## build the production image IMAGE on IMAGE_BASE (debian: made here from Debian's packages)
 	$(call install-debian-packages,deploy/image/packages.txt,image)
 	IMAGE=$(IMAGE) IMAGE_BASE=$(IMAGE_BASE) deploy/image/build.sh
+
+# KServe's kinds as JSON schemas for tests/test_kubernetes.py, from the kserve wheel's SDK model classes
+# (downloaded from PyPI, not installed); the output is committed (tests/schemas/kserve/README.md).
+kserve-schemas: $(DEV_STAMP) ## rewrite tests/schemas/kserve/ from the kserve wheel (PyPI) the schemas name
+	$(DEV_VENV)/bin/python -m tests.kserve_schema
 
 # Its figures go to tests/artifacts/image/ (ignored by git); UPDATE_DOCS=1 writes them into
 # docs/image-size.json and docs/deploy.md instead.

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from . import config
-from .layout import find_model_files
+from .layout import find_model_files, find_versions
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
 # glibc's allocator as the workers need it (read at process start, so set before gunicorn runs):
@@ -15,6 +15,9 @@ GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
 # (a decoded image, a parsed body) are mapped apart and go back to the system when freed, instead
 # of raising the threshold and staying in the heap. Measured in docs/memory.md.
 MALLOC_SETTINGS = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(2**20), "MALLOC_TRIM_THRESHOLD_": str(4 * 2**20)}
+# The flags KServe's custom runtimes take (a ServingRuntime's `args`, its model server's convention),
+# accepted beside this server's own: the storage initializer puts the repository in /mnt/models.
+KSERVE_FLAGS = {"MODEL_REPOSITORY": "--model_dir", "PORT": "--http_port", "GRPC_PORT": "--grpc_port"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,9 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
     for setting in config.SETTINGS:
-        flag = "--" + setting.name.lower().replace("_", "-")
+        own = "--" + setting.name.lower().replace("_", "-")
+        flags = [flag for flag in (own, KSERVE_FLAGS.get(setting.name)) if flag]
         parser.add_argument(
-            flag, dest=setting.name, type=_flag_parser(setting.parse), default=current[setting.name],
+            *flags, dest=setting.name, type=_flag_parser(setting.parse), default=current[setting.name],
             help=f"{setting.help} [env {setting.name}]",
         )
     parser.add_argument(
@@ -57,6 +61,13 @@ def check_repository(root: str) -> bool:
     """Print one clear line and return False when `root` holds no model file."""
     if find_model_files(Path(root)):
         return True
+    if find_versions(Path(root), Path(root), warn=lambda message: None):
+        print(
+            f"error: {root}/ holds one model's version folders, not a repository of models: serve the folder above it, "
+            f"or put them in {root}/<name>/ (with KServe, storageUri names the repository, the folder holding <name>/)",
+            file=sys.stderr,
+        )
+        return False
     print(
         f"error: no model in {root}/ (expected {root}/<name>/<version>/model.onnx); "
         "create one with 'make train && make export VERSION=1', or point MODEL_REPOSITORY at a repository",
