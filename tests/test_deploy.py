@@ -3,10 +3,8 @@ and used for real in front of a live gunicorn; and shipping a model version with
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import signal
 import socket
 import ssl
 import subprocess
@@ -18,12 +16,11 @@ import pytest
 import requests
 
 from server import config
-from bench.procs import signal_group
-from tests.conftest import MNIST_SAMPLE, ROOT, free_port, wait_until
+from tests.conftest import MNIST_SAMPLE, ROOT, free_port
 from tests.image.smoke import digit_bodies, png_bytes, ship_new_version
+from tests.nginx import SITE, nginx_config, running_nginx, self_signed_certificate
 
 UNIT = ROOT / "deploy/systemd/mnist-serve.service"
-SITE = ROOT / "deploy/nginx/mnist-serve.conf"
 INSTALL_DIR = "/srv/mnist-serve"  # where the unit expects the checkout
 # Variables the unit sets that are not server settings, and why they are there.
 NON_SERVER_VARIABLES = {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PATH"}
@@ -81,7 +78,7 @@ def test_unit_runs_the_server_with_server_settings() -> None:
     assert directives["ExecStart"] == f"{INSTALL_DIR}/.venv-serve/bin/python -m server"
     assert directives["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert directives["User"] != "root"
-    upstream = re.search(r"upstream mnist_serve \{\s*server ([\d.]+):(\d+);", SITE.read_text())
+    upstream = re.search(r"upstream mnist_serve \{\s*server ([\d.]+):(\d+)[ ;]", SITE.read_text())
     assert upstream and upstream.groups() == (env["HOST"], env["PORT"]), "nginx must proxy to the unit's port"
 
 
@@ -118,41 +115,7 @@ def test_nginx_limits_agree_with_the_server() -> None:
 @pytest.fixture
 def tls_certificate(tmp_path: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1, standing in for certbot's."""
-    cert, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )
-    return cert, key
-
-
-def substitute(text: str, old: str, new: str, count: int) -> str:
-    assert text.count(old) == count, f"expected {count} x {old!r} in {SITE.name}"
-    return text.replace(old, new)
-
-
-def nginx_config(tmp_path: Path, upstream_port: int, http_port: int, https_port: int, cert: Path, key: Path) -> Path:
-    """The repo's site on loopback ports with a test certificate, inside a minimal nginx.conf."""
-    site = SITE.read_text()
-    site = substitute(site, "server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};", 1)
-    site = substitute(site, "listen 80;", f"listen 127.0.0.1:{http_port};", 1)
-    site = substitute(site, "listen 443 ssl http2;", f"listen 127.0.0.1:{https_port} ssl http2;", 1)
-    site = re.sub(r"\n\s*listen \[::\]:\d+[^;]*;", "", site)  # IPv6 may be off in test sandboxes
-    site = substitute(site, "/etc/letsencrypt/live/example.org/fullchain.pem", str(cert), 1)
-    site = substitute(site, "/etc/letsencrypt/live/example.org/privkey.pem", str(key), 1)
-    site = substitute(site, "/var/www/html", str(tmp_path), 1)
-    (tmp_path / "site.conf").write_text(site)
-    temp = "\n".join(f"    {kind}_temp_path {tmp_path / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    main = tmp_path / "nginx.conf"
-    main.write_text(
-        f"daemon off;\nworker_processes 1;\npid {tmp_path / 'nginx.pid'};\nerror_log {tmp_path / 'error.log'} info;\n"
-        + ("user root;\n" if os.geteuid() == 0 else "")
-        + "events { worker_connections 64; }\n"
-        f"http {{\n    access_log {tmp_path / 'access.log'};\n{temp}\n    include {tmp_path / 'site.conf'};\n}}\n"
-    )
-    return main
+    return self_signed_certificate(tmp_path)
 
 
 def test_nginx_accepts_the_site(tmp_path: Path, tls_certificate) -> None:
@@ -170,30 +133,12 @@ def nginx_in_front(tmp_path: Path, tls_certificate, live_server_factory, random_
     live_server = live_server_factory(random_repository, WORKERS=1, THREADS=1)
     http_port, https_port = free_port(), free_port()
     conf = nginx_config(tmp_path, live_server.port, http_port, https_port, *tls_certificate)
-    with open(tmp_path / "nginx.stderr", "wb") as stderr:
-        # Its own process group: nginx's master and workers end together, whatever happens.
-        process = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path)], stderr=stderr, start_new_session=True)
     base = f"https://127.0.0.1:{https_port}"
-
-    def answers() -> bool:
-        try:
-            requests.get(base + "/v2/health/live", verify=str(tls_certificate[0]), timeout=2)
-            return True
-        except requests.ConnectionError:
-            return process.poll() is not None  # it exited: stop waiting
-
     try:
-        if not wait_until(answers, timeout=15) or process.poll() is not None:
-            pytest.fail(f"nginx did not start: {(tmp_path / 'nginx.stderr').read_text()}")
-        yield {"https": base, "http": f"http://127.0.0.1:{http_port}", "cert": str(tls_certificate[0]), "server": live_server}
-    finally:
-        signal_group(process.pid, signal.SIGQUIT)  # graceful shutdown
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-        signal_group(process.pid, signal.SIGKILL)  # workers still draining, or a master that hung
-        process.wait()
+        with running_nginx(conf, tmp_path, base, tls_certificate[0]):
+            yield {"https": base, "http": f"http://127.0.0.1:{http_port}", "cert": str(tls_certificate[0]), "server": live_server}
+    except RuntimeError as err:
+        pytest.fail(str(err))
 
 
 def test_nginx_proxies_tls_to_gunicorn(nginx_in_front) -> None:
