@@ -8,6 +8,7 @@ grace period, the image's user. No test here can create a pod: docs/deploy.md sa
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -21,7 +22,8 @@ import requests
 from bench.bodies import RequestSpec
 from bench.procs import SERVE_PYTHON, Gunicorn, free_port
 from server import box
-from tests.conftest import COMMITTED_REPOSITORY, LOG_DIR, ROOT, START_TIMEOUT_S
+from tests.conftest import COMMITTED_REPOSITORY, LOG_DIR, MNIST_SAMPLE, ROOT, START_TIMEOUT_S
+from tests.image.smoke import digit_bodies
 from tests.kserve_schema import KINDS as KSERVE_KINDS, KSERVE_VERSION, schema_file
 from tests.manifests import KUBERNETES_VERSIONS, documents, errors, keys, kubernetes_registry, manifest_files, renamed
 from tests.test_deploy import containerfile_environment
@@ -212,7 +214,7 @@ def test_the_grace_period_covers_the_drain() -> None:
 
 
 def test_runs_as_the_images_user_on_a_read_only_root() -> None:
-    uid = re.search(r"^USER (\d+)", (ROOT / "Containerfile").read_text(), re.M).group(1)
+    uid = image_user()[0]
     pod = one("Deployment")["spec"]["template"]["spec"]
     for where, container in containers():
         context = {**(pod["securityContext"] if where == "Deployment" else {}), **container["securityContext"]}
@@ -244,21 +246,37 @@ def test_names_and_selectors_agree() -> None:
             assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
 
 
-def test_the_runtime_serves_the_repository_where_kserve_puts_it(tmp_path: Path) -> None:
-    """`python -m server` with the ServingRuntime's own args, /mnt/models being a copy of models/
-    (what the storage initializer downloads), in the image's environment: every probe path of every
-    manifest answers 200, both models are ready, gRPC listens, and the repository is left untouched."""
-    mounted = tmp_path / "mnt" / "models"
-    shutil.copytree(COMMITTED_REPOSITORY, mounted)
-    before = sorted((path.relative_to(mounted), path.stat().st_mtime_ns) for path in mounted.rglob("*"))
+def image_user() -> tuple[str, str]:
+    """(uid, gid) of the Containerfile's USER."""
+    return re.search(r"^USER (\d+):(\d+)", (ROOT / "Containerfile").read_text(), re.M).groups()
+
+
+def read_only_root(command: list[str]) -> list[str]:
+    """`command` in a mount namespace of its own where the root file system is read-only and /tmp a
+    fresh 64 MiB tmpfs (the pod's emptyDir), with no new privileges.
+
+    It stays root: a read-only file system refuses root's writes too, and this machine's Python lives
+    where the image's user (uid 10001) may not read it (`make image-test` runs the image as that user).
+    """
+    script = ("mount -o remount,bind,ro / && mount -t tmpfs -o size=64m,mode=1777 tmpfs /tmp"
+              ' && exec setpriv --no-new-privs "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *command]
+
+
+def serve_runtime(repository: Path, sandbox: bool) -> None:
+    """`python -m server` with the ServingRuntime's own args, `repository` standing for /mnt/models (what
+    the storage initializer downloads), in the image's environment: every probe path of every manifest
+    answers 200, both models are ready and answer, gRPC listens, and the repository is left as it was."""
+    before = sorted((path.relative_to(repository), path.stat().st_mtime_ns) for path in repository.rglob("*"))
     http_port, grpc_port = free_port(), free_port()
-    args = {**runtime_args(), "--model_dir": str(mounted), "--http_port": str(http_port), "--grpc_port": str(grpc_port)}
+    args = {**runtime_args(), "--model_dir": str(repository), "--http_port": str(http_port), "--grpc_port": str(grpc_port)}
     assert set(args) == {"--model_dir", "--http_port", "--grpc_port"}  # every flag the runtime passes is replaced here
     # The image's environment, but on loopback; its MODEL_REPOSITORY must lose to --model_dir.
     # (PATH is the image's venv: the serve environment's python is named instead; one worker spares the CPU.)
-    env = {**containerfile_environment(), "HOST": "127.0.0.1", "WORKERS": "1"}
+    env = {**containerfile_environment(), "HOST": "127.0.0.1", "WORKERS": "1", "HOME": "/nonexistent"}
     env.pop("PATH")
-    server = Gunicorn(f"kserve-runtime-{http_port}", [str(SERVE_PYTHON), "-m", "server", *(f"{k}={v}" for k, v in args.items())],
+    command = [str(SERVE_PYTHON), "-m", "server", *(f"{k}={v}" for k, v in args.items())]
+    server = Gunicorn(f"kserve-runtime-{http_port}", read_only_root(command) if sandbox else command,
                       RequestSpec("ready", "GET", "/v2/health/ready"), env=env, log_dir=LOG_DIR, port=http_port)
     try:
         server.serve(timeout=START_TIMEOUT_S)
@@ -268,12 +286,42 @@ def test_the_runtime_serves_the_repository_where_kserve_puts_it(tmp_path: Path) 
             assert requests.get(server.url + path, timeout=10).status_code == 200, path
         for name in ("mnist", "mnist-int8"):
             assert requests.get(f"{server.url}/v2/models/{name}/ready", timeout=10).status_code == 200, name
+        # A real request: decoding, inference, the metrics the workers write to their temporary folder.
+        (png,) = digit_bodies(MNIST_SAMPLE, 1)
+        answer = requests.post(server.url + "/predict", files={"image": ("d.png", png, "image/png")}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert requests.get(server.url + "/metrics", timeout=10).status_code == 200
         with socket.create_connection(("127.0.0.1", grpc_port), timeout=5):
             pass
     finally:
         server.stop()
-    after = sorted((path.relative_to(mounted), path.stat().st_mtime_ns) for path in mounted.rglob("*"))
+    after = sorted((path.relative_to(repository), path.stat().st_mtime_ns) for path in repository.rglob("*"))
     assert after == before, "the server must not write into the repository (KServe mounts it read-only)"
+    assert "Traceback" not in server.log(), server.log()[-3000:]
+
+
+def test_the_runtime_serves_the_repository_where_kserve_puts_it(tmp_path: Path) -> None:
+    mounted = tmp_path / "mnt" / "models"
+    shutil.copytree(COMMITTED_REPOSITORY, mounted)
+    serve_runtime(mounted, sandbox=False)
+
+
+def test_the_runtime_runs_on_a_read_only_root() -> None:
+    """What the pod's readOnlyRootFilesystem asks: nothing writable but /tmp (and /dev/shm, as in a pod)."""
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
+        pytest.skip("needs root, unshare and setpriv (util-linux) to make a read-only root for the server")
+    probe = subprocess.run(read_only_root(["touch", str(ROOT / "tests" / "read-only-probe")]), capture_output=True,
+                           text=True, timeout=30)
+    if "Read-only file system" not in probe.stderr:
+        pytest.skip(f"no read-only root could be made here: {probe.stderr.strip()[:300]}")
+    # Outside /tmp, which the tmpfs covers; tests/artifacts/ is ignored by git.
+    mounted = LOG_DIR.parent / "read-only-root" / f"models-{os.getpid()}"
+    shutil.rmtree(mounted, ignore_errors=True)
+    shutil.copytree(COMMITTED_REPOSITORY, mounted)
+    try:
+        serve_runtime(mounted, sandbox=True)
+    finally:
+        shutil.rmtree(mounted, ignore_errors=True)
 
 
 def test_one_models_folder_at_the_model_dir_is_one_clear_error(tmp_path: Path) -> None:
