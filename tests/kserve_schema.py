@@ -85,8 +85,8 @@ def kubernetes_definition(type_name: str, definitions: dict) -> str | None:
     suffix = f".{match[1].lower()}.{match[2]}"
     found = [key for key in definitions if key.endswith(suffix)]
     # A kind in several groups (v1.Subject...): the core group and meta are what the SDK means.
-    preferred = [key for key in found if key.startswith(("io.k8s.api.core.", "io.k8s.apimachinery.pkg.apis.meta."))]
-    return (preferred or found or [None])[0] if len(preferred or found) <= 1 else None
+    candidates = [key for key in found if key.startswith(("io.k8s.api.core.", "io.k8s.apimachinery.pkg.apis.meta."))] or found
+    return candidates[0] if len(candidates) == 1 else None
 
 
 def type_schema(type_name: str, models: dict, definitions: dict, unresolved: set[str]) -> dict:

@@ -87,7 +87,7 @@ def keys(node: Any, path: tuple = ()) -> Iterator[tuple]:
 
 
 def renamed(document: Any, path: tuple, new_key: str) -> Any:
-    """A deep copy of `document` with the key at `path` renamed to `new_key`, in place in its mapping."""
+    """`document` with the key at `path` renamed to `new_key` (same place in its mapping); `document` is left as it was."""
     if not path:
         return document
     head, rest = path[0], path[1:]

@@ -117,6 +117,47 @@ def test_kserve_schemas_are_the_vendored_ones_and_resolve() -> None:
         assert refs <= set(newest), refs - set(newest)
 
 
+SDK_MODEL = """
+class V1alpha1ServingRuntimeSpec(object):
+    openapi_types = {'containers': 'list[V1Container]', 'protocol_versions': 'list[str]', 'labels': 'dict(str, str)'}
+    attribute_map = {'containers': 'containers', 'protocol_versions': 'protocolVersions', 'labels': 'labels'}
+
+    @containers.setter
+    def containers(self, containers):
+        if self.local_vars_configuration.client_side_validation and containers is None:  # noqa: E501
+            raise ValueError("Invalid value for `containers`, must not be `None`")  # noqa: E501
+
+
+class V1alpha1ServingRuntime(object):
+    openapi_types = {'api_version': 'str', 'kind': 'str', 'metadata': 'V1ObjectMeta', 'spec': 'V1alpha1ServingRuntimeSpec'}
+    attribute_map = {'api_version': 'apiVersion', 'kind': 'kind', 'metadata': 'metadata', 'spec': 'spec'}
+"""
+
+
+def test_the_schema_generator_reads_an_sdk_wheel(tmp_path: Path) -> None:
+    """tests/kserve_schema.py on a wheel of two SDK-shaped classes: JSON names, types, required fields, closed."""
+    import zipfile
+
+    from tests.kserve_schema import kind_schema, read_models
+
+    wheel = tmp_path / "kserve-0.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("kserve/models/v1alpha1_serving_runtime.py", SDK_MODEL)
+        archive.writestr("kserve/api/not_a_model.py", "x = 1\n")
+    models = read_models(wheel)
+    assert set(models) == {"V1alpha1ServingRuntimeSpec", "V1alpha1ServingRuntime"}
+    assert models["V1alpha1ServingRuntimeSpec"]["required"] == ["containers"]
+    definitions = kubernetes_registry(KUBERNETES_VERSIONS[-1]).contents("https://kubernetes.io/api/_definitions.json")["$defs"]
+    schema, unresolved = kind_schema("ServingRuntime", models, definitions, "test")
+    assert unresolved == set()
+    spec = schema["$defs"]["V1alpha1ServingRuntimeSpec"]
+    assert spec["required"] == ["containers"] and spec["additionalProperties"] is False
+    assert spec["properties"]["protocolVersions"] == {"type": "array", "items": {"type": "string"}}
+    assert spec["properties"]["containers"]["items"]["$ref"].endswith("#/$defs/io.k8s.api.core.v1.Container")
+    assert schema["properties"]["metadata"]["$ref"].endswith("#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")
+    assert schema["required"] == ["apiVersion", "kind", "metadata", "spec"]
+
+
 # --------------------------------------------------------------------------- this server's rules
 
 
