@@ -15,9 +15,6 @@ GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
 # (a decoded image, a parsed body) are mapped apart and go back to the system when freed, instead
 # of raising the threshold and staying in the heap. Measured in docs/memory.md.
 MALLOC_SETTINGS = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(2**20), "MALLOC_TRIM_THRESHOLD_": str(4 * 2**20)}
-# The flags KServe's custom runtimes take (a ServingRuntime's `args`, its model server's convention),
-# accepted beside this server's own: the storage initializer puts the repository in /mnt/models.
-KSERVE_FLAGS = {"MODEL_REPOSITORY": "--model_dir", "PORT": "--http_port", "GRPC_PORT": "--grpc_port"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,6 +52,11 @@ def _flag_parser(parse):
 
     checked.__name__ = parse.__name__
     return checked
+
+
+# The flags KServe's custom runtimes take (a ServingRuntime's `args`, its model server's convention),
+# accepted beside this server's own: the storage initializer puts the repository in /mnt/models.
+KSERVE_FLAGS = {"MODEL_REPOSITORY": "--model_dir", "PORT": "--http_port", "GRPC_PORT": "--grpc_port"}
 
 
 def check_repository(root: str) -> bool:

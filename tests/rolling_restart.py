@@ -29,8 +29,8 @@ from pathlib import Path
 import requests
 
 from bench import bodies
-from bench.procs import SERVE_PYTHON, Gunicorn, free_port, model_server
-from tests.conftest import COMMITTED_REPOSITORY, LOG_DIR, wait_until
+from bench.procs import SERVE_PYTHON, free_port, model_server
+from tests.conftest import COMMITTED_REPOSITORY, LOG_DIR, LiveServer, wait_until
 from tests.nginx import nginx_config, running_nginx, self_signed_certificate
 
 READY = bodies.RequestSpec("ready", "GET", "/v2/health/ready")
@@ -79,17 +79,17 @@ class Load:
         return [answer for answer in self.answers if answer[2] != 200]
 
 
-def instance(repository: Path, port: int, grpc_port: int, name: str) -> Gunicorn:
+def instance(repository: Path, port: int, grpc_port: int, name: str) -> LiveServer:
     return model_server(repository, name=name, port=port, log_dir=LOG_DIR, probe=READY, python=SERVE_PYTHON,
                         env={**INSTANCE_SETTINGS, "GRPC_PORT": str(grpc_port)})
 
 
-def requests_served(server: Gunicorn) -> int:
+def requests_served(server: LiveServer) -> int:
     """Requests this run of `server` logged (one line each, with its request id)."""
     return len(re.findall(r"\b(?:GET|POST) /(?:predict|v2/models)\S* \d{3}\b", server.log()))
 
 
-def restart(server: Gunicorn, events: list[dict], clock) -> Gunicorn:
+def restart(server: LiveServer, events: list[dict], clock) -> LiveServer:
     """TERM the master (as the kubelet does to PID 1), wait for its exit, start it again; return the new one."""
     events.append({"at_s": clock(), "event": f"TERM {server.name}"})
     os.kill(server.process.pid, signal.SIGTERM)
