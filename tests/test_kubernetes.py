@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -296,22 +297,23 @@ def image_user() -> tuple[str, str]:
     return re.search(r"^USER (\d+):(\d+)", (ROOT / "Containerfile").read_text(), re.M).groups()
 
 
-def read_only_root(command: list[str]) -> list[str]:
-    """`command` in a mount namespace of its own where the root file system is read-only and /tmp a
-    fresh 64 MiB tmpfs (the pod's emptyDir), with no new privileges.
+def read_only_root(command: list[str], scratch: Path) -> list[str]:
+    """`command` in a mount namespace of its own where the root file system is read-only but for a
+    fresh 64 MiB tmpfs on `scratch` (the pod's emptyDir, whose path TMPDIR gives), with no new privileges.
 
     It stays root: a read-only file system refuses root's writes too, and this machine's Python lives
     where the image's user (uid 10001) may not read it (`make image-test` runs the image as that user).
     """
-    script = ("mount -o remount,bind,ro / && mount -t tmpfs -o size=64m,mode=1777 tmpfs /tmp"
+    script = (f"mount -o remount,bind,ro / && mount -t tmpfs -o size=64m,mode=1777 tmpfs {shlex.quote(str(scratch))}"
               ' && exec setpriv --no-new-privs "$@"')
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *command]
 
 
-def serve_runtime(repository: Path, sandbox: bool) -> None:
+def serve_runtime(repository: Path, scratch: Path | None = None) -> None:
     """`python -m server` with the ServingRuntime's own args, `repository` standing for /mnt/models (what
     the storage initializer downloads), in the image's environment: every probe path of every manifest
-    answers 200, both models are ready and answer, gRPC listens, and the repository is left as it was."""
+    answers 200, both models are ready and answer, gRPC listens, and the repository is left as it was.
+    With `scratch`, on a read-only root where only `scratch` can be written (read_only_root)."""
     before = sorted((path.relative_to(repository), path.stat().st_mtime_ns) for path in repository.rglob("*"))
     http_port, grpc_port = free_port(), free_port()
     args = {**runtime_args(), "--model_dir": str(repository), "--http_port": str(http_port), "--grpc_port": str(grpc_port)}
@@ -321,7 +323,9 @@ def serve_runtime(repository: Path, sandbox: bool) -> None:
     env = {**containerfile_environment(), "HOST": "127.0.0.1", "WORKERS": "1", "HOME": "/nonexistent"}
     env.pop("PATH")
     command = [str(SERVE_PYTHON), "-m", "server", *(f"{k}={v}" for k, v in args.items())]
-    server = LiveServer(f"kserve-runtime-{http_port}", read_only_root(command) if sandbox else command,
+    if scratch:
+        env["TMPDIR"] = str(scratch)  # what /tmp is in the pod: where tempfile writes
+    server = LiveServer(f"kserve-runtime-{http_port}", read_only_root(command, scratch) if scratch else command,
                       RequestSpec("ready", "GET", "/v2/health/ready"), env=env, log_dir=LOG_DIR, port=http_port)
     try:
         server.serve(timeout=START_TIMEOUT_S)
@@ -348,25 +352,22 @@ def serve_runtime(repository: Path, sandbox: bool) -> None:
 def test_the_runtime_serves_the_repository_where_kserve_puts_it(tmp_path: Path) -> None:
     mounted = tmp_path / "mnt" / "models"
     shutil.copytree(COMMITTED_REPOSITORY, mounted)
-    serve_runtime(mounted, sandbox=False)
+    serve_runtime(mounted)
 
 
-def test_the_runtime_runs_on_a_read_only_root() -> None:
-    """What the pod's readOnlyRootFilesystem asks: nothing writable but /tmp (and /dev/shm, as in a pod)."""
+def test_the_runtime_runs_on_a_read_only_root(tmp_path: Path) -> None:
+    """What the pod's readOnlyRootFilesystem asks: nothing writable but its emptyDir (and /dev/shm, as in a pod)."""
     if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
         pytest.skip("needs root, unshare and setpriv (util-linux) to make a read-only root for the server")
-    probe = subprocess.run(read_only_root(["touch", str(ROOT / "tests" / "read-only-probe")]), capture_output=True,
-                           text=True, timeout=30)
-    if "Read-only file system" not in probe.stderr:
-        pytest.skip(f"no read-only root could be made here: {probe.stderr.strip()[:300]}")
-    # Outside /tmp, which the tmpfs covers; tests/artifacts/ is ignored by git.
-    mounted = LOG_DIR.parent / "read-only-root" / f"models-{os.getpid()}"
-    shutil.rmtree(mounted, ignore_errors=True)
+    mounted, scratch = tmp_path / "mnt" / "models", tmp_path / "tmp"
     shutil.copytree(COMMITTED_REPOSITORY, mounted)
-    try:
-        serve_runtime(mounted, sandbox=True)
-    finally:
-        shutil.rmtree(mounted, ignore_errors=True)
+    scratch.mkdir()
+    for place in (ROOT / "server", mounted):  # the code and the repository must be read-only in there
+        probe = subprocess.run(read_only_root(["touch", str(place / "read-only-probe")], scratch), capture_output=True,
+                               text=True, timeout=30)
+        if "Read-only file system" not in probe.stderr:
+            pytest.skip(f"no read-only root could be made here for {place}: {probe.stderr.strip()[:300]}")
+    serve_runtime(mounted, scratch)
 
 
 def test_one_models_folder_at_the_model_dir_is_one_clear_error(tmp_path: Path) -> None:
