@@ -350,6 +350,7 @@ def serve_runtime(repository: Path, scratch: Path | None = None) -> None:
 
 
 def test_the_runtime_serves_the_repository_where_kserve_puts_it(tmp_path: Path) -> None:
+    assert runtime_args()["--model_dir"] == KSERVE_MODEL_DIR
     mounted = tmp_path / "mnt" / "models"
     shutil.copytree(COMMITTED_REPOSITORY, mounted)
     serve_runtime(mounted)
