@@ -31,7 +31,7 @@ else
 $(error TORCH=$(TORCH): expected cuda (the default) or cpu)
 endif
 
-.PHONY: serve test train export bench bench-grpc bench-photos bench-http-layer clean help image image-test triton-test memory-test kserve-schemas rolling-restart-test
+.PHONY: serve test train export bench bench-grpc bench-photos bench-http-layer clean help image image-test triton-test memory-test kserve-schemas
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
