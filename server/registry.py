@@ -280,7 +280,8 @@ class ModelRegistry:
         if failed:
             raise ModelNotReady(f"model {name!r} version {failed[0].version} is not ready: {failed[0].reason}")
         if version is None:
-            raise ModelNotFound(f"unknown model {name!r}; served models: {', '.join(self.names()) or 'none'}")
+            # Triton's words first: its example clients check that the message starts with them.
+            raise ModelNotFound(f"Request for unknown model {name!r}: not found; served models: {', '.join(self.names()) or 'none'}")
         raise ModelNotFound(f"model {name!r} has no version {version!r}; loaded: {', '.join(sorted(versions, key=int)) or 'none'}")
 
     @property
