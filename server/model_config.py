@@ -195,8 +195,9 @@ def completed_config(config: TritonModelConfig | None, name: str, inputs: Iterab
     """The configuration a model is served with, as an `inference.ModelConfig` message: its
     `config.pbtxt` as written, completed from the graph's (name, v2 datatype, shape) tensors as
     Triton's ONNX auto-complete does (name, platform and backend, version policy, the inputs and
-    outputs the file leaves out; without a file, `max_batch_size` and `batch_delay_us` (dynamic
-    batching, None when off) are what this server applies)."""
+    outputs the file leaves out). Without a file, what this server applies: every version
+    (`all`), `max_batch_size` (0 when nothing limits the rows: the batch axis stays in `dims`) and
+    dynamic batching after `batch_delay_us` (None when off)."""
     message = model_config_class()()
     if config is not None and config.message is not None:
         message.CopyFrom(config.message)
@@ -209,7 +210,10 @@ def completed_config(config: TritonModelConfig | None, name: str, inputs: Iterab
     message.backend = message.backend or ONNX_BACKEND
     message.default_model_filename = message.default_model_filename or DEFAULT_MODEL_FILENAME
     if not message.HasField("version_policy"):
-        message.version_policy.latest.num_versions = 1
+        if config is None:  # without a file every version on disk serves here (Triton would serve latest 1)
+            message.version_policy.all.SetInParent()
+        else:
+            message.version_policy.latest.num_versions = 1
     if not message.instance_group:
         group = message.instance_group.add(name=name, count=1)
         group.kind = group.KIND_CPU

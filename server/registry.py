@@ -264,7 +264,9 @@ class ModelRegistry:
         """The model `name` at `version` (the highest loaded one when None), or a 404/503 error."""
         _check_name(name)
         if version is not None and not valid_version(version):
-            raise ModelNotFound(f"unknown version {version!r} of model {name!r}: versions are numeric")
+            # Triton's words first, as its example clients look for them.
+            raise ModelNotFound(f"failed to get model version from specified version string {version[:60]!r}: "
+                                f"unknown version of model {name!r}, versions are numeric")
         versions = self.models.get(name, {})
         if not versions and name in self.unloaded:
             raise ModelNotReady(f"model {name!r} is unloaded: load it with POST /v2/repository/models/{name}/load")

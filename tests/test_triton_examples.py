@@ -315,13 +315,20 @@ def test_grpc_explicit_int_content_client(grpc_url):
         tensor.datatype = "INT32"
         tensor.contents.int_contents[:] = list(values)
 
+    request = explicit_request("simple", ints)
     with grpc.insecure_channel(grpc_url) as channel:
-        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(explicit_request("simple", ints))
-    results = [np.frombuffer(raw, dtype=np.int32).reshape(list(output.shape))
-               for output, raw in zip(response.outputs, response.raw_output_contents)]
-    assert len(results) == 2
-    np.testing.assert_array_equal(results[0], INPUT0 + ONES)
-    np.testing.assert_array_equal(results[1], INPUT0 - ONES)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        response = stub.ModelInfer(request)
+        results = [np.frombuffer(raw, dtype=np.int32).reshape(list(output.shape))
+                   for output, raw in zip(response.outputs, response.raw_output_contents)]
+        assert len(results) == 2
+        np.testing.assert_array_equal(results[0], INPUT0 + ONES)
+        np.testing.assert_array_equal(results[1], INPUT0 - ONES)
+        # As the INT8 variant of the example: a version that is no number, in Triton's words.
+        request.model_version = "wrong_specification"
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.ModelInfer(request)
+    assert "failed to get model version from specified version string 'wrong_specification'" in str(raised.value)
 
 
 def test_grpc_explicit_byte_content_client(grpc_url):
@@ -429,7 +436,7 @@ def test_model_configuration_is_completed_from_the_graph_without_config_pbtxt(ht
     assert served["max_batch_size"] == 0  # no row limit stated: the batch axis stays in dims
     assert [(t["name"], t["data_type"], t["dims"]) for t in served["input"]] == [("input", "TYPE_FP32", [-1, 1, 28, 28])]
     assert [(t["name"], t["data_type"], t["dims"]) for t in served["output"]] == [("probabilities", "TYPE_FP32", [-1, 10])]
-    assert served["version_policy"] == {"latest": {"num_versions": 1}}
+    assert served["version_policy"] == {"all": {}}  # without config.pbtxt every version on disk serves
     assert grpc_client.get_model_config("bare").config.input[0].dims == [-1, 1, 28, 28]
 
 

@@ -68,13 +68,13 @@ _VERSION_POLICY = ("mnist-int8 has no config.pbtxt, so Triton applies its defaul
                    "(latest 1) and unloads version 1 when 2 arrives; this server serves every version on disk. "
                    "With version_policy all (mnist) both answer the same")
 KNOWN_DIFFERENCES: dict[str, str] = {
-    "server.metadata": "Triton lists the extensions it implements beyond the three this server speaks "
-                       "(shared memory, statistics, trace, logging, sequence, schedule_policy, parameters, "
-                       "model_configuration, unload_dependents); a client that needs only binary_tensor_data, "
-                       "classification and model_repository finds them in both",
-    "model.config[mnist]": "GET /v2/models/<name>/config (Triton's model_configuration extension) is not served "
-                           "here: 404",
-    "model.config[mnist-int8]": "as model.config[mnist]",
+    "server.metadata": "Triton lists the extensions it implements beyond the five this server speaks "
+                       "(binary_tensor_data, classification, model_repository, statistics, model_configuration): "
+                       "shared memory, trace, logging, sequence, schedule_policy, parameters, unload_dependents",
+    "model.config[mnist-int8]": "mnist-int8 has no config.pbtxt: Triton's auto-complete gives it max_batch_size 4, "
+                                "dynamic batching, dims without the batch axis and version_policy latest 1; this "
+                                "server answers what it serves: max_batch_size 0 (no row limit), the batch axis in "
+                                "dims, version_policy all. With a config.pbtxt (mnist) both answer the file",
     "infer.over_largest_batch[mnist-int8]": _OVER_BATCH,
     "classification.top3.binary[mnist-int8]": _NO_LABELS,
     "classification.top3.json[mnist-int8]": _NO_LABELS,
