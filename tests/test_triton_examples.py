@@ -1,8 +1,9 @@
 """The call sequences of Triton's own example clients, made with the real tritonclient against a real server.
 
 Triton's Python examples (github.com/triton-inference-server/client, src/python/examples) are not
-vendored here: each test below makes the same calls in the same order, with the same checks, as the
-example it is named after (docs/api.md lists which examples are covered and which do not apply).
+vendored here: tests/triton_examples.py makes the same calls in the same order, with the same
+checks, as each example it names, and image_client.py's flow is below (docs/api.md lists which
+examples are covered and which do not apply).
 The models are the ones those examples expect, built in tmp_path (tests/onnx_factory.py), each with
 a config.pbtxt: `simple`, `simple_string` (a Cast a made-up warm-up on empty strings cannot run),
 `simple_identity`, and a small image classifier for `image_client.py`'s flow. The server runs two
@@ -10,34 +11,23 @@ workers, so the statistics are checked to be the same whichever worker answers.
 """
 from __future__ import annotations
 
-import asyncio
-import io
 import json
-import queue
-from functools import partial
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
-import tritonclient.grpc.aio as grpcclient_aio
 import tritonclient.grpc.model_config_pb2 as mc
 import tritonclient.http as httpclient
-import tritonclient.http.aio as httpclient_aio
 from google.protobuf import json_format
 from PIL import Image
-from tritonclient import utils
-from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from tests.onnx_factory import write_classifier, write_simple, write_simple_identity
+from tests.triton_examples import EXAMPLES
 from tests.v2_repository import run_directly
 
-INPUT0 = np.arange(16, dtype=np.int32)[np.newaxis]
-ONES = np.ones((1, 16), dtype=np.int32)
-MINUS_ONES = np.full((1, 16), -1, dtype=np.int32)
 CLASSES = ["cat", "dog", "fox", "owl", "yak"]
 CLASSIFIER_CONFIG = """name: "classifier"
 platform: "onnxruntime_onnx"
@@ -94,255 +84,9 @@ def grpc_client(grpc_url):
     client.close()
 
 
-def check_sum_and_difference(results, input0: np.ndarray, input1: np.ndarray) -> None:
-    """What every `simple` example checks: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1."""
-    np.testing.assert_array_equal(results.as_numpy("OUTPUT0"), input0 + input1)
-    np.testing.assert_array_equal(results.as_numpy("OUTPUT1"), input0 - input1)
-
-
-def simple_http_inputs(client_module, input1: np.ndarray) -> list:
-    inputs = [client_module.InferInput("INPUT0", [1, 16], "INT32"), client_module.InferInput("INPUT1", [1, 16], "INT32")]
-    inputs[0].set_data_from_numpy(INPUT0, binary_data=False)
-    inputs[1].set_data_from_numpy(input1, binary_data=True)
-    return inputs
-
-
-def simple_http_outputs(client_module) -> list:
-    return [client_module.InferRequestedOutput("OUTPUT0", binary_data=True),
-            client_module.InferRequestedOutput("OUTPUT1", binary_data=False)]
-
-
-def simple_grpc_inputs(client_module) -> list:
-    inputs = [client_module.InferInput("INPUT0", [1, 16], "INT32"), client_module.InferInput("INPUT1", [1, 16], "INT32")]
-    inputs[0].set_data_from_numpy(INPUT0)
-    inputs[1].set_data_from_numpy(ONES)
-    return inputs
-
-
-def simple_grpc_outputs(client_module) -> list:
-    return [client_module.InferRequestedOutput("OUTPUT0"), client_module.InferRequestedOutput("OUTPUT1")]
-
-
-@pytest.mark.parametrize("compression", [None, "gzip", "deflate"])
-def test_simple_http_infer_client(http, compression):
-    query = {"test_1": 1, "test_2": 2}
-    results = http.infer("simple", simple_http_inputs(httpclient, MINUS_ONES), outputs=simple_http_outputs(httpclient),
-                         query_params=query, request_compression_algorithm=compression,
-                         response_compression_algorithm=compression)
-    statistics = http.get_inference_statistics(model_name="simple")
-    assert len(statistics["model_stats"]) == 1
-    check_sum_and_difference(results, INPUT0, MINUS_ONES)
-    results = http.infer("simple", simple_http_inputs(httpclient, MINUS_ONES), outputs=None, query_params=query,
-                         request_compression_algorithm=compression, response_compression_algorithm=compression)
-    check_sum_and_difference(results, INPUT0, MINUS_ONES)
-    with pytest.raises(InferenceServerException) as raised:
-        http.infer("wrong_model_name", simple_http_inputs(httpclient, MINUS_ONES), outputs=simple_http_outputs(httpclient))
-    assert raised.value.message().startswith("Request for unknown model")
-
-
-def test_simple_http_async_infer_client(http_url):
-    client = httpclient.InferenceServerClient(url=http_url, concurrency=4)
-    try:
-        pending = [client.async_infer("simple", simple_http_inputs(httpclient, ONES), request_id=str(i),
-                                      outputs=simple_http_outputs(httpclient)) for i in range(4)]
-        for request in pending:
-            check_sum_and_difference(request.get_result(), INPUT0, ONES)
-        assert len(client.get_inference_statistics(model_name="simple")["model_stats"]) == 1
-    finally:
-        client.close()
-
-
-def test_simple_http_aio_infer_client(http_url):
-    async def main():
-        client = httpclient_aio.InferenceServerClient(url=http_url)
-        try:
-            results = await client.infer("simple", simple_http_inputs(httpclient_aio, MINUS_ONES),
-                                         outputs=simple_http_outputs(httpclient_aio), query_params={"test_1": 1})
-            statistics = await client.get_inference_statistics(model_name="simple")
-            assert len(statistics["model_stats"]) == 1
-            check_sum_and_difference(results, INPUT0, MINUS_ONES)
-            with pytest.raises(InferenceServerException) as raised:
-                await client.infer("wrong_model_name", simple_http_inputs(httpclient_aio, MINUS_ONES))
-            assert raised.value.message().startswith("Request for unknown model")
-            both = await asyncio.gather(
-                client.infer("simple", simple_http_inputs(httpclient_aio, MINUS_ONES), outputs=simple_http_outputs(httpclient_aio)),
-                client.infer("simple", simple_http_inputs(httpclient_aio, MINUS_ONES), outputs=None))
-            for result in both:
-                check_sum_and_difference(result, INPUT0, MINUS_ONES)
-        finally:
-            await client.close()
-
-    asyncio.run(main())
-
-
-@pytest.mark.parametrize("compression", [None, "gzip"])
-def test_simple_grpc_infer_client(grpc_client, compression):
-    results = grpc_client.infer(model_name="simple", inputs=simple_grpc_inputs(grpcclient),
-                                outputs=simple_grpc_outputs(grpcclient), client_timeout=None, headers={"test": "1"},
-                                compression_algorithm=compression)
-    statistics = grpc_client.get_inference_statistics(model_name="simple")
-    assert len(statistics.model_stats) == 1
-    check_sum_and_difference(results, INPUT0, ONES)
-    results = grpc_client.infer(model_name="simple", inputs=simple_grpc_inputs(grpcclient), outputs=None,
-                                compression_algorithm=compression)
-    check_sum_and_difference(results, INPUT0, ONES)
-
-
-def test_simple_grpc_async_infer_client(grpc_client):
-    done: queue.Queue = queue.Queue()
-    grpc_client.async_infer("simple", simple_grpc_inputs(grpcclient), lambda result, error: done.put((result, error)),
-                            request_id="1", outputs=simple_grpc_outputs(grpcclient))
-    result, error = done.get(timeout=30)
-    assert error is None
-    check_sum_and_difference(result, INPUT0, ONES)
-    assert len(grpc_client.get_inference_statistics(model_name="simple").model_stats) == 1
-
-
-def test_simple_grpc_aio_infer_client(grpc_url):
-    async def main():
-        client = grpcclient_aio.InferenceServerClient(url=grpc_url)
-        try:
-            results = await client.infer(model_name="simple", inputs=simple_grpc_inputs(grpcclient_aio),
-                                         outputs=simple_grpc_outputs(grpcclient_aio), headers={"test": "1"})
-            statistics = await client.get_inference_statistics(model_name="simple")
-            assert len(statistics.model_stats) == 1
-            check_sum_and_difference(results, INPUT0, ONES)
-            both = await asyncio.gather(
-                client.infer(model_name="simple", inputs=simple_grpc_inputs(grpcclient_aio), outputs=None),
-                client.infer(model_name="simple", inputs=simple_grpc_inputs(grpcclient_aio), outputs=None))
-            for result in both:
-                check_sum_and_difference(result, INPUT0, ONES)
-        finally:
-            await client.close()
-
-    asyncio.run(main())
-
-
-def number_strings(array: np.ndarray) -> np.ndarray:
-    return np.array([str(x).encode("utf-8") for x in array.reshape(-1)], dtype=np.object_).reshape(array.shape)
-
-
-NULL_CHARS = np.array(["he\x00llo".encode("utf-8")] * 16, dtype=np.object_).reshape(1, 16)
-BLOBS = np.array([b"\x00\x01\x02\x03"] * 16, dtype=np.bytes_).reshape(1, 16)
-
-
-def check_string_results(results) -> None:
-    """simple_string's answers are strings of numbers: their int() is the sum and the difference."""
-    sums = np.vectorize(int)(results.as_numpy("OUTPUT0"))
-    differences = np.vectorize(int)(results.as_numpy("OUTPUT1"))
-    np.testing.assert_array_equal(sums, INPUT0 + ONES)
-    np.testing.assert_array_equal(differences, INPUT0 - ONES)
-
-
-def check_identity(results, sent: np.ndarray) -> None:
-    got = results.as_numpy("OUTPUT0")
-    if sent.dtype == np.object_:
-        assert np.array_equal(sent, got)
-    else:  # np.bytes_: compared as the examples do, encoded back from str
-        assert np.array_equal(sent, np.char.encode(got.astype(str)))
-
-
-@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_simple_http_string_infer_client(http, binary):
-    inputs = [httpclient.InferInput("INPUT0", [1, 16], "BYTES"), httpclient.InferInput("INPUT1", [1, 16], "BYTES")]
-    inputs[0].set_data_from_numpy(number_strings(INPUT0), binary_data=binary)
-    inputs[1].set_data_from_numpy(number_strings(ONES), binary_data=binary)
-    outputs = [httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary),
-               httpclient.InferRequestedOutput("OUTPUT1", binary_data=binary)]
-    check_string_results(http.infer("simple_string", inputs, outputs=outputs))
-    if binary:  # JSON cannot carry the embedded null and the raw blobs: the example sends them in binary
-        for sent in (NULL_CHARS, BLOBS):
-            tensor = httpclient.InferInput("INPUT0", list(sent.shape), "BYTES")
-            tensor.set_data_from_numpy(sent, binary_data=True)
-            check_identity(http.infer("simple_identity", [tensor],
-                                      outputs=[httpclient.InferRequestedOutput("OUTPUT0", binary_data=True)]), sent)
-
-
-def test_simple_grpc_string_infer_client(grpc_client):
-    inputs = [grpcclient.InferInput("INPUT0", [1, 16], "BYTES"), grpcclient.InferInput("INPUT1", [1, 16], "BYTES")]
-    inputs[0].set_data_from_numpy(number_strings(INPUT0))
-    inputs[1].set_data_from_numpy(number_strings(ONES))
-    check_string_results(grpc_client.infer(model_name="simple_string", inputs=inputs, outputs=simple_grpc_outputs(grpcclient)))
-    for sent in (NULL_CHARS, BLOBS):
-        tensor = grpcclient.InferInput("INPUT0", list(sent.shape), "BYTES")
-        tensor.set_data_from_numpy(sent)
-        check_identity(grpc_client.infer(model_name="simple_identity", inputs=[tensor],
-                                         outputs=[grpcclient.InferRequestedOutput("OUTPUT0")]), sent)
-
-
-def test_simple_grpc_custom_args_client(grpc_url):
-    channel_args = [
-        ("grpc.max_send_message_length", 1024 * 1024), ("grpc.max_receive_message_length", 1024 * 1024),
-        ("grpc.keepalive_time_ms", 2**31 - 1), ("grpc.keepalive_timeout_ms", 20000),
-        ("grpc.keepalive_permit_without_calls", False), ("grpc.http2.max_pings_without_data", 2),
-        ("grpc.dns_enable_srv_queries", 1),
-    ]
-    client = grpcclient.InferenceServerClient(url=grpc_url, channel_args=channel_args)
-    try:
-        results = client.infer(model_name="simple", inputs=simple_grpc_inputs(grpcclient),
-                               outputs=simple_grpc_outputs(grpcclient), headers={"test": "1"})
-        check_sum_and_difference(results, INPUT0, ONES)
-    finally:
-        client.close()
-
-
-def test_simple_grpc_keepalive_client(grpc_url):
-    keepalive = grpcclient.KeepAliveOptions(keepalive_time_ms=2**31 - 1, keepalive_timeout_ms=20000,
-                                            keepalive_permit_without_calls=False, http2_max_pings_without_data=2)
-    client = grpcclient.InferenceServerClient(url=grpc_url, keepalive_options=keepalive)
-    try:
-        results = client.infer(model_name="simple", inputs=simple_grpc_inputs(grpcclient),
-                               outputs=simple_grpc_outputs(grpcclient), headers={"test": "1"})
-        check_sum_and_difference(results, INPUT0, ONES)
-    finally:
-        client.close()
-
-
-def explicit_request(model: str, fill) -> service_pb2.ModelInferRequest:
-    """A ModelInferRequest built by hand, as the explicit-content examples build it: typed `contents`."""
-    request = service_pb2.ModelInferRequest(model_name=model, model_version="")
-    for name, values in (("INPUT0", range(16)), ("INPUT1", [1] * 16)):
-        tensor = service_pb2.ModelInferRequest().InferInputTensor(name=name, shape=[1, 16])
-        fill(tensor, values)
-        request.inputs.append(tensor)
-    request.outputs.extend([service_pb2.ModelInferRequest().InferRequestedOutputTensor(name=name)
-                            for name in ("OUTPUT0", "OUTPUT1")])
-    return request
-
-
-def test_grpc_explicit_int_content_client(grpc_url):
-    def ints(tensor, values):
-        tensor.datatype = "INT32"
-        tensor.contents.int_contents[:] = list(values)
-
-    request = explicit_request("simple", ints)
-    with grpc.insecure_channel(grpc_url) as channel:
-        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        response = stub.ModelInfer(request)
-        results = [np.frombuffer(raw, dtype=np.int32).reshape(list(output.shape))
-                   for output, raw in zip(response.outputs, response.raw_output_contents)]
-        assert len(results) == 2
-        np.testing.assert_array_equal(results[0], INPUT0 + ONES)
-        np.testing.assert_array_equal(results[1], INPUT0 - ONES)
-        # As the INT8 variant of the example: a version that is no number, in Triton's words.
-        request.model_version = "wrong_specification"
-        with pytest.raises(grpc.RpcError) as raised:
-            stub.ModelInfer(request)
-    assert "failed to get model version from specified version string 'wrong_specification'" in str(raised.value)
-
-
-def test_grpc_explicit_byte_content_client(grpc_url):
-    def strings(tensor, values):
-        tensor.datatype = "BYTES"
-        tensor.contents.bytes_contents[:] = [str(value).encode("utf-8") for value in values]
-
-    with grpc.insecure_channel(grpc_url) as channel:
-        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(explicit_request("simple_string", strings))
-    results = [np.resize(utils.deserialize_bytes_tensor(raw), list(output.shape))
-               for output, raw in zip(response.outputs, response.raw_output_contents)]
-    assert len(results) == 2
-    for i in range(16):
-        assert int(results[0][0][i]) == i + 1 and int(results[1][0][i]) == i - 1
+@pytest.mark.parametrize("example", list(EXAMPLES))
+def test_example_client_sequence(example, http_url, grpc_url):
+    EXAMPLES[example](http_url, grpc_url)
 
 
 def image_client_model(metadata, config) -> tuple:
