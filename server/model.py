@@ -206,7 +206,7 @@ class OnnxModel:
             elif given.kind == "random" and dtype != np.object_:
                 array = (rng.random(given.dims) * 10).astype(dtype) if dtype.kind != "b" else rng.random(given.dims) > 0.5
             else:  # zeros; a random BYTES tensor is empty strings too
-                array = np.full(given.dims, b"" if dtype == np.object_ else 0, dtype=dtype)
+                array = np.full(given.dims, "" if dtype == np.object_ else 0, dtype=dtype)
             arrays[given.name] = np.repeat(array[np.newaxis], sample.batch_size, axis=0) if batched else array
         return arrays
 
@@ -374,7 +374,10 @@ def _raw_array(data: bytes, datatype: str, dims: tuple[int, ...], what: str) -> 
             offset += 4 + length
         if len(items) != count or offset != len(data):
             raise ModelConfigError(f"{what}: the file does not hold {count} length-prefixed BYTES elements")
-        return np.array(items, dtype=object).reshape(dims)
+        try:  # onnxruntime's string tensors take str, as requests' BYTES are decoded
+            return np.array([item.decode("utf-8") for item in items], dtype=object).reshape(dims)
+        except UnicodeDecodeError:
+            raise ModelConfigError(f"{what}: a BYTES element is not UTF-8 text") from None
     dtype = NUMPY_DTYPES[datatype].newbyteorder("<")
     if len(data) != count * dtype.itemsize:
         raise ModelConfigError(f"{what}: the file has {len(data)} bytes, {list(dims)} {datatype} needs {count * dtype.itemsize}")

@@ -217,6 +217,9 @@ def test_statistics_count_every_worker_the_same_whichever_answers(server, grpc_u
     assert requests.post(f"{server.url}/v2/models/simple_identity/infer", json=bad, timeout=30).status_code == 400
     answers = [fresh_statistics(server) for _ in range(8)]
     assert all(answer == answers[0] for answer in answers)
+    # Both workers took requests (the log names each line's process), so the counts below are sums.
+    workers = {line.split()[2] for line in server.log().splitlines() if "POST /v2/models/simple_identity/infer" in line}
+    assert len(workers) == 2, workers
     after = answers[0]["model_stats"][0]
     assert (after["name"], after["version"]) == ("simple_identity", "1")
     stats, old = after["inference_stats"], before["inference_stats"]
