@@ -16,7 +16,7 @@ import glob
 import os
 import time
 from collections import defaultdict
-from typing import Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
@@ -80,6 +80,7 @@ LAST_INFERENCE = Gauge(
     "model_last_inference_timestamp_seconds", "When the last successful v2 inference request of the model ended",
     ["model", "version"], multiprocess_mode="max",
 )
+T = TypeVar("T")
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 LOAD_FAILURES = Counter(
     "model_load_failures_total", "Attempts to load a model version that failed, counted in every worker that tried",
@@ -134,6 +135,16 @@ class InferenceStatistics:
         now = time.perf_counter()
         self.seconds[phase] += now - self._mark
         self._mark = now
+
+    def run(self, model: Any, call: Callable[[], T]) -> T:
+        """End compute_input, then `call()` (the model's run) as compute_infer, less the time
+        `model`'s batcher kept this thread waiting for a batch (`take_queue_seconds()`), as queue."""
+        self.end_phase("compute_input")
+        model.take_queue_seconds()  # only this request's wait from here on
+        result = call()
+        self.end_phase("compute_infer")
+        self.waited(model.take_queue_seconds())
+        return result
 
     def waited(self, seconds: float) -> None:
         """`seconds` of compute_infer were spent waiting for a batch: count them as queue time."""

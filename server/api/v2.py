@@ -55,11 +55,8 @@ def infer(name: str, version: str | None = None):
         header, binary = tensors.split_body(body, header_length)
         request_id, inputs, wanted = protocol.decode_request(model, header, binary)
         del body, binary  # the arrays are what is left to hold while the model runs
-        stats.end_phase("compute_input")
-        model.take_queue_seconds()  # from this request on
-        outputs = protocol.infer(model, inputs, wanted, g.get("request_id", "-"), config["INFER_CHUNK_ROWS"])
-        stats.end_phase("compute_infer")
-        stats.waited(model.take_queue_seconds())
+        outputs = stats.run(model, lambda: protocol.infer(model, inputs, wanted, g.get("request_id", "-"),
+                                                          config["INFER_CHUNK_ROWS"]))
         stats.rows = protocol.request_rows(model, inputs)
         answer = {"model_name": model.name, "model_version": model.version}
         if request_id is not None:

@@ -167,11 +167,7 @@ class InferenceService:
             header, binary = messages.infer_request(request)
             request_id, inputs, wanted = protocol.decode_request(model, header, binary)
             del header, binary  # the arrays are what is left to hold while the model runs
-            stats.end_phase("compute_input")
-            model.take_queue_seconds()  # from this request on
-            outputs = protocol.infer(model, inputs, wanted, call.request_id, self.chunk_rows)
-            stats.end_phase("compute_infer")
-            stats.waited(model.take_queue_seconds())
+            outputs = stats.run(model, lambda: protocol.infer(model, inputs, wanted, call.request_id, self.chunk_rows))
             stats.rows = protocol.request_rows(model, inputs)
             response = messages.infer_response(model.name, model.version, request_id or "", outputs)
             stats.end_phase("compute_output")
