@@ -38,6 +38,8 @@ class _Request:
     rows: int
     signature: tuple
     done: bool = False
+    enqueued: float = field(default_factory=time.perf_counter)
+    ran: float | None = None  # when the run that answered it started
     outputs: Arrays | None = None
     error: BaseException | None = field(default=None, repr=False)
 
@@ -64,6 +66,13 @@ class Batcher:
         self._leading = False
         self.batches = 0
         self.batched_requests = 0
+        self._waited = threading.local()  # each request thread's wait for its batch, until taken
+
+    def take_waited(self) -> float:
+        """Seconds this thread's requests waited before their run started, since the last call."""
+        waited = getattr(self._waited, "seconds", 0.0)
+        self._waited.seconds = 0.0
+        return waited
 
     def predict(self, inputs: Arrays) -> Arrays:
         """Run `inputs` (batch-first arrays), usually together with other threads' requests."""
@@ -90,6 +99,8 @@ class Batcher:
                 with self._cond:
                     self._leading = False
                     self._cond.notify_all()
+        if request.ran is not None:
+            self._waited.seconds = getattr(self._waited, "seconds", 0.0) + request.ran - request.enqueued
         if request.error is not None:
             raise request.error
         return request.outputs
@@ -118,6 +129,9 @@ class Batcher:
     def _run_batch(self, batch: list[_Request]) -> None:
         """Run the batch as one call and split the outputs; on any trouble run each alone."""
         total = sum(r.rows for r in batch)
+        started = time.perf_counter()
+        for request in batch:
+            request.ran = started
         try:
             if not batch:
                 return

@@ -58,7 +58,7 @@ class ImageClassifier:
                 f"send tensors to POST /v2/models/{model.name}/infer instead"
             )
         spec = model.inputs[0]
-        return cls(model, model.preprocessing, spec, image_input(spec.shape, model.metadata))
+        return cls(model, model.preprocessing, spec, image_input(spec.shape, model.settings))
 
     def predict(self, items: list[Item], max_pixels: int, return_input: bool = False,
                 memory: MemoryBudget | None = None, max_request_pixels: int | None = None,
@@ -136,10 +136,14 @@ class ImageClassifier:
 def image_classifier_problem(model: OnnxModel) -> str | None:
     """Why images cannot be fed to `model`, or None when they can."""
     if model.preprocessing not in PRESETS:
-        return f"its preprocessing preset is {model.preprocessing!r}; known presets: {', '.join(PRESETS)}"
+        named = ("it names no preprocessing preset" if model.preprocessing is None
+                 else f"its preprocessing preset is {model.preprocessing!r}")
+        return (f"{named}; known presets: {', '.join(PRESETS)}, named by the key 'preprocessing' in the ONNX "
+                "file's metadata_props or in config.pbtxt's parameters (parameters { key: \"preprocessing\" "
+                "value { string_value: \"imagenet\" } })")
     if len(model.inputs) != 1:
         return f"it has {len(model.inputs)} inputs; expected one"
-    target = image_input(model.inputs[0].shape, model.metadata)
+    target = image_input(model.inputs[0].shape, model.settings)
     if isinstance(target, str):
         return target
     preset = PRESETS[model.preprocessing]

@@ -58,12 +58,18 @@ def find_model_files(root: Path, warn: Callable[[str], None] | None = None) -> l
     return found
 
 
+# A model folder's sub-folder for config.pbtxt's model_warmup input files: not a version.
+WARMUP_FOLDER = "warmup"
+
+
 def find_versions(root: Path, model_dir: Path, warn: Callable[[str], None] | None = None) -> list[tuple[str, Path]]:
     """(version, path) of every well-formed model file in one model's folder, in folder-name order."""
     warn = warn or _warn
     found = []
     for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()) if model_dir.is_dir() else []:
         path = version_dir / MODEL_FILE
+        if version_dir.name == WARMUP_FOLDER:
+            continue  # config.pbtxt's model_warmup files, as Triton lays them out
         if not valid_version(version_dir.name):
             warn(f"skipping {version_dir}: version folders must be numeric")
         elif not path.is_file():

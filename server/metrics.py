@@ -1,22 +1,31 @@
-"""Prometheus metrics: requests by route and status, latency, inference time and batch size, load failures.
+"""Prometheus metrics: requests by route and status, latency, inference time and batch size, load failures;
+and Triton's statistics extension, read from the same samples.
 
 No web framework here: `create_app` hands `observe_inference` and `count_load_failure` to the model
 registry and counts requests with `observe_request`. Under gunicorn every worker writes its samples
 to files in PROMETHEUS_MULTIPROC_DIR (set up by server/gunicorn_conf.py before any worker starts)
 and `exposition()` adds up all workers; without that variable (Flask's test client, `flask run`)
 the process's own registry is served.
+
+The statistics extension (`model_statistics`) has no store of its own: it reads these samples as
+`/metrics` does, so every worker answers the same numbers, summed over all workers.
 """
 from __future__ import annotations
 
 import glob
 import os
+import time
+from collections import defaultdict
+from typing import Any, Callable, Iterable, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
+    Summary,
     disable_created_metrics,
     generate_latest,
     multiprocess,
@@ -51,6 +60,28 @@ BATCH_SIZE = Histogram(
     ["model", "version"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+# Triton's statistics extension, per v2 inference request that reached a model (both transports):
+# count and total time by outcome, of its phases, rows of the successful ones, and the last one's time.
+INFER_REQUEST_SECONDS = Summary(
+    "model_infer_request_duration_seconds", "v2 inference requests that reached a model, by outcome (success, fail): "
+    "count and total seconds", ["model", "version", "outcome"],
+)
+# A counter, not a summary: each phase's count is the success count (half the writes per request).
+INFER_PHASE_SECONDS = Counter(
+    "model_infer_phase_seconds", "Seconds successful v2 inference requests spent, by phase: queue (waiting "
+    "for a batch), compute_input (decoding), compute_infer (the model), compute_output (encoding)",
+    ["model", "version", "phase"],
+)
+INFERENCES = Counter(
+    "model_inferences", "Inferences (rows of batched requests) in successful v2 inference requests",
+    ["model", "version"],
+)
+LAST_INFERENCE = Gauge(
+    "model_last_inference_timestamp_seconds", "When the last successful v2 inference request of the model ended",
+    ["model", "version"], multiprocess_mode="max",
+)
+T = TypeVar("T")
+PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 LOAD_FAILURES = Counter(
     "model_load_failures_total", "Attempts to load a model version that failed, counted in every worker that tried",
     ["model", "version"],
@@ -86,6 +117,108 @@ def observe_inference(model: str, version: str, batch_size: int, seconds: float)
     _child(BATCH_SIZE, _BATCH_SIZE_BY_LABELS, model, version).observe(batch_size)
 
 
+class InferenceStatistics:
+    """One v2 inference request of a model, timed by phase; on leaving, counted a success or a
+    failure in Triton's statistics (a request that raised is a failure)."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self.labels = (model, version)
+        self.rows = 0
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self._mark = self._started = time.perf_counter()
+
+    def __enter__(self) -> "InferenceStatistics":
+        return self
+
+    def end_phase(self, phase: str) -> None:
+        """The time since the last phase ended (or the request started) belongs to `phase`."""
+        now = time.perf_counter()
+        self.seconds[phase] += now - self._mark
+        self._mark = now
+
+    def run(self, model: Any, call: Callable[[], T]) -> T:
+        """End compute_input, then `call()` (the model's run) as compute_infer, less the time
+        `model`'s batcher kept this thread waiting for a batch (`take_queue_seconds()`), as queue."""
+        self.end_phase("compute_input")
+        model.take_queue_seconds()  # only this request's wait from here on
+        result = call()
+        self.end_phase("compute_infer")
+        self.waited(model.take_queue_seconds())
+        return result
+
+    def waited(self, seconds: float) -> None:
+        """`seconds` of compute_infer were spent waiting for a batch: count them as queue time."""
+        seconds = min(seconds, self.seconds["compute_infer"])
+        self.seconds["compute_infer"] -= seconds
+        self.seconds["queue"] += seconds
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        elapsed = time.perf_counter() - self._started
+        model, version = self.labels
+        outcome = "success" if kind is None else "fail"
+        _child(INFER_REQUEST_SECONDS, _INFER_REQUEST_BY_LABELS, model, version, outcome).observe(elapsed)
+        if kind is None:
+            for phase, seconds in self.seconds.items():
+                if seconds:  # each write to the shared files costs about 2 µs
+                    _child(INFER_PHASE_SECONDS, _INFER_PHASE_BY_LABELS, model, version, phase).inc(seconds)
+            _child(INFERENCES, _INFERENCES_BY_LABELS, model, version).inc(self.rows)
+            _child(LAST_INFERENCE, _LAST_INFERENCE_BY_LABELS, model, version).set(time.time())
+        return False
+
+
+_INFER_REQUEST_BY_LABELS: dict = {}
+_INFER_PHASE_BY_LABELS: dict = {}
+_INFERENCES_BY_LABELS: dict = {}
+_LAST_INFERENCE_BY_LABELS: dict = {}
+
+
+def model_statistics(versions: Iterable[tuple[str, str]]) -> list[dict]:
+    """Triton's statistics (`GET /v2/models/stats`'s `model_stats`) of each (model, version), in that
+    order, from the samples of every worker: counts, durations in ns, the last inference in ms
+    since the epoch."""
+    totals: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for family in _registry().collect():
+        for sample in family.samples:
+            labels = sample.labels
+            if "model" not in labels or "version" not in labels:
+                continue
+            key = _statistic_key(sample.name, labels)
+            if key:
+                totals[(labels["model"], labels["version"])][key] += sample.value
+    return [_triton_statistics(name, version, totals.get((name, version), {})) for name, version in versions]
+
+
+def _statistic_key(sample: str, labels: dict) -> str | None:
+    """Which statistic a sample adds to: `success_count`, `queue_ns`, `execution_count`..."""
+    if sample.startswith("model_infer_request_duration_seconds_"):
+        return f"{labels['outcome']}_{sample.rsplit('_', 1)[1]}"
+    if sample == "model_infer_phase_seconds_total":
+        return f"{labels['phase']}_sum"
+    return {"model_inferences_total": "inference_count", "model_inference_duration_seconds_count": "execution_count",
+            "model_last_inference_timestamp_seconds": "last_inference"}.get(sample)
+
+
+def _triton_statistics(name: str, version: str, totals: dict[str, float]) -> dict:
+    def duration(what: str, count: str | None = None) -> dict:
+        return {"count": int(totals.get(f"{count or what}_count", 0)), "ns": int(totals.get(f"{what}_sum", 0) * 1e9)}
+
+    return {
+        "name": name,
+        "version": version,
+        "last_inference": int(totals.get("last_inference", 0) * 1000),
+        "inference_count": int(totals.get("inference_count", 0)),
+        "execution_count": int(totals.get("execution_count", 0)),
+        "inference_stats": {
+            "success": duration("success"), "fail": duration("fail"),
+            **{phase: duration(phase, count="success") for phase in PHASES},  # every success has each phase
+            "cache_hit": {"count": 0, "ns": 0}, "cache_miss": {"count": 0, "ns": 0},
+        },
+        "response_stats": {},
+        "batch_stats": [],
+        "memory_usage": [],
+    }
+
+
 def count_load_failure(model: str, version: str) -> None:
     """Record one failed attempt to load a model version."""
     LOAD_FAILURES.labels(model, version).inc()
@@ -114,12 +247,16 @@ def _has_data(path: str) -> bool:
         return False
 
 
+def _registry():
+    """Every worker's samples (PROMETHEUS_MULTIPROC_DIR's files) when there is that folder, else this process's."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return REGISTRY
+    registry = CollectorRegistry()
+    registry.register(WorkerFilesCollector(folder))
+    return registry
+
+
 def exposition() -> bytes:
     """Every metric in Prometheus' text format, summed over all gunicorn workers when there are several."""
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if folder:
-        registry = CollectorRegistry()
-        registry.register(WorkerFilesCollector(folder))
-    else:
-        registry = REGISTRY
-    return generate_latest(registry)
+    return generate_latest(_registry())

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .batching import Batcher, BatchPolicy
-from .model_config import ModelConfigError, TritonModelConfig, graph_mismatches
+from .model_config import ModelConfigError, TritonModelConfig, WarmupSample, completed_config, graph_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +138,7 @@ class OnnxModel:
         self._check_left_out()
         self._check_config()
         self._session = session
-        try:
-            self.warmup_ms = self._warm_up()
-        except Exception as err:
-            if not self.left_out_inputs:
-                raise
-            self._session = None
-            raise RuntimeError(
-                f"its inputs {_typed(self.left_out_inputs)} cannot be carried by the v2 protocol and the graph "
-                f"does not run without them ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})"
-            ) from None
+        self.warmup_ms = self._warm_up()
         self.batch_policy = self._choose_batch_policy()
         if self.batch_policy.enabled:
             self._batcher = Batcher(self.run, self.batch_policy)
@@ -165,13 +158,57 @@ class OnnxModel:
                     self.name, self.version, " and ".join(parts), hint)
 
     def _warm_up(self, runs: int = 3) -> float:
-        """Run the graph on zeros a few times (a model that cannot run fails here); best time in ms."""
-        inputs, best = self._first_runnable_inputs(), float("inf")
+        """Run config.pbtxt's `model_warmup` samples (a failure refuses the version, as in Triton), else
+        made-up inputs a few times; the best time of one run in ms (0 when made-up inputs fail).
+
+        Made-up inputs (zeros, empty strings) may be invalid for a graph that runs well on real ones
+        (token ids, indices, strings that must parse): their failure is a warning, not a refusal,
+        unless the graph has inputs v2 cannot carry (then no request could ever run it).
+        """
+        if self.config is not None and self.config.warmups:
+            best = float("inf")
+            for sample in self.config.warmups:
+                inputs = self._sample_inputs(sample)
+                for _ in range(sample.count):
+                    started = time.perf_counter()
+                    try:
+                        self._run_graph(inputs)  # not counted in the inference metrics
+                    except Exception as err:
+                        raise RuntimeError(f"config.pbtxt model_warmup {sample.name!r} failed: {_first_line(err)}") from None
+                    best = min(best, (time.perf_counter() - started) * 1000)
+            return best
+        try:
+            inputs, best = self._first_runnable_inputs(), float("inf")
+        except Exception as err:
+            if self.left_out_inputs:
+                self._session = None
+                raise RuntimeError(
+                    f"its inputs {_typed(self.left_out_inputs)} cannot be carried by the v2 protocol and the graph "
+                    f"does not run without them ({_first_line(err)})") from None
+            log.warning("model %s version %s: loaded without a warm-up, made-up inputs (zeros, empty strings) do not "
+                        "run (%s); give config.pbtxt model_warmup samples to warm it up", self.name, self.version,
+                        _first_line(err))
+            return 0.0
         for _ in range(runs):
             started = time.perf_counter()
             self._run_graph(inputs)  # not counted in the inference metrics
             best = min(best, (time.perf_counter() - started) * 1000)
         return best
+
+    def _sample_inputs(self, sample: WarmupSample) -> dict[str, np.ndarray]:
+        """A `model_warmup` sample's arrays, `batch_size` copies along the batch axis when the model batches."""
+        batched = self.config is not None and self.config.max_batch_size > 0
+        rng, arrays = np.random.default_rng(0), {}
+        for given in sample.inputs:
+            dtype = NUMPY_DTYPES[given.datatype]
+            if given.kind == "file":
+                array = _raw_array(given.data, given.datatype, given.dims, f"model_warmup {sample.name!r} input {given.name!r}")
+            elif given.kind == "random" and dtype != np.object_:
+                array = (rng.random(given.dims) * 10).astype(dtype) if dtype.kind != "b" else rng.random(given.dims) > 0.5
+            else:  # zeros; a random BYTES tensor is empty strings too
+                array = np.full(given.dims, "" if dtype == np.object_ else 0, dtype=dtype)
+            arrays[given.name] = np.repeat(array[np.newaxis], sample.batch_size, axis=0) if batched else array
+        return arrays
 
     def _check_config(self) -> None:
         """A config.pbtxt that disagrees with the graph refuses the version, as Triton refuses it."""
@@ -268,14 +305,34 @@ class OnnxModel:
         return list(labels) if labels is not None else None
 
     @property
+    def settings(self) -> dict[str, str]:
+        """The file's metadata_props, overridden by config.pbtxt's `parameters` (string values): where
+        the image API reads `preprocessing`, `output_kind` and the preset's `image_*` parameters."""
+        if self.config is None or not self.config.parameters:
+            return self.metadata
+        return {**self.metadata, **dict(self.config.parameters)}
+
+    @property
     def preprocessing(self) -> str | None:
-        """The image preprocessing preset named in metadata (e.g. `mnist-digit`)."""
-        return self.metadata.get("preprocessing") or None
+        """The image preprocessing preset named in settings (e.g. `mnist-digit`)."""
+        return self.settings.get("preprocessing") or None
 
     @property
     def output_kind(self) -> str:
         """`probabilities` (softmax in the graph) or `logits`."""
-        return self.metadata.get("output_kind", "probabilities")
+        return self.settings.get("output_kind", "probabilities")
+
+    @property
+    def served_config(self):
+        """The model configuration served (an `inference.ModelConfig`): config.pbtxt as written, else
+        completed from the graph, with the row limit and dynamic batching this server applies."""
+        tensors = [[(spec.name, spec.datatype, spec.shape) for spec in specs] for specs in (self.inputs, self.outputs)]
+        delay = self.batch_policy.max_delay_us if self.batch_policy.enabled else None
+        return completed_config(self.config, self.name, *tensors, max_batch_size=self.max_rows or 0, batch_delay_us=delay)
+
+    def take_queue_seconds(self) -> float:
+        """Seconds this thread's requests waited for a batch since the last call (Triton's queue time)."""
+        return self._batcher.take_waited() if self._batcher is not None else 0.0
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on named arrays and return every output by name (batched when enabled)."""
@@ -298,6 +355,33 @@ class OnnxModel:
         names = [spec.name for spec in self.outputs]
         results = self._session.run(names, inputs)
         return dict(zip(names, results))
+
+
+def _first_line(err: BaseException) -> str:
+    """An exception's first line, short enough for a log line or a client's error."""
+    return str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+
+
+def _raw_array(data: bytes, datatype: str, dims: tuple[int, ...], what: str) -> np.ndarray:
+    """A raw row-major tensor file (Triton's warm-up files): little-endian values, or BYTES as
+    4-byte little-endian lengths each followed by its bytes."""
+    count = math.prod(dims)
+    if datatype == "BYTES":
+        items, offset = [], 0
+        while offset + 4 <= len(data) and len(items) < count:
+            (length,) = struct.unpack_from("<I", data, offset)
+            items.append(data[offset + 4:offset + 4 + length])
+            offset += 4 + length
+        if len(items) != count or offset != len(data):
+            raise ModelConfigError(f"{what}: the file does not hold {count} length-prefixed BYTES elements")
+        try:  # onnxruntime's string tensors take str, as requests' BYTES are decoded
+            return np.array([item.decode("utf-8") for item in items], dtype=object).reshape(dims)
+        except UnicodeDecodeError:
+            raise ModelConfigError(f"{what}: a BYTES element is not UTF-8 text") from None
+    dtype = NUMPY_DTYPES[datatype].newbyteorder("<")
+    if len(data) != count * dtype.itemsize:
+        raise ModelConfigError(f"{what}: the file has {len(data)} bytes, {list(dims)} {datatype} needs {count * dtype.itemsize}")
+    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(NUMPY_DTYPES[datatype])
 
 
 def _typed(left_out: dict[str, str]) -> str:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory, text_format
 
 CONFIG_FILE = "config.pbtxt"
 DESCRIPTOR_SET = Path(__file__).parent / "proto" / "model_config.binpb"
@@ -26,7 +26,7 @@ DEFAULT_MODEL_FILENAME = "model.onnx"
 # Top-level fields this server acts on; any other field set in a file is reported as ignored.
 UNDERSTOOD = frozenset({
     "name", "platform", "backend", "max_batch_size", "version_policy", "input", "output",
-    "dynamic_batching", "default_model_filename",
+    "dynamic_batching", "default_model_filename", "parameters", "model_warmup",
 })
 UNDERSTOOD_TENSOR = frozenset({"name", "data_type", "dims", "label_filename"})
 UNDERSTOOD_BATCHING = frozenset({"max_queue_delay_microseconds", "preferred_batch_size"})
@@ -85,6 +85,27 @@ class DynamicBatching:
 
 
 @dataclass(frozen=True)
+class WarmupInput:
+    """One input of a `model_warmup` sample: zeros, random values, or a raw file's bytes."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+    kind: str  # "zero", "random" or "file"
+    data: bytes = b""  # the file's raw row-major contents (BYTES: 4-byte length, then the bytes)
+
+
+@dataclass(frozen=True)
+class WarmupSample:
+    """A `model_warmup` entry: its inputs, repeated `batch_size` times along a new batch axis, run `count` times."""
+
+    name: str
+    batch_size: int
+    count: int
+    inputs: tuple[WarmupInput, ...]
+
+
+@dataclass(frozen=True)
 class TritonModelConfig:
     """What this server takes from a `config.pbtxt`."""
 
@@ -97,6 +118,12 @@ class TritonModelConfig:
     dynamic_batching: DynamicBatching | None = None
     default_model_filename: str = DEFAULT_MODEL_FILENAME
     ignored: tuple[str, ...] = field(default=())
+    # `parameters { key: ... value { string_value: ... } }`: read like the ONNX file's metadata_props.
+    parameters: tuple[tuple[str, str], ...] = ()
+    warmups: tuple[WarmupSample, ...] = ()
+    # The whole parsed file (an `inference.ModelConfig` of `model_config_class()`), served as written
+    # by the model configuration extension; compared, so that any change to the file reloads.
+    message: Any = field(default=None, repr=False, hash=False)
 
     @property
     def labels(self) -> tuple[str, ...] | None:
@@ -160,6 +187,53 @@ def read_model_config(model_dir: Path) -> TritonModelConfig | None:
     except (OSError, UnicodeDecodeError) as error:
         raise ModelConfigError(f"{path}: cannot be read: {error}") from None
     return parse_model_config(text, Path(model_dir), source=str(path))
+
+
+def completed_config(config: TritonModelConfig | None, name: str, inputs: Iterable[tuple[str, str, Iterable[int]]],
+                     outputs: Iterable[tuple[str, str, Iterable[int]]], max_batch_size: int,
+                     batch_delay_us: int | None = None) -> Any:
+    """The configuration a model is served with, as an `inference.ModelConfig` message: its
+    `config.pbtxt` as written, completed from the graph's (name, v2 datatype, shape) tensors as
+    Triton's ONNX auto-complete does (name, platform and backend, version policy, the inputs and
+    outputs the file leaves out). Without a file, what this server applies: every version
+    (`all`), `max_batch_size` (0 when nothing limits the rows: the batch axis stays in `dims`) and
+    dynamic batching after `batch_delay_us` (None when off)."""
+    message = model_config_class()()
+    if config is not None and config.message is not None:
+        message.CopyFrom(config.message)
+    else:
+        message.max_batch_size = max_batch_size
+        if max_batch_size > 0 and batch_delay_us is not None:
+            message.dynamic_batching.max_queue_delay_microseconds = batch_delay_us
+    message.name = name
+    message.platform = message.platform or ONNX_PLATFORM
+    message.backend = message.backend or ONNX_BACKEND
+    message.default_model_filename = message.default_model_filename or DEFAULT_MODEL_FILENAME
+    if not message.HasField("version_policy"):
+        if config is None:  # without a file every version on disk serves here (Triton would serve latest 1)
+            message.version_policy.all.SetInParent()
+        else:
+            message.version_policy.latest.num_versions = 1
+    if not message.instance_group:
+        group = message.instance_group.add(name=name, count=1)
+        group.kind = group.KIND_CPU
+    for declared, graph in ((message.input, inputs), (message.output, outputs)):
+        named = {tensor.name for tensor in declared}
+        for tensor_name, datatype, shape in graph:
+            if tensor_name in named:
+                continue
+            shape = [d if d is not None and d >= 0 else -1 for d in shape]
+            if message.max_batch_size > 0:
+                shape = shape[1:]
+            declared.add(name=tensor_name, data_type=datatype_number(datatype), dims=shape)
+    return message
+
+
+def config_json(message: Any) -> dict:
+    """A ModelConfig message in the JSON Triton's HTTP API answers: field names as in the .proto,
+    every field shown, enums by name, 64-bit integers as numbers."""
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True,
+                                     preserving_proto_field_name=True, unquote_int64_if_possible=True)
 
 
 def graph_mismatches(config: TritonModelConfig, inputs: Mapping[str, tuple[str, Iterable[int]]],
@@ -229,6 +303,9 @@ def _from_message(message, model_dir: Path | None, source: str) -> TritonModelCo
         batching = DynamicBatching(db.max_queue_delay_microseconds, tuple(db.preferred_batch_size))
     return TritonModelConfig(
         name=message.name or folder_name,
+        parameters=tuple(sorted((key, value.string_value) for key, value in message.parameters.items())),
+        warmups=tuple(_warmup(sample, message.max_batch_size, model_dir, source) for sample in message.model_warmup),
+        message=message,
         platform=ONNX_PLATFORM,
         max_batch_size=message.max_batch_size,
         version_policy=_version_policy(message, source),
@@ -279,17 +356,53 @@ def _tensor(tensor, kind: str, model_dir: Path | None, source: str, ignored: lis
     return ConfigTensor(tensor.name, datatype_name(tensor.data_type), tuple(tensor.dims), label_filename, labels)
 
 
-def _read_labels(model_dir: Path | None, filename: str, where: str) -> tuple[str, ...]:
+def _warmup(sample, max_batch_size: int, model_dir: Path | None, source: str) -> WarmupSample:
+    """A `model_warmup` entry checked as Triton checks it; input files are read from `<model>/warmup/`."""
+    where = f"{source}: model_warmup {sample.name!r}"
+    if not sample.name:
+        raise ModelConfigError(f"{source}: a model_warmup sample has no name")
+    if sample.batch_size < 1 or (max_batch_size == 0 and sample.batch_size != 1) or (
+            max_batch_size > 0 and sample.batch_size > max_batch_size):
+        raise ModelConfigError(f"{where}: batch_size {sample.batch_size} must be 1 or more, at most max_batch_size "
+                               "(1 when the model does not batch)")
+    if not sample.inputs:
+        raise ModelConfigError(f"{where} has no inputs")
+    inputs = []
+    for name, value in sorted(sample.inputs.items()):
+        kind = value.WhichOneof("input_data_type")
+        if value.data_type == 0 or kind is None:
+            raise ModelConfigError(f"{where}: input {name!r} needs a data_type and one of zero_data, random_data, "
+                                   "input_data_file")
+        if any(d < 0 for d in value.dims):
+            raise ModelConfigError(f"{where}: input {name!r} dims must be fixed (0 or more), got {list(value.dims)}")
+        data = b""
+        if kind == "input_data_file":
+            data = _read_in_folder(model_dir, Path("warmup") / value.input_data_file, f"{where}: input {name!r} input_data_file")
+        inputs.append(WarmupInput(name, datatype_name(value.data_type), tuple(value.dims),
+                                  {"zero_data": "zero", "random_data": "random"}.get(kind, "file"), data))
+    return WarmupSample(sample.name, sample.batch_size, max(sample.count, 1), tuple(inputs))
+
+
+def _read_in_folder(model_dir: Path | None, filename: Path, where: str) -> bytes:
+    """A file of the model folder, refused when the name leads outside it."""
     if model_dir is None:
-        raise ModelConfigError(f"{where}: label_filename {filename!r} given but no model folder to read it from")
+        raise ModelConfigError(f"{where} {str(filename)!r} given but no model folder to read it from")
     path = Path(model_dir) / filename
-    if Path(filename).is_absolute() or not path.resolve().is_relative_to(Path(model_dir).resolve()):
-        raise ModelConfigError(f"{where}: label_filename {filename!r} points outside the model folder")
+    if filename.is_absolute() or not path.resolve().is_relative_to(Path(model_dir).resolve()):
+        raise ModelConfigError(f"{where} {str(filename)!r} points outside the model folder")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_bytes()
     except FileNotFoundError:
-        raise ModelConfigError(f"{where}: label_filename {filename!r} does not exist in the model folder") from None
-    except (OSError, UnicodeDecodeError) as error:
+        raise ModelConfigError(f"{where} {str(filename)!r} does not exist in the model folder") from None
+    except OSError as error:
+        raise ModelConfigError(f"{where} {str(filename)!r} cannot be read: {error}") from None
+
+
+def _read_labels(model_dir: Path | None, filename: str, where: str) -> tuple[str, ...]:
+    raw = _read_in_folder(model_dir, Path(filename), f"{where}: label_filename")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
         raise ModelConfigError(f"{where}: label_filename {filename!r} cannot be read: {error}") from None
     labels = tuple(text.splitlines())  # one label a line, as Triton reads it
     if not labels:

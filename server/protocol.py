@@ -24,7 +24,7 @@ SERVER_NAME = "mnist-serve"
 SERVER_VERSION = "0.1.0"
 PLATFORM = "onnxruntime_onnx"
 # Extensions as Triton names them; `model_repository` is added where its calls are served.
-EXTENSIONS = ("binary_tensor_data", "classification")
+EXTENSIONS = ("binary_tensor_data", "classification", "statistics", "model_configuration")
 # onnxruntime's own errors for inputs it refuses at run time (they are not RuntimeError subclasses).
 ORT_INPUT_ERRORS = (InvalidArgument, Fail, RuntimeException)
 
@@ -56,6 +56,30 @@ def model_ready(registry: ModelRegistry, name: str, version: str | None = None) 
         return registry.get(name, version).ready
     except ModelNotReady:
         return False
+
+
+def model_config(registry: ModelRegistry, name: str, version: str | None = None):
+    """The configuration a model (version) is served with, an `inference.ModelConfig` message."""
+    return registry.get(name, version).served_config
+
+
+def statistics_versions(registry: ModelRegistry, name: str = "", version: str | None = None) -> list[tuple[str, str]]:
+    """The (model, version) pairs a statistics request covers: every loaded version of every model
+    when `name` is empty, of one model when `version` is None; an unknown one raises, as in Triton."""
+    if not name:
+        return [(model, v) for model, versions in sorted(registry.models.items()) for v in sorted(versions, key=int)]
+    model = registry.get(name, version)
+    if version is not None:
+        return [(model.name, model.version)]
+    return [(model.name, v) for v in sorted(registry.models.get(model.name, {}), key=int)]
+
+
+def request_rows(model: OnnxModel, inputs: dict[str, np.ndarray]) -> int:
+    """The inferences one request holds, as Triton counts them: its rows when the model batches, else 1."""
+    if not model.batchable or not inputs:
+        return 1
+    first = next(iter(inputs.values()))
+    return first.shape[0] if first.ndim else 1
 
 
 def decode_request(model: OnnxModel, header: dict, binary: bytes) -> tuple[str | None, dict[str, np.ndarray], list[tensors.RequestedOutput]]:

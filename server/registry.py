@@ -264,7 +264,9 @@ class ModelRegistry:
         """The model `name` at `version` (the highest loaded one when None), or a 404/503 error."""
         _check_name(name)
         if version is not None and not valid_version(version):
-            raise ModelNotFound(f"unknown version {version!r} of model {name!r}: versions are numeric")
+            # Triton's words first, as its example clients look for them.
+            raise ModelNotFound(f"failed to get model version from specified version string {version[:60]!r}: "
+                                f"unknown version of model {name!r}, versions are numeric")
         versions = self.models.get(name, {})
         if not versions and name in self.unloaded:
             raise ModelNotReady(f"model {name!r} is unloaded: load it with POST /v2/repository/models/{name}/load")
@@ -280,7 +282,8 @@ class ModelRegistry:
         if failed:
             raise ModelNotReady(f"model {name!r} version {failed[0].version} is not ready: {failed[0].reason}")
         if version is None:
-            raise ModelNotFound(f"unknown model {name!r}; served models: {', '.join(self.names()) or 'none'}")
+            # Triton's words first: its example clients check that the message starts with them.
+            raise ModelNotFound(f"Request for unknown model {name!r}: not found; served models: {', '.join(self.names()) or 'none'}")
         raise ModelNotFound(f"model {name!r} has no version {version!r}; loaded: {', '.join(sorted(versions, key=int)) or 'none'}")
 
     @property

@@ -48,3 +48,69 @@ def write_classifier(
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+# The models Triton's example clients (triton-inference-server/client, src/python/examples) expect,
+# with the config.pbtxt Triton's own QA repository gives them: two [-1, 16] inputs, max_batch_size 8.
+SIMPLE_CONFIG = """name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [
+  {{ name: "INPUT0" data_type: {type} dims: [ 16 ] }},
+  {{ name: "INPUT1" data_type: {type} dims: [ 16 ] }}
+]
+output [
+  {{ name: "OUTPUT0" data_type: {type} dims: [ 16 ] }},
+  {{ name: "OUTPUT1" data_type: {type} dims: [ 16 ] }}
+]
+"""
+IDENTITY_CONFIG = """name: "simple_identity"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_STRING dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_STRING dims: [ -1 ] } ]
+"""
+
+
+def write_simple(root: Path, name: str = "simple", strings: bool = False) -> Path:
+    """`simple`: INT32 INPUT0, INPUT1 [-1, 16] -> OUTPUT0 = their sum, OUTPUT1 = their difference.
+    With `strings` (`simple_string`), the same over BYTES strings of numbers: Cast to INT32 and back.
+    Writes `<root>/<name>/1/model.onnx` and its config.pbtxt; returns the model folder."""
+    kind = TensorProto.STRING if strings else TensorProto.INT32
+    nodes, a, b = [], "INPUT0", "INPUT1"
+    if strings:
+        nodes += [helper.make_node("Cast", ["INPUT0"], ["a"], to=TensorProto.INT32),
+                  helper.make_node("Cast", ["INPUT1"], ["b"], to=TensorProto.INT32)]
+        a, b = "a", "b"
+    sums, differences = ("sum", "difference") if strings else ("OUTPUT0", "OUTPUT1")
+    nodes += [helper.make_node("Add", [a, b], [sums]), helper.make_node("Sub", [a, b], [differences])]
+    if strings:
+        nodes += [helper.make_node("Cast", ["sum"], ["OUTPUT0"], to=TensorProto.STRING),
+                  helper.make_node("Cast", ["difference"], ["OUTPUT1"], to=TensorProto.STRING)]
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info(tensor, kind, ["N", 16]) for tensor in ("INPUT0", "INPUT1")],
+        [helper.make_tensor_value_info(tensor, kind, ["N", 16]) for tensor in ("OUTPUT0", "OUTPUT1")],
+    )
+    return _save_with_config(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / name,
+                             SIMPLE_CONFIG.format(name=name, type="TYPE_STRING" if strings else "TYPE_INT32"))
+
+
+def write_simple_identity(root: Path) -> Path:
+    """`simple_identity`: BYTES INPUT0 [-1, -1] comes back unchanged as OUTPUT0."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])], "simple_identity",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.STRING, ["N", "M"])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.STRING, ["N", "M"])],
+    )
+    return _save_with_config(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                             root / "simple_identity", IDENTITY_CONFIG)
+
+
+def _save_with_config(model: onnx.ModelProto, folder: Path, config: str) -> Path:
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(folder / "1" / "model.onnx"))
+    (folder / "config.pbtxt").write_text(config)
+    return folder

@@ -148,3 +148,57 @@ def test_removing_the_config_serves_every_version_by_the_files_metadata(repo: Pa
     assert sorted(registry.models["pets"]) == ["2", "3"]
     model = registry.get("pets")
     assert model.config is None and model.labels == ["a", "b", "c"] and model.max_rows is None
+
+
+def _strings_file(items: list[bytes]) -> bytes:
+    """Triton's raw BYTES layout: each element's 4-byte little-endian length, then its bytes."""
+    return b"".join(len(item).to_bytes(4, "little") + item for item in items)
+
+
+WARMUP = """
+model_warmup [ {{ name: "numbers" batch_size: 2 count: 2
+  inputs {{ key: "INPUT0" value {{ data_type: TYPE_STRING dims: [ 16 ] {source} }} }}
+  inputs {{ key: "INPUT1" value {{ data_type: TYPE_STRING dims: [ 16 ] input_data_file: "ones" }} }} }} ]
+"""
+
+
+@pytest.mark.parametrize("source, loads", [('input_data_file: "numbers"', True), ("zero_data: true", False)],
+                         ids=["strings-of-numbers", "empty-strings"])
+def test_model_warmup_samples_warm_the_model_and_a_failing_one_refuses_it(tmp_path: Path, source: str, loads: bool,
+                                                                           caplog) -> None:
+    """simple_string cannot run on empty strings: its own model_warmup samples warm it up (Triton reads
+    them from <model>/warmup/), and a sample that fails refuses the version, as in Triton."""
+    from tests.onnx_factory import write_simple
+
+    folder = write_simple(tmp_path / "models", "simple_string", strings=True)
+    (folder / "config.pbtxt").write_text((folder / "config.pbtxt").read_text() + WARMUP.format(source=source))
+    (folder / "warmup").mkdir()
+    (folder / "warmup" / "numbers").write_bytes(_strings_file([str(i).encode() for i in range(16)]))
+    (folder / "warmup" / "ones").write_bytes(_strings_file([b"1"] * 16))
+    registry = ModelRegistry(tmp_path / "models")
+    caplog.set_level(logging.WARNING, logger="server")
+    registry.load_all()
+    if loads:
+        model = registry.get("simple_string")
+        assert model.warmup_ms > 0 and not [r for r in caplog.records if "without a warm-up" in r.getMessage()]
+    else:
+        (row,) = registry.index()
+        assert row["state"] == "UNAVAILABLE" and "config.pbtxt model_warmup 'numbers' failed" in row["reason"]
+
+
+@pytest.mark.parametrize("sample, fragment", [
+    ('{ name: "a" batch_size: 9 inputs { key: "input" value { data_type: TYPE_FP32 dims: [1, 28, 28] zero_data: true } } }',
+     "batch_size 9 must be 1 or more, at most max_batch_size"),
+    ('{ name: "a" batch_size: 1 inputs { key: "input" value { data_type: TYPE_FP32 dims: [1, 28, 28] input_data_file: "nope" } } }',
+     "input_data_file 'warmup/nope' does not exist"),
+    ('{ name: "a" batch_size: 1 inputs { key: "input" value { data_type: TYPE_FP32 dims: [1, 28, 28] input_data_file: "../../x" } } }',
+     "points outside the model folder"),
+    ('{ name: "a" batch_size: 1 inputs { key: "input" value { dims: [1, 28, 28] zero_data: true } } }',
+     "needs a data_type and one of zero_data"),
+], ids=["batch-size", "missing-file", "outside", "no-type"])
+def test_bad_model_warmup_refuses_the_model(repo: Path, sample: str, fragment: str) -> None:
+    (repo / "pets" / "config.pbtxt").write_text(CONFIG + f"model_warmup [ {sample} ]\n")
+    registry = ModelRegistry(repo)
+    registry.load_all()
+    reasons = {row["reason"] for row in registry.index() if row["name"] == "pets"}
+    assert len(reasons) == 1 and fragment in reasons.pop(), reasons

@@ -457,7 +457,7 @@ def test_bad_requests_get_a_clear_4xx(caller, path: str, call: dict, status: int
 
 def test_not_an_image_model_error_points_to_v2(caller) -> None:
     error = caller.post("/models/tabular/predict", **raw(DIGIT_PNG)).json["error"]
-    assert "preprocessing preset is None" in error and "POST /v2/models/tabular/infer" in error
+    assert "names no preprocessing preset" in error and "config.pbtxt's parameters" in error and "POST /v2/models/tabular/infer" in error
 
 
 def test_wrong_method_is_a_json_405(caller) -> None:

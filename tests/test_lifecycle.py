@@ -57,6 +57,14 @@ def add_version_failing_at_run(repo: Path, version: str) -> None:
     model.ir_version = 8
     (repo / "mnist" / version).mkdir()
     onnx.save(model, str(repo / "mnist" / version / "model.onnx"))
+    # Made-up inputs failing only log a warning: a model_warmup sample failing refuses the version.
+    (repo / "mnist" / "config.pbtxt").write_text(WARMUP_CONFIG)
+
+
+WARMUP_CONFIG = """version_policy: { all: {} }
+model_warmup [ { name: "blank digit" batch_size: 1 inputs { key: "input"
+  value { data_type: TYPE_FP32 dims: [ 1, 1, 28, 28 ] zero_data: true } } } ]
+"""
 
 
 @pytest.fixture
@@ -99,7 +107,7 @@ def test_index_lists_versions_like_triton(repo, client) -> None:
     assert client.post("/v2/repository/index", json={"ready": True}).json == [index[0]]
 
 
-@pytest.mark.parametrize("make_bad", [add_corrupt_version, add_version_failing_at_run], ids=["corrupt", "fails-warm-up"])
+@pytest.mark.parametrize("make_bad", [add_corrupt_version, add_version_failing_at_run], ids=["corrupt", "fails-model-warmup"])
 def test_bad_version_is_rejected_and_the_old_one_keeps_serving(repo, client, make_bad, caplog) -> None:
     caplog.set_level(logging.INFO, logger="server")
     make_bad(repo, "2")
@@ -111,6 +119,18 @@ def test_bad_version_is_rejected_and_the_old_one_keeps_serving(repo, client, mak
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(lines) == 1 and "model mnist version 2 failed to load" in lines[0] and "\n" not in lines[0]
     assert client.get("/v2/models/mnist/versions/2/ready").status_code == 503
+
+
+def test_a_version_made_up_inputs_cannot_run_loads_with_a_warning(repo, client, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="server")
+    add_version_failing_at_run(repo, "2")
+    (repo / "mnist" / "config.pbtxt").unlink()  # no model_warmup: zeros are all the server can try
+    assert client.post("/v2/repository/models/mnist/load").status_code == 200
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("model mnist version 2: loaded without a warm-up" in line and "model_warmup" in line for line in warnings)
+    assert client.get("/v2/models/mnist/versions/2/ready").status_code == 200
+    answer = client.post("/v2/models/mnist/versions/2/infer", json=ZERO_DIGIT)
+    assert answer.status_code == 400 and "onnxruntime could not run model 'mnist'" in answer.json["error"]
 
 
 def test_a_rewritten_version_is_reloaded_and_a_broken_rewrite_keeps_the_old_session(repo, client) -> None:

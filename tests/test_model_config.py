@@ -75,7 +75,8 @@ def test_ignored_fields_are_listed_once_each(tmp_path):
     text = TRITON_STYLE.replace('dims: [ 1, 28, 28 ] }', 'dims: [ 1, 28, 28 ], format: FORMAT_NCHW }').replace(
         "preferred_batch_size: [ 4, 8 ]", "preserve_ordering: true") + 'parameters { key: "k" value { string_value: "v" } }'
     config = parse_model_config(text, model_dir(tmp_path))
-    assert config.ignored == ("dynamic_batching.preserve_ordering", "input.format", "instance_group", "parameters")
+    assert config.ignored == ("dynamic_batching.preserve_ordering", "input.format", "instance_group")
+    assert config.parameters == (("k", "v"),)  # read: the image API takes its preset from them
 
 
 @pytest.mark.parametrize("text, reason", [

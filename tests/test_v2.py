@@ -282,13 +282,29 @@ def test_classify_orders_every_numeric_type(values, expected):
 def test_openapi_documents_every_v2_route(v2_client):
     document = v2_client.get("/openapi.json").get_json()
     rules = [rule for rule in v2_client.application.url_map.iter_rules() if rule.endpoint.startswith("v2.")]
-    assert len(rules) == 7
+    assert len(rules) == 12
     for rule in rules:
         path = rule.rule.replace("<", "{").replace(">", "}")
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             operation = document["paths"][path][method.lower()]
             assert operation["responses"]["200"]["content"]
             assert {p["name"] for p in document["paths"][path].get("parameters", [])} == set(rule.arguments)
+
+
+def test_statistics_in_one_process_read_its_own_registry(v2_client):
+    """Without PROMETHEUS_MULTIPROC_DIR (Flask's test client) the statistics come from this process's samples."""
+    def stats():
+        return v2_client.get("/v2/models/other/versions/1/stats").get_json()["model_stats"][0]
+
+    before = stats()
+    input_name, batch = classifier_input("other", rows=3)
+    for _ in range(2):
+        post(v2_client, "/v2/models/other/infer", json.dumps({"inputs": [json_tensor(input_name, batch, "FP32")]}).encode())
+    after = stats()
+    assert after["inference_count"] - before["inference_count"] == 6
+    assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == 2
+    assert after["execution_count"] - before["execution_count"] >= 2
+    assert after["last_inference"] > 0
 
 
 def test_inference_is_counted_in_metrics(v2_client):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from .. import protocol, tensors
+from .. import metrics, protocol, tensors
+from ..model_config import config_json
 from ..budget import tensor_body_bytes
 from ..protocol import PLATFORM
 from .context import get_memory_budget, get_registry
@@ -48,16 +49,36 @@ def infer(name: str, version: str | None = None):
     raw = request.get_data(cache=False)  # read before any wait: a 503 must not leave the upload unread
     header_length = tensors.parse_header_length(request.headers.get("Inference-Header-Content-Length"))
     memory = get_memory_budget()
-    with memory.request(), memory.reserve(tensor_body_bytes(size, header_length), "this inference request"):
+    with metrics.InferenceStatistics(model.name, model.version) as stats, memory.request(), \
+            memory.reserve(tensor_body_bytes(size, header_length), "this inference request"):
         body = tensors.decompress(raw, request.headers.get("Content-Encoding"), config["MAX_CONTENT_LENGTH"])
         header, binary = tensors.split_body(body, header_length)
         request_id, inputs, wanted = protocol.decode_request(model, header, binary)
         del body, binary  # the arrays are what is left to hold while the model runs
-        outputs = protocol.infer(model, inputs, wanted, g.get("request_id", "-"), config["INFER_CHUNK_ROWS"])
-    answer = {"model_name": model.name, "model_version": model.version}
-    if request_id is not None:
-        answer["id"] = request_id
-    return _response(*tensors.encode_outputs(answer, outputs))
+        outputs = stats.run(model, lambda: protocol.infer(model, inputs, wanted, g.get("request_id", "-"),
+                                                          config["INFER_CHUNK_ROWS"]))
+        stats.rows = protocol.request_rows(model, inputs)
+        answer = {"model_name": model.name, "model_version": model.version}
+        if request_id is not None:
+            answer["id"] = request_id
+        encoded = tensors.encode_outputs(answer, outputs)
+        stats.end_phase("compute_output")
+    return _response(*encoded)
+
+
+@bp.get("/v2/models/stats")
+@bp.get("/v2/models/<name>/stats")
+@bp.get("/v2/models/<name>/versions/<version>/stats")
+def model_statistics(name: str = "", version: str | None = None):
+    """Triton's statistics extension: the same numbers whichever worker answers."""
+    return jsonify(model_stats=metrics.model_statistics(protocol.statistics_versions(get_registry(), name, version)))
+
+
+@bp.get("/v2/models/<name>/config")
+@bp.get("/v2/models/<name>/versions/<version>/config")
+def model_config(name: str, version: str | None = None):
+    """Triton's model configuration extension: the configuration served, as Triton's JSON."""
+    return jsonify(config_json(protocol.model_config(get_registry(), name, version)))
 
 
 def _response(payload: bytes, header_length: int | None) -> Response:
@@ -141,6 +162,45 @@ MODEL_METADATA = {
         "outputs": {"type": "array", "items": TENSOR_META},
     },
 }
+DURATION = {"type": "object", "required": ["count", "ns"],
+            "properties": {"count": {"type": "integer"}, "ns": {"type": "integer", "description": "total nanoseconds"}}}
+MODEL_STATISTICS = {
+    "type": "object",
+    "required": ["model_stats"],
+    "properties": {"model_stats": {"type": "array", "items": {
+        "type": "object",
+        "required": ["name", "version", "last_inference", "inference_count", "execution_count", "inference_stats"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "last_inference": {"type": "integer", "description": "milliseconds since the epoch, 0 before the first"},
+            "inference_count": {"type": "integer", "description": "rows of successful requests (1 per request when the model does not batch)"},
+            "execution_count": {"type": "integer", "description": "onnxruntime runs (a dynamic batch is one)"},
+            "inference_stats": {"type": "object", "properties": {
+                phase: DURATION for phase in ("success", "fail", "queue", "compute_input", "compute_infer",
+                                              "compute_output", "cache_hit", "cache_miss")}},
+            "batch_stats": {"type": "array", "items": {"type": "object"}, "description": "always empty here"},
+            "memory_usage": {"type": "array", "items": {"type": "object"}},
+            "response_stats": {"type": "object"},
+        },
+    }}},
+}
+MODEL_CONFIG = {
+    "type": "object",
+    "required": ["name", "platform", "backend", "max_batch_size", "input", "output"],
+    "description": "Triton's inference.ModelConfig (model_config.proto) in JSON: field names as in the .proto, "
+                   "every field shown, enums by name",
+    "additionalProperties": True,
+    "properties": {
+        "name": {"type": "string"},
+        "platform": {"type": "string", "example": PLATFORM},
+        "backend": {"type": "string", "example": "onnxruntime"},
+        "max_batch_size": {"type": "integer"},
+        "input": {"type": "array", "items": {"type": "object"}},
+        "output": {"type": "array", "items": {"type": "object"}},
+        "parameters": {"type": "object"},
+    },
+}
 MODEL_READY = {"type": "object", "required": ["name", "ready"],
                "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}}}
 
@@ -185,6 +245,23 @@ def _openapi_paths() -> dict:
             **error_responses("400", "401", "404", "413", "415", "503"),
         },
     })
+    stats = _model_paths("/stats", "get", {
+        "summary": "Inference statistics of the model's loaded versions (or of one), Triton's statistics "
+                   "extension, summed over all workers",
+        "tags": ["v2"],
+        "responses": {"200": _json(MODEL_STATISTICS, "Statistics"), **error_responses("401", "404", "503")},
+    })
+    every_model_stats = {"/v2/models/stats": {"get": {
+        "summary": "Inference statistics of every loaded model version (Triton's statistics extension)",
+        "tags": ["v2"],
+        "responses": {"200": _json(MODEL_STATISTICS, "Statistics"), **error_responses("401")},
+    }}}
+    config = _model_paths("/config", "get", {
+        "summary": "Model configuration (highest version), Triton's model configuration extension: config.pbtxt "
+                   "as written, completed from the graph",
+        "tags": ["v2"],
+        "responses": {"200": _json(MODEL_CONFIG, "Triton's ModelConfig in JSON"), **error_responses("401", "404", "503")},
+    })
     server = {"/v2": {"get": {
         "summary": "Server metadata: name, version and the protocol extensions served",
         "tags": ["v2"],
@@ -193,7 +270,7 @@ def _openapi_paths() -> dict:
             "extensions": {"type": "array", "items": {"type": "string"}},
         }}, "Server metadata"), **error_responses("401")},
     }}}
-    return {**server, **metadata, **ready, **infer}
+    return {**server, **metadata, **ready, **infer, **every_model_stats, **stats, **config}
 
 
 OPENAPI_PATHS: dict = _openapi_paths()

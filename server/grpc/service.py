@@ -4,7 +4,7 @@ Each call is read, handed to `server/protocol.py`, `server/model_control.py` or 
 answered; serving errors become gRPC status codes in one table (`STATUS_CODES`, from the HTTP
 status each error carries). Every call but ServerLive and ServerReady needs the API_TOKEN as
 `authorization: Bearer ...` metadata, as every HTTP route but health does. Calls Triton has and
-this server does not (shared memory, statistics, tracing, streaming) answer UNIMPLEMENTED.
+this server does not (shared memory, tracing, streaming) answer UNIMPLEMENTED.
 Requests arrive as bytes and are parsed here, so that one that is not the message it should be
 is INVALID_ARGUMENT, as any other bad input (gRPC's own parsing would answer INTERNAL).
 """
@@ -17,6 +17,7 @@ import urllib.parse
 from typing import Any, Callable, Mapping
 
 import grpc
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from .. import access, metrics, model_control, protocol
@@ -161,12 +162,29 @@ class InferenceService:
     def ModelInfer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
         model = self.registry.get(request.model_name, request.model_version or None)
         # The same memory budget as HTTP, reserved as for an HTTP body of the message's size.
-        with self.memory.request(), self.memory.reserve(tensor_body_bytes(request.ByteSize()), "this inference request"):
+        with metrics.InferenceStatistics(model.name, model.version) as stats, self.memory.request(), \
+                self.memory.reserve(tensor_body_bytes(request.ByteSize()), "this inference request"):
             header, binary = messages.infer_request(request)
             request_id, inputs, wanted = protocol.decode_request(model, header, binary)
             del header, binary  # the arrays are what is left to hold while the model runs
-            outputs = protocol.infer(model, inputs, wanted, call.request_id, self.chunk_rows)
-        return messages.infer_response(model.name, model.version, request_id or "", outputs)
+            outputs = stats.run(model, lambda: protocol.infer(model, inputs, wanted, call.request_id, self.chunk_rows))
+            stats.rows = protocol.request_rows(model, inputs)
+            response = messages.infer_response(model.name, model.version, request_id or "", outputs)
+            stats.end_phase("compute_output")
+        return response
+
+    @rpc(pb.ModelStatisticsRequest, pb.ModelStatisticsResponse)
+    def ModelStatistics(self, request: pb.ModelStatisticsRequest, call: Call) -> pb.ModelStatisticsResponse:
+        versions = protocol.statistics_versions(self.registry, request.name, request.version or None)
+        return json_format.ParseDict({"model_stats": metrics.model_statistics(versions)}, pb.ModelStatisticsResponse())
+
+    @rpc(pb.ModelConfigRequest, pb.ModelConfigResponse)
+    def ModelConfig(self, request: pb.ModelConfigRequest, call: Call) -> pb.ModelConfigResponse:
+        response = pb.ModelConfigResponse()
+        # The same schema in two descriptor pools (server/grpc/schema.py): carried across as bytes.
+        response.config.ParseFromString(protocol.model_config(self.registry, request.name, request.version or None)
+                                        .SerializeToString())
+        return response
 
     @rpc(pb.RepositoryIndexRequest, pb.RepositoryIndexResponse)
     def RepositoryIndex(self, request: pb.RepositoryIndexRequest, call: Call) -> pb.RepositoryIndexResponse:

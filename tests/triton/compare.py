@@ -10,6 +10,10 @@ backend), starts `tritonserver` in explicit model-control mode and this server (
 `.venv-serve`) on the same folder on free 127.0.0.1 ports, and asks both the same questions with
 `tritonclient.http` (binary and JSON tensors) and, for Triton only, `tritonclient.grpc`: this
 server is not asked over gRPC here yet (tests/test_grpc.py checks it), so those probes are skipped for it and say so.
+Then it runs the call sequences of Triton's own example clients (tests/triton_examples.py:
+`simple_http_infer_client`, the string, explicit-content, keep-alive... clients) against both
+servers, over HTTP and gRPC, on the `simple`, `simple_string` and `simple_identity` models it
+writes into the same folder (tests/onnx_factory.py).
 
 Every answer is compared. An answer that differs is a failure unless KNOWN_DIFFERENCES names the
 check and says why (docs/models.md carries the same table); a known difference that no longer
@@ -39,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as grpcclient
@@ -50,6 +55,8 @@ sys.path.insert(0, str(ROOT))
 from bench.triton_server import find_install, layout_backends, triton_argv, triton_env  # noqa: E402
 from server.model_config import (ModelConfigError, VersionPolicy, model_config_class,  # noqa: E402
                                  parse_model_config)  # (a pure module: protobuf only)
+from tests.onnx_factory import write_simple, write_simple_identity  # noqa: E402
+from tests.triton_examples import EXAMPLES  # noqa: E402
 
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 MNIST_SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
@@ -68,13 +75,13 @@ _VERSION_POLICY = ("mnist-int8 has no config.pbtxt, so Triton applies its defaul
                    "(latest 1) and unloads version 1 when 2 arrives; this server serves every version on disk. "
                    "With version_policy all (mnist) both answer the same")
 KNOWN_DIFFERENCES: dict[str, str] = {
-    "server.metadata": "Triton lists the extensions it implements beyond the three this server speaks "
-                       "(shared memory, statistics, trace, logging, sequence, schedule_policy, parameters, "
-                       "model_configuration, unload_dependents); a client that needs only binary_tensor_data, "
-                       "classification and model_repository finds them in both",
-    "model.config[mnist]": "GET /v2/models/<name>/config (Triton's model_configuration extension) is not served "
-                           "here: 404",
-    "model.config[mnist-int8]": "as model.config[mnist]",
+    "server.metadata": "Triton lists the extensions it implements beyond the five this server speaks "
+                       "(binary_tensor_data, classification, model_repository, statistics, model_configuration): "
+                       "shared memory, trace, logging, sequence, schedule_policy, parameters, unload_dependents",
+    "model.config[mnist-int8]": "mnist-int8 has no config.pbtxt: Triton's auto-complete gives it max_batch_size 4, "
+                                "dynamic batching, dims without the batch axis and version_policy latest 1; this "
+                                "server answers what it serves: max_batch_size 0 (no row limit), the batch axis in "
+                                "dims, version_policy all. With a config.pbtxt (mnist) both answer the file",
     "infer.over_largest_batch[mnist-int8]": _OVER_BATCH,
     "classification.top3.binary[mnist-int8]": _NO_LABELS,
     "classification.top3.json[mnist-int8]": _NO_LABELS,
@@ -171,10 +178,10 @@ def start_triton(repo: Path, backends: Path) -> tuple[Process, int, int, float]:
     return process, http_port, grpc_port, seconds
 
 
-def start_server(repo: Path) -> tuple[Process, int, float]:
-    port = free_port()
+def start_server(repo: Path) -> tuple[Process, int, int, float]:
+    port, grpc_port = free_port(), free_port()
     env = {**os.environ, "MODEL_REPOSITORY": str(repo), "HOST": "127.0.0.1", "PORT": str(port),
-           "WORKERS": "1", "THREADS": "4", "LOG_LEVEL": "info"}
+           "GRPC_PORT": str(grpc_port), "WORKERS": "1", "THREADS": "4", "LOG_LEVEL": "info"}
     env.pop("PYTHONPATH", None)
     process = Process("mnist-serve", [str(SERVE_PYTHON), "-m", "server"], env, ROOT)
     try:
@@ -182,7 +189,7 @@ def start_server(repo: Path) -> tuple[Process, int, float]:
     except Exception:
         process.stop()
         raise
-    return process, port, seconds
+    return process, port, grpc_port, seconds
 
 
 # ---------------------------------------------------------------- answers
@@ -383,7 +390,7 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
     triton, server = ask(extensions)
     run.compare("server.metadata", triton, server)
     ask_grpc("server.metadata", triton, extensions)
-    needed = {"binary_tensor_data", "classification", "model_repository"}
+    needed = {"binary_tensor_data", "classification", "model_repository", "statistics", "model_configuration"}
     run.record(needed <= set(server.get("extensions", [])) and needed <= set(triton.get("extensions", [])),
                "server.metadata.needed_extensions", f"both list {sorted(needed)}")
 
@@ -582,6 +589,20 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
     shutil.rmtree(repo / "mnist" / "3")
 
 
+def run_examples(run: Run, triton: tuple[str, str], server: tuple[str, str]) -> None:
+    """The call sequences of Triton's example clients (tests/triton_examples.py) against both servers
+    (HTTP and gRPC urls), over the `simple`, `simple_string` and `simple_identity` models."""
+    def passes(sequence: Callable[[str, str], None], urls: tuple[str, str]) -> str:
+        try:
+            sequence(*urls)
+        except (AssertionError, InferenceServerException, grpc.RpcError) as error:
+            return f"failed: {type(error).__name__}: {str(error)[:300]}"
+        return "passed"
+
+    for name, sequence in EXAMPLES.items():
+        run.compare(f"example.{name}", passes(sequence, triton), passes(sequence, server), expect=lambda a: a == "passed")
+
+
 def _reads_tritons_config(triton: Target, repo: Path, model: str) -> tuple[bool, str, str]:
     """server/model_config.py parses the configuration Triton itself serves (auto-completed or
     written), turned back into config.pbtxt text, to the same values."""
@@ -651,6 +672,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         repo = scratch / "models"
         shutil.copytree(ROOT / "models", repo)
+        # The models Triton's example clients expect, for both servers (run_examples).
+        write_simple(repo)
+        write_simple(repo, "simple_string", strings=True)
+        write_simple_identity(repo)
         written = _triton_module("triton_config").write_triton_config(
             repo / "mnist", repo / "mnist" / "1" / "model.onnx", version_policy=VersionPolicy("all"))
         print(f"wrote {repo / 'mnist' / 'config.pbtxt'}: max_batch_size {written.max_batch_size}, "
@@ -658,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         backends = layout_backends(scratch / "backends", find_install(Path(sys.prefix)))
         triton, http_port, grpc_port, triton_s = start_triton(repo, backends)
         processes.append(triton)
-        server, server_port, server_s = start_server(repo)
+        server, server_port, server_grpc_port, server_s = start_server(repo)
         processes.append(server)
         print(f"tritonserver ready in {triton_s:.1f} s (http {http_port}, grpc {grpc_port}); "
               f"this server ready in {server_s:.1f} s (http {server_port})")
@@ -666,9 +691,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"127.0.0.1:{http_port}")
         sv = Target("server-http", httpclient.InferenceServerClient(f"127.0.0.1:{server_port}"), False,
                     f"127.0.0.1:{server_port}")
-        tg = Target("triton-grpc", grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}"), True)
+        tg = Target("triton-grpc", grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}"), True,
+                    f"127.0.0.1:{grpc_port}")
         try:
             run_checks(run, repo, th, sv, tg)
+            run_examples(run, (th.url, tg.url), (sv.url, f"127.0.0.1:{server_grpc_port}"))
         except Exception:  # a crash in the script itself is a failure, reported with its traceback
             run.record(False, "script", traceback.format_exc())
         finally:

@@ -9,7 +9,7 @@ serves every model whose backend is `onnxruntime` (a `model.onnx` without `confi
 outputs and `max_batch_size` from the graph, dynamic batching turned on with it, one
 onnxruntime run for the requests Triton's scheduler hands over together. It is not the C++
 backend: its speed, threading and memory are onnxruntime's Python API's, and it knows no
-execution accelerators, sequence batching or string tensors.
+execution accelerators or sequence batching; string tensors go to onnxruntime as `str` (UTF-8).
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ class TritonPythonModel:
 
         If that joint run fails, each request runs alone, so only the bad one gets the error.
         """
-        feeds = [{name: pb_utils.get_input_tensor_by_name(r, name).as_numpy()
+        feeds = [{name: _text(pb_utils.get_input_tensor_by_name(r, name).as_numpy())
                   for name in self.input_names} for r in requests]
         results = None
         if self.batching and len(requests) > 1 and _same_shapes(feeds):
@@ -105,7 +105,7 @@ class TritonPythonModel:
         if results is None:
             results = [self._run_one(feed) for feed in feeds]
         return [arrays if isinstance(arrays, pb_utils.InferenceResponse) else pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor(name, np.ascontiguousarray(array))
+            output_tensors=[pb_utils.Tensor(name, np.ascontiguousarray(_bytes(array)))
                             for name, array in zip(self.output_names, arrays)]) for arrays in results]
 
     def _run_one(self, feed: dict):
@@ -113,6 +113,22 @@ class TritonPythonModel:
             return self.session.run(self.output_names, feed)
         except Exception as error:  # the client gets onnxruntime's reason, as from the C++ backend
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"onnxruntime: {error}"))
+
+
+def _text(array: np.ndarray) -> np.ndarray:
+    """Triton hands BYTES tensors over as `bytes` objects; onnxruntime's string tensors take `str`."""
+    if array.dtype != np.object_:
+        return array
+    return np.vectorize(lambda item: item.decode("utf-8", "surrogateescape") if isinstance(item, bytes) else item,
+                        otypes=[object])(array)
+
+
+def _bytes(array: np.ndarray) -> np.ndarray:
+    """onnxruntime's string outputs (`str`) as the `bytes` Triton sends for BYTES."""
+    if array.dtype != np.object_:
+        return array
+    return np.vectorize(lambda item: item.encode("utf-8", "surrogateescape") if isinstance(item, str) else item,
+                        otypes=[object])(array)
 
 
 def _same_shapes(feeds: list[dict]) -> bool:
