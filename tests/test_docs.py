@@ -10,7 +10,7 @@ import pytest
 
 from server import config
 from tests import doc_examples
-from tests.conftest import COMMITTED_REPOSITORY, ROOT
+from tests.conftest import COMMITTED_REPOSITORY, ROOT, run_make
 
 SECURITY = (ROOT / "docs" / "security.md").read_text()
 
@@ -112,8 +112,7 @@ def test_the_readme_names_the_python_the_project_requires() -> None:
 
 
 def test_every_make_target_the_readme_names_exists_and_make_help_is_mentioned() -> None:
-    listed = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60).stdout
+    listed = run_make("help").stdout
     targets = {line.split("\t")[0] for line in listed.splitlines()}
     named = set(re.findall(r"`make ([a-z-]+)", README)) | set(re.findall(r"^make ([a-z-]+)", README, re.M))
     assert "help" in named and named <= targets, named - targets
