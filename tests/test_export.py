@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +205,17 @@ def test_temperature_is_folded_into_the_graph(tmp_path: Path) -> None:
     np.testing.assert_allclose(served, torch.softmax(logits / 2.5, 1).numpy(), atol=1e-6)
     assert not np.allclose(served, torch.softmax(logits, 1).numpy(), atol=1e-3)
     assert ProbabilityModel(network, 2.5)(torch.from_numpy(pixels)).shape == (16, 10)
+
+
+def test_an_export_without_torchvision_logs_no_torchvision_skips(monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """PyTorch's CPU build has no torchvision; its exporter then warns about each torchvision operator
+    ("torchvision is not installed. Skipping torchvision::nms") on every export, ops no DigitNet has."""
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as if not installed (tests/without_torchvision.py)
+    caplog.set_level(logging.INFO)
+    model = to_onnx(DigitNet(ModelConfig(stages=((8,), (16,)))).eval())
+    assert model.graph.output[0].name == "probabilities"
+    assert not [r.getMessage() for r in caplog.records if "torchvision" in r.getMessage()]
 
 
 def test_model_names_follow_the_repository_rule(capsys: pytest.CaptureFixture) -> None:
