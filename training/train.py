@@ -185,8 +185,7 @@ class Trainer:
             if bar.disable and time.perf_counter() - reported >= PROGRESS_SECONDS:
                 reported, seen = time.perf_counter(), min(step * self.args.batch_size, total)
                 log_progress(label, seen, total, reported - started, loss_sum.item() / seen, correct.item() / seen)
-        seen = sum(len(index) for index in batches)
-        return loss_sum.item() / seen, correct.item() / seen, seen
+        return loss_sum.item() / total, correct.item() / total, total
 
 
 @torch.no_grad()
