@@ -12,13 +12,21 @@ DEV_VENV := .venv-dev
 PIP_FLAGS := --disable-pip-version-check --no-input
 PYTEST_ARGS ?=
 
-# PyTorch in the dev environment (training, export, their tests): TORCH=cuda, the default, is PyPI's
-# build (requirements-torch.txt), which on Linux brings 4.1 GB of NVIDIA libraries and Triton;
-# TORCH=cpu is PyTorch's CPU build (requirements-torch-cpu.txt), for machines without a GPU. It comes
-# from TORCH_WHEELS when that folder holds the wheel, else from PyTorch's CPU package index.
-TORCH ?= cuda
+# PyTorch in the dev environment (training, export, their tests): TORCH=cuda is PyPI's build
+# (requirements-torch.txt), which on Linux brings 4.1 GB of NVIDIA libraries and Triton; TORCH=cpu is
+# PyTorch's CPU build (requirements-torch-cpu.txt), for machines without a GPU, a fifth of the size. It
+# comes from TORCH_WHEELS when that folder holds the wheel, else from PyTorch's CPU package index.
+# The choice stays chosen: .venv-dev records it in its stamp's name (.stamp for cuda, .stamp-cpu for
+# cpu), and every target reuses it until TORCH is given again (on the command line or in the
+# environment; a different choice rebuilds .venv-dev). With no .venv-dev yet, the default is cuda
+# where nvidia-smi finds an NVIDIA GPU, or where PyTorch publishes no CPU build to pin (other than
+# Linux on x86-64 or ARM64), and cpu elsewhere.
 TORCH_WHEELS ?= /opt/wheels
 TORCH_CPU_SOURCE = $(if $(wildcard $(TORCH_WHEELS)/torch-*+cpu-*.whl),--find-links $(TORCH_WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu)
+DEV_FLAVOUR := $(if $(wildcard $(DEV_VENV)/.stamp-cpu),cpu,$(if $(wildcard $(DEV_VENV)/.stamp),cuda))
+NVIDIA_GPU := $(shell command -v nvidia-smi 2>/dev/null)
+CPU_BUILD_PLATFORM := $(filter Linux-x86_64 Linux-aarch64,$(shell uname -s)-$(shell uname -m))
+TORCH ?= $(or $(DEV_FLAVOUR),$(if $(NVIDIA_GPU),cuda,$(if $(CPU_BUILD_PLATFORM),cpu,cuda)))
 ifeq ($(TORCH),cuda)
 TORCH_REQUIREMENTS := requirements-torch.txt
 TORCH_SOURCE :=
@@ -28,7 +36,7 @@ TORCH_REQUIREMENTS := requirements-torch-cpu.txt
 TORCH_SOURCE = $(TORCH_CPU_SOURCE)
 DEV_STAMP := $(DEV_VENV)/.stamp-cpu
 else
-$(error TORCH=$(TORCH): expected cuda (the default) or cpu)
+$(error TORCH=$(TORCH): expected cuda or cpu)
 endif
 
 .PHONY: serve test train export bench bench-grpc bench-photos bench-http-layer clean help image image-test triton-test memory-test kserve-schemas
@@ -45,9 +53,9 @@ $(SERVE_VENV)/.stamp: requirements-serve.txt
 
 # One stamp per TORCH choice: switching it rebuilds the environment.
 $(DEV_STAMP): requirements-serve.txt requirements-train.txt requirements-dev.txt $(TORCH_REQUIREMENTS)
-	@echo "make: installing $(DEV_VENV) with TORCH=$(TORCH) (README, \"Installing\": sizes and times)"
-	@if [ "$(TORCH)" = cuda ] && ! command -v nvidia-smi >/dev/null 2>&1; then \
-		echo "make: no GPU here (no nvidia-smi): TORCH=cpu installs PyTorch's CPU build, a fraction of the size" >&2; fi
+	@echo "make: installing $(DEV_VENV) with TORCH=$(TORCH)$(if $(filter-out $(TORCH),$(DEV_FLAVOUR)), in place of its TORCH=$(DEV_FLAVOUR) build) (README, \"Installing\": sizes and times)"
+	@if [ "$(TORCH)" = cuda ] && [ -z "$(NVIDIA_GPU)" ] && [ -n "$(CPU_BUILD_PLATFORM)" ]; then \
+		echo "make: no NVIDIA GPU here (no nvidia-smi): TORCH=cpu installs PyTorch's CPU build, a fifth of the size" >&2; fi
 	rm -rf $(DEV_VENV)
 	$(PYTHON) -m venv $(DEV_VENV)
 	$(DEV_VENV)/bin/pip install $(PIP_FLAGS) $(TORCH_SOURCE) -r requirements-dev.txt -r $(TORCH_REQUIREMENTS)

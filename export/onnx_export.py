@@ -65,18 +65,33 @@ def fold_temperature(network: DigitNet, temperature: float) -> DigitNet:
     return folded
 
 
+# Where torch has no torchvision (the CPU build, make TORCH=cpu), its op registry warns once per
+# torchvision operator on every export ("torchvision is not installed. Skipping torchvision::nms"):
+# operators a DigitNet never uses.
+REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+def not_a_torchvision_skip(record: logging.LogRecord) -> bool:
+    """A logging filter: false for the registry's "torchvision is not installed" lines."""
+    return not record.getMessage().startswith("torchvision is not installed")
+
+
 @contextlib.contextmanager
 def quiet_exporter() -> Iterator[None]:
-    """Silence the exporter's warnings and its optimiser's INFO logging for the duration."""
+    """Silence the exporter's warnings, its optimiser's INFO logging and its registry's torchvision
+    skips for the duration."""
     loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
     levels = [logger.level for logger in loggers]
+    registry = logging.getLogger(REGISTRY_LOGGER)
     try:
         for logger in loggers:
             logger.setLevel(logging.WARNING)
+        registry.addFilter(not_a_torchvision_skip)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
+        registry.removeFilter(not_a_torchvision_skip)
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +21,7 @@ from server.model_config import CONFIG_FILE
 from training.atomic import write_atomically
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import recipe, training_command
-from training.data import DEFAULT_DATA_DIR, ensure_mnist, load_mnist, sha256_file
+from training.data import DEFAULT_DATA_DIR, TEST_CLASS_COUNTS, ensure_mnist, load_mnist, sha256_file
 from training.model import DigitNet, ModelConfig, multiply_adds, parameter_count
 
 log = logging.getLogger(__name__)
@@ -84,17 +85,56 @@ def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
     onnx.helper.set_model_props(model, {key: str(value) for key, value in metadata.items()})
 
 
+def default_to_beat(repo: Path, name: str, version: int) -> tuple[str, float] | None:
+    """The version that `version` would replace as `name`'s default (the highest version), and the test
+    accuracy recorded in its file; None when it would not become the default or nothing is recorded."""
+    current = latest_model_file(repo, name)
+    if current is None or int(current.parent.name) > version:
+        return None
+    recorded = read_metadata(current).get("test_accuracy")
+    return (current.parent.name, float(recorded)) if recorded else None
+
+
+def less_accurate_error(name: str, version: int, accuracy: str, current: tuple[str, float]) -> ExportError:
+    """The refusal to make a less accurate version the default, saying how to export it anyway."""
+    return ExportError(f"version {version} ({accuracy}) would replace {name}/{current[0]} "
+                       f"({100 * current[1]:.2f} %) as the default; pass --allow-less-accurate "
+                       "(make export EXPORT_ARGS=--allow-less-accurate) to export it anyway")
+
+
 def refuse_less_accurate_default(repo: Path, name: str, version: int, accuracy: float) -> None:
     """Raise when this version would become `name`'s default (the highest version) in place of a
     more accurate one: `make train --fast` then `make export` must not quietly demote the model."""
-    current = latest_model_file(repo, name)
-    if current is None or int(current.parent.name) > version:
-        return
-    recorded = read_metadata(current).get("test_accuracy")
-    if recorded and round(accuracy, 4) < float(recorded):
-        raise ExportError(f"version {version} ({100 * accuracy:.2f} % on the test set) would replace "
-                          f"{name}/{current.parent.name} ({100 * float(recorded):.2f} %) as the default; "
-                          "pass --allow-less-accurate (make export EXPORT_ARGS=--allow-less-accurate) to export it anyway")
+    current = default_to_beat(repo, name, version)
+    if current and round(accuracy, 4) < current[1]:
+        raise less_accurate_error(name, version, f"{100 * accuracy:.2f} % on the test set", current)
+
+
+# A checkpoint's test accuracy against the exported file's: the same images, the same fp32 weights,
+# only the runtime differs (argmax flips of a few of the 10,000 answers at most).
+RUNTIME_MARGIN = 0.001
+
+
+def checkpoint_accuracy_ceiling(content: dict) -> float | None:
+    """The highest test accuracy a full evaluation of this checkpoint could plausibly find, from the
+    accuracy training recorded: 4 standard errors above it when it was measured on a subset
+    (--limit, --dry-run), plus RUNTIME_MARGIN. None when no test accuracy was recorded (--validation)."""
+    accuracy, args = content.get("test_accuracy"), content.get("args", {})
+    if accuracy is None:
+        return None
+    test_images = sum(TEST_CLASS_COUNTS)
+    measured_on = min(test_images, args.get("batch_size", test_images) if args.get("dry_run") else args.get("limit") or test_images)
+    spread = 0.0 if measured_on >= test_images else 4 * math.sqrt(max(accuracy * (1 - accuracy), 1 / measured_on) / measured_on)
+    return float(accuracy) + spread + RUNTIME_MARGIN
+
+
+def refuse_early(content: dict, repo: Path, name: str, version: int) -> None:
+    """Refuse before exporting and evaluating (most of an export's time) when the accuracy the
+    checkpoint recorded cannot reach that of the default it would replace."""
+    current, ceiling = default_to_beat(repo, name, version), checkpoint_accuracy_ceiling(content)
+    if current and ceiling is not None and ceiling < current[1]:
+        raise less_accurate_error(name, version, f"{100 * float(content['test_accuracy']):.2f} % on the test set "
+                                  "as its checkpoint records", current)
 
 
 def int8_variant(model: onnx.ModelProto, metadata: dict[str, str], calibration: np.ndarray, pixels: np.ndarray,
@@ -121,6 +161,8 @@ def export_checkpoint(checkpoint: Path, name: str, version: int, repo: Path, dat
     if target.exists() and not force:
         raise ExportError(f"{target} already exists; pass --force to replace it")
     content = load_checkpoint(checkpoint)
+    if not allow_less_accurate:
+        refuse_early(content, repo, name, version)
     network = model_from_checkpoint(content, checkpoint)
     temperature = float(content.get("temperature") or 1.0)
     ensure_mnist(data_dir)

@@ -1,6 +1,9 @@
 """Shared fixtures: model repositories built in tmp_path, the Flask app and client, live gunicorn."""
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +24,33 @@ COMMITTED_MNIST = model_path(COMMITTED_REPOSITORY, "mnist", 1)
 MNIST_SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
 # Server logs stay after a run for CI to show; the folder is gitignored.
 LOG_DIR = ROOT / "tests" / "artifacts" / "logs"
+
+
+# The CPU build of PyTorch (make TORCH=cpu) comes without torchvision: tests comparing against it skip.
+NO_TORCHVISION = "no torchvision (the TORCH=cpu environment has none: requirements-torch-cpu.txt)"
+
+
+def torchvision_transforms():
+    """torchvision.transforms, a reference some tests compare against; the test skips without it."""
+    return pytest.importorskip("torchvision.transforms", reason=NO_TORCHVISION)
+
+
+# What an outer make passes to a make run inside a test: its flags and command-line variables
+# (`make test TORCH=cpu` puts TORCH=cpu in MAKEFLAGS and in the environment).
+MAKE_CONTROL = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFLAGS", "MAKEFILES")
+
+
+def make_environment() -> dict[str, str]:
+    """os.environ without what an outer make put there: its control variables and every variable the
+    Makefile sets, so a make a test runs sees the Makefile's own defaults, as on a fresh shell."""
+    assigned = set(re.findall(r"^([A-Z][A-Z0-9_]*)\s*[:?+]?=", (ROOT / "Makefile").read_text(), re.M))
+    return {key: value for key, value in os.environ.items() if key not in {*MAKE_CONTROL, *assigned}}
+
+
+def run_make(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    """`make --no-print-directory ARGS` in the checkout, in make_environment() plus `env`; output captured."""
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, env={**make_environment(), **env},
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

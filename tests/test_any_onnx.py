@@ -18,12 +18,11 @@ import requests
 import tritonclient.http as triton
 from onnx import TensorProto, helper
 from PIL import Image
-from torchvision import transforms
 
 from server import create_app
 from server.registry import ModelRegistry
 from tests import converted_models as cm
-from tests.conftest import ROOT, LiveServer
+from tests.conftest import ROOT, LiveServer, torchvision_transforms
 from tests.v2_repository import decode_response, run_directly
 
 BUILDERS = {
@@ -178,6 +177,7 @@ def jpeg(width: int, height: int, seed: int) -> bytes:
 
 def torchvision_probabilities(path: Path, images: list[bytes]) -> np.ndarray:
     """The reference: torchvision's classification transforms, onnxruntime on the file, softmax."""
+    transforms = torchvision_transforms()
     recipe = transforms.Compose([
         transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
         transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import MNIST_SAMPLE
+from tests.conftest import MNIST_SAMPLE, NO_TORCHVISION
 from tests.mnist_fixture import write_fake_mnist
 from training import data
 from training.data import DataError
@@ -52,8 +52,7 @@ def test_idx_files_verified_and_readable_by_torchvision(tmp_path: Path) -> None:
     np.testing.assert_array_equal(mnist.test.images, written["test"].images)
     assert set(mnist.file_sha256) == {name for pair in data.RAW_FILES.values() for name in pair}
 
-    # torchvision is absent from TORCH=cpu environments (requirements-torch-cpu.txt says why).
-    datasets = pytest.importorskip("torchvision.datasets", reason="no torchvision (make TORCH=cpu)")
+    datasets = pytest.importorskip("torchvision.datasets", reason=NO_TORCHVISION)
     test = datasets.MNIST(str(tmp_path), train=False, download=False)
     np.testing.assert_array_equal(test.data.numpy(), written["test"].images)
     np.testing.assert_array_equal(test.targets.numpy(), written["test"].labels)

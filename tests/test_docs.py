@@ -10,7 +10,7 @@ import pytest
 
 from server import config
 from tests import doc_examples
-from tests.conftest import COMMITTED_REPOSITORY, ROOT
+from tests.conftest import COMMITTED_REPOSITORY, ROOT, run_make
 
 SECURITY = (ROOT / "docs" / "security.md").read_text()
 
@@ -112,8 +112,7 @@ def test_the_readme_names_the_python_the_project_requires() -> None:
 
 
 def test_every_make_target_the_readme_names_exists_and_make_help_is_mentioned() -> None:
-    listed = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60).stdout
+    listed = run_make("help").stdout
     targets = {line.split("\t")[0] for line in listed.splitlines()}
     named = set(re.findall(r"`make ([a-z-]+)", README)) | set(re.findall(r"^make ([a-z-]+)", README, re.M))
     assert "help" in named and named <= targets, named - targets
@@ -124,6 +123,39 @@ def test_the_readme_commands_run_as_written() -> None:
     command = re.search(r"`(\.venv-serve/bin/python -m server --help)`", README)[1]
     out = subprocess.run(command.split(), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--model-repository" in out.stdout, out.stderr
+
+
+def test_the_readme_states_the_image_limits_from_the_settings() -> None:
+    """Not "a JPEG or PNG of any size": the body and pixel limits, as server/config.py sets them."""
+    body_mib = config.BY_NAME["MAX_CONTENT_LENGTH"].default / 2**20
+    megapixels = config.BY_NAME["MAX_IMAGE_PIXELS"].default / 10**6
+    text = " ".join(README.split())  # the README's lines wrap anywhere
+    assert f"a body of at most {body_mib:g} MiB, `MAX_CONTENT_LENGTH`" in text
+    assert f"an image of at most {megapixels:g} megapixels, `MAX_IMAGE_PIXELS`; larger ones get a 413" in text
+    assert "of any size" not in text
+
+
+def test_every_readme_serve_example_on_another_port_moves_grpc_too() -> None:
+    """A second server on PORT=9000 would still take gRPC's 8001: the examples set GRPC_PORT too."""
+    examples = re.findall(r"make serve [^`]*PORT=[^`]*", README)
+    assert examples and all("GRPC_PORT=" in example for example in examples), examples
+
+
+def test_the_readme_says_which_torch_a_fresh_clone_gets_before_installing() -> None:
+    before_installing = " ".join(README.split("### Installing")[0].split())
+    assert "without an NVIDIA GPU" in before_installing and "`TORCH=cpu`" in before_installing
+    assert "stays chosen" in before_installing
+
+
+def test_the_training_options_the_readme_names_are_in_the_training_help() -> None:
+    """`--dry-run`, `--fast`, `--threads` in the README are options `python -m training.train --help` lists."""
+    from training.config import build_parser
+
+    named = set(re.findall(r"TRAIN_ARGS='?(--[a-z-]+)(?: (--[a-z-]+))?", README))
+    flags = {flag for pair in named for flag in pair if flag}
+    assert {"--fast", "--dry-run", "--threads"} <= flags
+    listed = build_parser().format_help()
+    assert all(flag in listed for flag in flags), flags
 
 
 @pytest.mark.parametrize("document", ["README.md", "docs/api.md", "docs/models.md", "docs/deploy.md"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,9 @@ def random_checkpoint(path: Path, seed: int = 0, **fields: object) -> Path:
     """A checkpoint of an untrained, small DigitNet with the fields training writes."""
     torch.manual_seed(seed)
     model = DigitNet(ModelConfig(stages=((8,), (16,))))
-    save_checkpoint(path, model, args={"epochs": 0, "seed": seed}, epoch=0, data_sha256={"fake": "0" * 64},
-                    dataset_sha256="0" * 64, test_accuracy=None, training_s=0.0, **fields)
+    fields = {"args": {"epochs": 0, "seed": seed}, "test_accuracy": None, **fields}
+    save_checkpoint(path, model, epoch=0, data_sha256={"fake": "0" * 64}, dataset_sha256="0" * 64, training_s=0.0,
+                    **fields)
     return path
 
 
@@ -191,6 +193,29 @@ def test_export_refuses_to_make_a_less_accurate_model_the_default_unless_told(
     assert "unused nodes" not in capsys.readouterr().out
 
 
+def test_export_refuses_from_the_checkpoints_recorded_accuracy_and_evaluates_only_when_it_could_win(
+        exported: Exported, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    repo = tmp_path / "models"
+    (repo / "digits" / "1").mkdir(parents=True)
+    better = onnx.load(str(exported.result.path))
+    set_metadata(better, {**{p.key: p.value for p in better.metadata_props}, "test_accuracy": "0.9968"})
+    onnx.save(better, str(repo / "digits" / "1" / "model.onnx"))
+    common = ["--name", "digits", "--version", "2", "--repo", str(repo), "--data-dir", str(exported.data_dir),
+              "--parity-images", "16"]
+    # 8.92 % on the whole test set, as training recorded it: refused before any export or evaluation.
+    low = random_checkpoint(tmp_path / "low.pt", test_accuracy=0.0892, args={"epochs": 2, "limit": 0})
+    assert main(["--checkpoint", str(low), *common]) == 1
+    err = capsys.readouterr().err
+    assert "version 2 (8.92 % on the test set as its checkpoint records) would replace digits/1 (99.68 %)" in err
+    assert "--allow-less-accurate" in err and not (repo / "digits" / "2").exists()
+    # 98 % on one batch of a --dry-run could be 99.7 % on all 10,000: evaluated, then refused on the full result.
+    dry = random_checkpoint(tmp_path / "dry.pt", test_accuracy=0.98, args={"dry_run": True, "batch_size": 128})
+    assert main(["--checkpoint", str(dry), *common]) == 1
+    err = capsys.readouterr().err
+    assert "would replace digits/1 (99.68 %)" in err and "as its checkpoint records" not in err
+    assert "on the test set) would replace" in err and not (repo / "digits" / "2").exists()
+
+
 def test_temperature_is_folded_into_the_graph(tmp_path: Path) -> None:
     network = DigitNet(ModelConfig(stages=((8,), (16,)))).eval()
     torch.nn.init.normal_(network.head[-1].weight, std=3.0)  # confident logits, so the temperature shows
@@ -204,6 +229,17 @@ def test_temperature_is_folded_into_the_graph(tmp_path: Path) -> None:
     np.testing.assert_allclose(served, torch.softmax(logits / 2.5, 1).numpy(), atol=1e-6)
     assert not np.allclose(served, torch.softmax(logits, 1).numpy(), atol=1e-3)
     assert ProbabilityModel(network, 2.5)(torch.from_numpy(pixels)).shape == (16, 10)
+
+
+def test_an_export_without_torchvision_logs_no_torchvision_skips(monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """PyTorch's CPU build has no torchvision; its exporter then warns about each torchvision operator
+    ("torchvision is not installed. Skipping torchvision::nms") on every export, ops no DigitNet has."""
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as if not installed (tests/without_torchvision.py)
+    caplog.set_level(logging.INFO)
+    model = to_onnx(DigitNet(ModelConfig(stages=((8,), (16,)))).eval())
+    assert model.graph.output[0].name == "probabilities"
+    assert not [r.getMessage() for r in caplog.records if "torchvision" in r.getMessage()]
 
 
 def test_model_names_follow_the_repository_rule(capsys: pytest.CaptureFixture) -> None:

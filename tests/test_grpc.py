@@ -574,6 +574,21 @@ def test_term_lets_a_call_in_flight_finish(tmp_path, live_server_factory):
     assert re.search(r"Worker exiting", server.log())
 
 
+def test_a_clean_stop_logs_no_grpc_error(repo, live_server_factory):
+    """SIGTERM after a client called: the worker drains its gRPC server, and gRPC logs no error line
+    (E<date> ...: closing the listener under it logged "Failed accept4" on every clean stop)."""
+    server = live_server_factory(repo)
+    connection = triton.InferenceServerClient(url=f"127.0.0.1:{grpc_port(server)}")
+    try:
+        assert connection.is_server_live()
+    finally:
+        connection.close()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=60) == 0
+    log = server.log()
+    assert "gRPC stopped" in log and not re.findall(r"^[EF]\d{4} .*", log, re.M), log[-3000:]
+
+
 def test_grpc_port_zero_serves_no_grpc(repo, live_server_factory):
     server = live_server_factory(repo, GRPC_PORT=0)
     assert requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 200

@@ -16,7 +16,7 @@ from PIL import Image
 
 from server import create_app
 from tests.api_client import FlaskCaller, HttpCaller, encode, png
-from tests.conftest import COMMITTED_MNIST, MNIST_SAMPLE
+from tests.conftest import COMMITTED_MNIST, MNIST_SAMPLE, wait_until
 from tests.onnx_factory import write_classifier
 
 SAMPLE = np.load(MNIST_SAMPLE)
@@ -453,6 +453,15 @@ def test_bad_requests_get_a_clear_4xx(caller, path: str, call: dict, status: int
     assert answer.headers["Content-Type"] == "application/json"
     body = answer.json
     assert list(body) == ["error"] and message in body["error"], body
+
+
+def test_an_image_pillow_would_warn_about_is_refused_without_a_warning_in_the_log(random_server) -> None:
+    """100 MP is over MAX_IMAGE_PIXELS and over Pillow's own warning threshold (89 MP): a 413, and the
+    server's log holds the request's line but no DecompressionBombWarning."""
+    answer = HttpCaller(random_server.url).post("/predict", **raw(png_header_claiming(10_000, 10_000)))
+    assert answer.status == 413 and "image of 10000x10000 = 100000000 pixels received" in answer.json["error"]
+    assert wait_until(lambda: "POST /predict 413" in random_server.log())
+    assert "DecompressionBomb" not in random_server.log()
 
 
 def test_not_an_image_model_error_points_to_v2(caller) -> None:

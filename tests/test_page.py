@@ -440,6 +440,13 @@ def test_the_api_page_files_come_from_the_serve_environment(client):
     assert client.get("/docs").status_code == 200
 
 
+def test_the_api_page_with_a_trailing_slash_redirects_to_it(client):
+    answer = client.get("/docs/")
+    assert answer.status_code == 308 and answer.headers["Location"] == "/docs"
+    followed = client.get("/docs/", follow_redirects=True)
+    assert followed.status_code == 200 and "swagger-ui" in followed.text
+
+
 @pytest.mark.browser
 def test_a_colour_classifier_shows_the_colour_image_it_saw(module_servers, tmp_path_factory, open_page):
     """An imagenet-preset model: the page shows its normalised [3, H, W] input as a colour picture."""

@@ -6,12 +6,11 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torchvision import transforms
 
 from server.decoding import decode_image
 from server.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, ImageInput, image_input
+from tests.conftest import torchvision_transforms
 
 TOLERANCE = 1e-3
 
@@ -31,6 +30,7 @@ def photo(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Im
 def torchvision_imagenet(image: Image.Image, crop: tuple[int, int], resize: int,
                          mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
     """torchvision's classification recipe (weights.transforms() of its pretrained models)."""
+    transforms = torchvision_transforms()
     recipe = transforms.Compose([
         transforms.Lambda(lambda im: im.convert("RGB")),
         transforms.Resize(resize, interpolation=transforms.InterpolationMode.BILINEAR),
@@ -84,6 +84,7 @@ def test_imagenet_default_resize_is_the_crop_over_seven_eighths() -> None:
 @pytest.mark.parametrize("source", ["RGBA", "RGB", "L"])
 def test_resize_matches_torchvision(channels, mode, source) -> None:
     image = photo(211, 157, mode=source, seed=channels)
+    transforms = torchvision_transforms()
     reference = transforms.Compose([
         transforms.Lambda(lambda im: im.convert(mode)),
         transforms.Resize((32, 48), interpolation=transforms.InterpolationMode.BILINEAR),

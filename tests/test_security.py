@@ -103,7 +103,7 @@ def test_every_endpoint_but_health_and_the_page_needs_the_token(repository: Path
     operations = every_operation(app)
     assert ("POST", "/predict") in operations and ("GET", "/metrics") in operations
     for method, path in operations:
-        response = client.open(path, method=method, headers=headers)
+        response = client.open(path, method=method, headers=headers, follow_redirects=True)  # /docs/ -> /docs
         if path in OPEN_PATHS:
             assert response.status_code == 200, (method, path)
         elif path.startswith(OPEN_PREFIXES):  # the pages' own files: no token, whatever else they answer
@@ -139,6 +139,7 @@ def test_no_token_configured_means_no_token_needed(repository: Path) -> None:
         ("GET", "/no/such/path", 401, 404),
         ("GET", "/docs", 200, 200),  # the API page asks for the token itself (tests/test_page.py)
         ("GET", "/docs/swagger-ui/swagger-ui-bundle.js", 200, 200),
+        ("GET", "/docs/", 200, 200),  # redirected to /docs
     ],
 )
 def test_gunicorn_checks_the_token(server, method: str, path: str, status_without: int, status_with: int) -> None:

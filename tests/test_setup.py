@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import requests
 
 from server import config
-from tests.conftest import ROOT, SERVE_VENV
+from tests.conftest import NO_TORCHVISION, ROOT, SERVE_VENV, run_make
 
 SERVE_PYTHON = SERVE_VENV / "bin" / "python"
 FORBIDDEN_TOP_LEVEL = ("torch", "torchvision", "training", "export")
@@ -99,10 +102,7 @@ def test_a_bad_setting_is_one_clear_error(env: dict, flags: list, message: str) 
 def test_make_serve_without_a_model_says_what_is_missing(tmp_path: Path) -> None:
     empty = tmp_path / "empty-repository"
     empty.mkdir()
-    out = subprocess.run(
-        ["make", "--no-print-directory", "serve", f"MODEL_REPOSITORY={empty}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
+    out = run_make("serve", f"MODEL_REPOSITORY={empty}", timeout=120)
     assert out.returncode != 0
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"no model in {empty}/" in errors[0] and "make train && make export VERSION=1" in errors[0]
@@ -115,32 +115,123 @@ def test_gunicorn_serves_health(live_server) -> None:
     assert "[INFO] Booting worker" in live_server.log() or "Booting worker" in live_server.log()
 
 
-def make_dry_run(*args: str) -> subprocess.CompletedProcess:
+def make_dry_run(*args: str, **env: str) -> subprocess.CompletedProcess:
     """The commands `make` would run, printed and not run (-n), as if every target were out of date (-B)."""
-    return subprocess.run(["make", "-n", "-B", "--no-print-directory", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    return run_make("-n", "-B", *args, **env)
+
+
+def planned_install(planned: subprocess.CompletedProcess) -> str:
+    """The one `pip install` line of a dry run."""
+    install = [line for line in planned.stdout.splitlines() if "pip install" in line]
+    assert len(install) == 1, planned.stdout + planned.stderr
+    return install[0]
 
 
 def test_torch_cpu_installs_the_cpu_build_from_the_wheel_folder(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").touch()
-    planned = make_dry_run(".venv-dev/.stamp-cpu", "TORCH=cpu", f"TORCH_WHEELS={wheels}")
-    install = [line for line in planned.stdout.splitlines() if "pip install" in line]
-    assert len(install) == 1, planned.stdout
-    assert f"--find-links {wheels}" in install[0] and "-r requirements-torch-cpu.txt" in install[0]
-    assert "requirements-torch.txt" not in install[0] and "--quiet" not in install[0]
+    install = planned_install(make_dry_run(".venv-dev/.stamp-cpu", "TORCH=cpu", f"TORCH_WHEELS={wheels}"))
+    assert f"--find-links {wheels}" in install and "-r requirements-torch-cpu.txt" in install
+    assert "requirements-torch.txt" not in install and "--quiet" not in install
     assert (ROOT / "requirements-torch-cpu.txt").read_text().count("+cpu") == 1
 
 
-def test_the_default_torch_is_the_pinned_pypi_build_and_pip_shows_progress() -> None:
-    planned = make_dry_run(".venv-dev/.stamp")
-    install = [line for line in planned.stdout.splitlines() if "pip install" in line]
-    assert len(install) == 1 and "-r requirements-torch.txt" in install[0], planned.stdout
-    assert "--quiet" not in install[0] and "--find-links" not in install[0]
+def test_torch_cuda_is_the_pinned_pypi_build_and_pip_shows_progress() -> None:
+    install = planned_install(make_dry_run(".venv-dev/.stamp", "TORCH=cuda"))
+    assert "-r requirements-torch.txt" in install
+    assert "--quiet" not in install and "--find-links" not in install
     assert "torch==2.14.1" in requirement_lines("requirements-torch.txt")
+
+
+def test_a_make_run_by_a_test_ignores_the_outer_makes_variables(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    """`make test TORCH=cpu` hands TORCH=cpu to its recipes (MAKEFLAGS and the environment): a make
+    that a test runs must still see the Makefile's own defaults and the test's arguments."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".stamp").touch()  # a cuda environment, up to date
+    monkeypatch.setenv("MAKEFLAGS", " -- TORCH=cpu PYTEST_ARGS=-x")
+    monkeypatch.setenv("MAKELEVEL", "1")
+    monkeypatch.setenv("TORCH", "cpu")
+    planned = run_make("-n", "train", f"DEV_VENV={venv}")
+    assert planned.returncode == 0 and "pip install" not in planned.stdout, planned.stdout + planned.stderr
+    assert f"{venv}/bin/python -m training.train" in planned.stdout
+    assert "-r requirements-torch.txt" in planned_install(make_dry_run(".venv-dev/.stamp"))
+
+
+def machine_default_torch() -> str:
+    """What the README promises for a fresh clone: cuda with an NVIDIA GPU or where PyTorch has no
+    CPU build to pin, else cpu."""
+    cpu_build = platform.system() == "Linux" and platform.machine() in ("x86_64", "aarch64")
+    return "cuda" if shutil.which("nvidia-smi") or not cpu_build else "cpu"
+
+
+def test_a_fresh_clone_installs_the_torch_this_machine_can_use(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"  # no dev environment yet
+    planned = run_make("-n", "train", f"DEV_VENV={venv}")
+    expected = {"cpu": "-r requirements-torch-cpu.txt", "cuda": "-r requirements-torch.txt"}
+    assert expected[machine_default_torch()] in planned_install(planned)
+    assert f"{venv}/bin/python -m training.train" in planned.stdout
+    # An NVIDIA GPU (nvidia-smi on PATH) means PyPI's CUDA build.
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+    (tools / "nvidia-smi").chmod(0o755)
+    with_gpu = run_make("-n", "train", f"DEV_VENV={venv}", PATH=f"{tools}:{os.environ['PATH']}")
+    assert "-r requirements-torch.txt" in planned_install(with_gpu)
+
+
+@pytest.mark.parametrize(("built", "stamp", "other", "other_requirements"), [
+    ("cpu", ".stamp-cpu", "cuda", "requirements-torch.txt"),
+    ("cuda", ".stamp", "cpu", "requirements-torch-cpu.txt"),
+])
+def test_the_torch_a_dev_environment_was_built_with_stays_chosen(tmp_path: Path, built: str, stamp: str,
+                                                                 other: str, other_requirements: str) -> None:
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / stamp).touch()  # newer than every requirements file: up to date
+    for target in ("train", "test", "export VERSION=9 CHECKPOINT=runs/x/model.pt"):
+        planned = run_make("-n", *target.split(), f"DEV_VENV={venv}")
+        assert planned.returncode == 0 and "pip install" not in planned.stdout, planned.stdout
+        assert f"rm -rf {venv}" not in planned.stdout
+    # Another TORCH, given explicitly (argument or environment), replaces it.
+    for planned in (run_make("-n", "train", f"DEV_VENV={venv}", f"TORCH={other}"),
+                    run_make("-n", "train", f"DEV_VENV={venv}", TORCH=other)):
+        assert f"rm -rf {venv}" in planned.stdout and f"-r {other_requirements}" in planned_install(planned)
+        assert f"in place of its TORCH={built} build" in planned.stdout
+
+
+def test_the_shared_dev_environment_is_reused_as_it_is() -> None:
+    """After `make test` (whichever TORCH built it), a plain `make train` plans no reinstall."""
+    assert (ROOT / ".venv-dev" / ".stamp").exists() or (ROOT / ".venv-dev" / ".stamp-cpu").exists()
+    planned = run_make("-n", "train")
+    assert planned.returncode == 0 and "rm -rf" not in planned.stdout and "pip install" not in planned.stdout, planned.stdout
+
+
+def pytest_without_torchvision(*args: str) -> subprocess.CompletedProcess:
+    """pytest ARGS in a child process where torchvision cannot be imported (tests/without_torchvision.py)."""
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.without_torchvision", "-p", "no:cacheprovider",
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_without_torchvision_every_test_file_is_collected() -> None:
+    """`make test TORCH=cpu`, CI-sized: PyTorch's CPU build has no torchvision, and every test file
+    must still be collected (a module-level import of it stopped the whole run)."""
+    out = pytest_without_torchvision("--collect-only", "-q", "tests")
+    assert out.returncode == 0 and "error" not in out.stdout.splitlines()[-1], out.stdout[-3000:] + out.stderr[-3000:]
+    collected = {line.split("::")[0] for line in out.stdout.splitlines() if "::" in line}
+    assert collected == {str(path.relative_to(ROOT)) for path in (ROOT / "tests").glob("test_*.py")}
+
+
+def test_without_torchvision_its_reference_tests_skip_saying_why_and_the_rest_run() -> None:
+    out = pytest_without_torchvision("-q", "-rs", "tests/test_presets.py")
+    summary = out.stdout.splitlines()[-1]
+    assert out.returncode == 0 and "passed" in summary and "skipped" in summary, out.stdout[-3000:]
+    assert NO_TORCHVISION in out.stdout
 
 
 def test_an_unknown_torch_choice_is_one_clear_error() -> None:
     planned = make_dry_run("test", "TORCH=gpu")
-    assert planned.returncode != 0 and "TORCH=gpu: expected cuda (the default) or cpu" in planned.stderr
+    assert planned.returncode != 0 and "TORCH=gpu: expected cuda or cpu" in planned.stderr

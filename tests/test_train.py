@@ -1,9 +1,12 @@
 """training.train on a fake MNIST: dry run, --limit run, reproducibility, Ctrl-C, augmentation."""
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,6 +114,41 @@ def test_ctrl_c_keeps_the_last_finished_epoch(fake_data: Path, tmp_path: Path, s
     content = load_checkpoint(tmp_path / "model.pt")
     assert content["epoch"] >= 1 and f"kept epoch {content['epoch']}'s checkpoint" in output
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_without_a_terminal_training_logs_its_progress(fake_data: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Output to a file or a pipe shows no progress bar: a line every PROGRESS_SECONDS (0 here: every
+    batch) says how far the epoch is, at how many images a second, and one line ends each epoch."""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal, whatever runs the tests
+    monkeypatch.setattr(train, "PROGRESS_SECONDS", 0.0)
+    caplog.set_level(logging.INFO, logger="training.train")
+    run_training(fake_data, tmp_path, "--limit", "256", "--epochs", "1", *TINY)
+    lines = [record.getMessage() for record in caplog.records]
+    progress = [line for line in lines if re.fullmatch(r"epoch 1/1: \d+/256 images, \d+ img/s, train loss .* acc .*", line)]
+    assert [int(line.split(": ")[1].split("/")[0]) for line in progress] == [64, 128, 192, 256], lines
+    assert sum(line.startswith("epoch 1/1: train loss") for line in lines) == 1
+
+
+def test_a_run_stopped_before_its_first_epoch_leaves_no_folder(fake_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "training.train", "--data-dir", str(fake_data), "--out", str(out),
+               "--epochs", "1", *TINY]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output = ""
+        while " training " not in output and process.poll() is None:  # the line before the first epoch
+            output += process.stdout.readline()
+        process.send_signal(signal.SIGINT)
+        output += process.communicate(timeout=60)[0]
+    finally:  # whatever happened above, the child does not outlive the test
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+    assert process.returncode == 130 and "Traceback" not in output, output
+    assert not out.exists()
 
 
 def test_augmentation_is_per_image_and_identity_when_disabled() -> None:

@@ -5,7 +5,9 @@ import gzip
 import http.client
 import json
 import math
+import shutil
 import socket
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -581,6 +583,20 @@ def test_decoding_any_request_gives_arrays_or_a_client_error(case):
 
 
 # ---------------------------------------------------------------- the committed model
+
+
+def test_only_models_git_tracks_count_as_committed(tmp_path):
+    """A model exported into models/ after the clone (the README's `make export VERSION=1
+    NAME=mnist-fast`) is not checked as a committed one."""
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    subprocess.run([*git, "init", "-q", str(tmp_path)], check=True)
+    for name in ("mnist", "mnist-fast"):
+        (tmp_path / "models" / name / "1").mkdir(parents=True)
+        shutil.copyfile(COMMITTED_MNIST, tmp_path / "models" / name / "1" / "model.onnx")
+    subprocess.run([*git, "add", "models/mnist"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "the model"], cwd=tmp_path, check=True)
+    assert [(name, version) for name, version, _ in committed_digit_models(tmp_path)] == [("mnist", "1")]
+    assert [path.parent.parent.name for path in sorted((tmp_path / "models").glob("*/*/model.onnx"))] == ["mnist", "mnist-fast"]
 
 
 @needs_committed_model

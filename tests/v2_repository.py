@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from tests.conftest import COMMITTED_MNIST, COMMITTED_REPOSITORY, MNIST_SAMPLE  # noqa: F401 (re-exported)
+from tests.conftest import COMMITTED_MNIST, COMMITTED_REPOSITORY, MNIST_SAMPLE, ROOT  # noqa: F401 (re-exported)
 from tests.onnx_factory import write_classifier
 
 DIGIT_LABELS = [str(i) for i in range(10)]
@@ -133,10 +134,23 @@ def mnist_sample(count: int = 50) -> tuple[np.ndarray, np.ndarray]:
     return (images.astype(np.float32) / 255.0)[:, None], labels
 
 
-def committed_digit_models() -> list[tuple[str, str, Path]]:
+def committed_model_files(root: Path = ROOT) -> list[Path]:
+    """Every models/<name>/<version>/model.onnx that git tracks in the checkout at `root`: a model
+    exported since (`make export VERSION=1 NAME=mnist-fast`) is not a committed one. Outside a git
+    checkout (an unpacked archive), every such file in models/."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--", "models"], cwd=root, capture_output=True, text=True,
+                                check=True, timeout=30).stdout.split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        return sorted((root / "models").glob("*/*/model.onnx"))
+    paths = (root / name for name in listed if name)
+    return sorted(path for path in paths if path.match("models/*/*/model.onnx") and path.exists())
+
+
+def committed_digit_models(root: Path = ROOT) -> list[tuple[str, str, Path]]:
     """(name, version, path) of every committed model whose preprocessing preset is `mnist-digit`."""
     found = []
-    for path in sorted(COMMITTED_REPOSITORY.glob("*/*/model.onnx")):
+    for path in committed_model_files(root):
         metadata = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
         if metadata.get("preprocessing") == "mnist-digit":
             found.append((path.parent.parent.name, path.parent.name, path))

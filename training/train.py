@@ -29,6 +29,14 @@ ACCURACY_MILESTONES = (0.99, 0.995, 0.996, 0.997)
 EVAL_BATCH = 1000
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 CALIBRATION_SPLIT_SEED = 1  # fixed, so every recipe holds out the same calibration images
+# Where tqdm shows no bar (output to a file or a pipe: `make train > log`), a progress line this often.
+PROGRESS_SECONDS = 20.0
+
+
+def log_progress(epoch: str, seen: int, total: int, seconds: float, loss: float, accuracy: float) -> None:
+    """One line of an epoch's progress, for logs where no progress bar shows."""
+    log.info("%s: %d/%d images, %.0f img/s, train loss %.4f acc %.4f", epoch, seen, total, seen / max(seconds, 1e-9),
+             loss, accuracy)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -155,8 +163,10 @@ class Trainer:
             batches = batches[:1]
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
-        bar = tqdm(batches, desc=f"epoch {number}/{self.args.epochs}", unit="batch", leave=False,
-                   disable=None, file=sys.stderr)
+        label = f"epoch {number}/{self.args.epochs}"
+        bar = tqdm(batches, desc=label, unit="batch", leave=False, disable=None, file=sys.stderr)
+        total, started = sum(len(index) for index in batches), time.perf_counter()
+        reported = started
         for step, index in enumerate(bar, 1):
             labels = self.train_labels[index]
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
@@ -172,8 +182,10 @@ class Trainer:
             if step % 20 == 0:
                 seen = step * self.args.batch_size
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
-        seen = sum(len(index) for index in batches)
-        return loss_sum.item() / seen, correct.item() / seen, seen
+            if bar.disable and time.perf_counter() - reported >= PROGRESS_SECONDS:
+                reported, seen = time.perf_counter(), min(step * self.args.batch_size, total)
+                log_progress(label, seen, total, reported - started, loss_sum.item() / seen, correct.item() / seen)
+        return loss_sum.item() / total, correct.item() / total, total
 
 
 @torch.no_grad()
@@ -283,7 +295,6 @@ def run(args: TrainConfig, mnist: Mnist | None = None) -> dict:
     model = model.to(device).to(memory_format=torch.channels_last)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     trainer = Trainer(args, device, model, data["train_images"], data["train_labels"], generator, amp_dtype, teacher)
-    args.out.mkdir(parents=True, exist_ok=True)
     eval_name = "validation" if args.validation else "test"
     summary = {"device": str(device), "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
                "threads": args.threads, "parameters": parameter_count(model), "multiply_adds": macs,
@@ -314,6 +325,7 @@ def run(args: TrainConfig, mnist: Mnist | None = None) -> dict:
                      result.accuracy, result.ece, temperature, epochs[-1]["epoch_s"],
                      epochs[-1]["train_images_per_s"])
             accuracy = {"test_accuracy": None, f"{eval_name}_accuracy": result.accuracy, f"{eval_name}_ece": result.ece}
+            args.out.mkdir(parents=True, exist_ok=True)  # only now: a run stopped sooner leaves no empty folder
             save_checkpoint(args.out / "model.pt", model, args=args.to_dict(), epoch=number,
                             data_sha256=mnist.file_sha256, dataset_sha256=dataset_sha256(mnist),
                             training_s=epochs[-1]["elapsed_s"], device=summary["device"],

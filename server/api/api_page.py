@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib.util import find_spec
 from pathlib import Path
 
-from flask import Blueprint, abort, render_template, send_from_directory
+from flask import Blueprint, abort, redirect, render_template, send_from_directory, url_for
 
 from .page import CONTENT_SECURITY_POLICY
 
@@ -36,6 +36,12 @@ def api_page():
     return html, 200, {"Content-Security-Policy": CONTENT_SECURITY_POLICY}
 
 
+@bp.get("/docs/")
+def api_page_with_a_slash():
+    """`/docs/`, as people often type it: a permanent redirect to the page."""
+    return redirect(url_for(".api_page"), code=308)
+
+
 @bp.get(f"{SWAGGER_UI_PATH}/<name>")
 def swagger_ui_file(name: str):
     folder = swagger_ui_dir()
@@ -52,6 +58,15 @@ OPENAPI_PATHS: dict = {
             "tags": ["page"],
             "responses": {
                 "200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
+            },
+        }
+    },
+    "/docs/": {
+        "get": {
+            "summary": "The API page's address with a trailing slash: a permanent redirect to /docs",
+            "tags": ["page"],
+            "responses": {
+                "308": {"description": "Redirect to /docs", "headers": {"Location": {"schema": {"type": "string"}}}}
             },
         }
     },

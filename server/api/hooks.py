@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 # Endpoints that answer without a token: health, so load balancers and orchestrators can probe
 # it, and the drawing page's own files, which hold no data (a browser cannot send a bearer token
 # when it opens a page; the page asks for the token and sends it with its API calls).
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/", "/docs")
+OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/", "/docs", "/docs/")
 OPEN_PREFIXES = ("/static/", "/docs/swagger-ui/")
 # The path is logged percent-decoded: a %0A in the URL must not start a new, forged log line.
 UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")

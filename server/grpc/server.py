@@ -64,7 +64,7 @@ def drain(server: grpc.Server, port: int, timeout: float) -> dict[str, float]:
     """Stop `server` without losing a call: no new connections, clients seen off, calls finished.
 
     grpc's own stop() cancels the calls that reach it after it began but before the client heard
-    of it (one or two per worker under load), so first this worker's listening socket is shut
+    of it (one or two per worker under load), so first this worker's listening socket is closed
     (the kernel sends new connections to the other workers on the port), then every open
     connection is left to reach its age and be told to go, and only then does stop() wait for
     what is left in flight. Returns how long each step took.
@@ -72,14 +72,25 @@ def drain(server: grpc.Server, port: int, timeout: float) -> dict[str, float]:
     started = time.monotonic()
     listening, _ = _sockets_on(port)
     for fd in listening:
-        with socket.socket(fileno=os.dup(fd)) as listener:
-            listener.shutdown(socket.SHUT_RD)  # Linux: leaves the port's SO_REUSEPORT group now
+        _close_under_grpc(fd)
     closed = time.monotonic()
     while _sockets_on(port)[1] and time.monotonic() - started < timeout:
         time.sleep(0.05)
     drained = time.monotonic()
     server.stop(grace=max(1.0, timeout - (drained - started))).wait()
     return {"connections_seconds": round(drained - closed, 2), "stop_seconds": round(time.monotonic() - drained, 2)}
+
+
+def _close_under_grpc(fd: int) -> None:
+    """Close the listening socket on `fd` (it leaves the port's SO_REUSEPORT group) without gRPC noticing.
+
+    A placeholder socket takes the descriptor's number, so the listener's last reference goes: the
+    kernel drops a closed socket from gRPC's epoll set silently, and stop() later closes the
+    placeholder. Shutting the listener down instead woke gRPC's acceptor, whose accept4() then
+    failed, logging "E... Closing acceptor. Failed accept4: Invalid argument" on every clean stop.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as placeholder:
+        os.dup2(placeholder.fileno(), fd, inheritable=False)
 
 
 def _sockets_on(port: int) -> tuple[list[int], list[int]]:
