@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
+from urllib3 import encode_multipart_formdata
 
 from server import box, create_app
 from server.budget import SMALL, MemoryBudget, image_bytes, run_in_chunks
@@ -279,3 +280,71 @@ def test_body_reservations_cover_what_a_live_worker_really_peaks_at() -> None:
         over_idle = (row["peak_kib"] - results["idle_kib"]) * 1024
         assert row["runs"][0]["status"] in (200, 400), row
         assert over_idle <= row["reserved_bytes"], (row["kind"], over_idle // MIB, row["reserved_bytes"] // MIB)
+
+
+# --------------------------------------------------------------------------- honest refusals (issue 28)
+
+
+def _noise_png(side: int, mode: str = "L", noise_rows: int | None = None) -> bytes:
+    """A PNG whose first `noise_rows` rows (all by default) are noise: a large body for its pixels."""
+    rng = np.random.default_rng(side)
+    bands = len(mode)
+    data = np.zeros((side, side, bands) if bands > 1 else (side, side), dtype=np.uint8)
+    data[:noise_rows or side] = rng.integers(0, 256, data[:noise_rows or side].shape, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(data, mode).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _form(*pages: bytes) -> dict:
+    """Keyword arguments posting `pages` as a multipart form, encoded as requests and curl send it."""
+    body, content_type = encode_multipart_formdata([("image", (f"p{i}.png", page, "image/png")) for i, page in enumerate(pages)])
+    return {"data": body, "content_type": content_type}
+
+
+def _busy_app(random_repository: Path, **config):
+    """An app whose one large-request slot another request holds (the worker is busy)."""
+    app = create_app({"TESTING": True, "MODEL_REPOSITORY": str(random_repository), "MEMORY_WAIT_SECONDS": 0.0,
+                      **config})
+    return app, app.extensions["memory_budget"]
+
+
+@pytest.mark.parametrize("how", ["multipart", "raw"])
+def test_a_request_over_the_pixel_limit_gets_413_even_while_the_worker_is_busy(random_repository: Path, how: str) -> None:
+    app, budget = _busy_app(random_repository, MAX_REQUEST_PIXELS=1200 * 1200)
+    page = _noise_png(1300)  # 1.7 MB of body: the body's reservation alone is large work
+    assert budget.capacity > 10 * len(page) > SMALL
+    client = app.test_client()
+    with budget.reserve(SMALL, "another request"):  # holds the worker's one large-request slot
+        if how == "raw":
+            answer = client.post("/predict", data=page, content_type="image/png")
+        else:
+            answer = client.post("/predict", **_form(page))
+    assert answer.status_code == 413 and "Retry-After" not in answer.headers, answer.json
+    assert "MAX_REQUEST_PIXELS" in answer.json["error"]
+
+
+def test_an_image_over_the_whole_memory_budget_gets_413_even_while_the_worker_is_busy(random_repository: Path) -> None:
+    page = _noise_png(2000, "RGBA", noise_rows=400)  # 3.2 MB of body: ~32 MB to read, ~160 MB to preprocess
+    cost = image_bytes("RGBA", 2000, 2000)
+    app, budget = _busy_app(random_repository, MEMORY_BUDGET=(10 * len(page) + cost) // 2)
+    assert 10 * len(page) < budget.capacity < cost
+    with budget.reserve(SMALL, "another request"):
+        answer = app.test_client().post("/predict", **_form(page))
+    assert answer.status_code == 413 and "MEMORY_BUDGET" in answer.json["error"], answer.json
+
+
+def test_too_many_images_get_413_even_while_the_worker_is_busy(random_repository: Path) -> None:
+    app, budget = _busy_app(random_repository, MAX_IMAGES_PER_REQUEST=2)
+    page = _noise_png(600)
+    with budget.reserve(SMALL, "another request"):
+        answer = app.test_client().post("/predict", **_form(page, page, page))
+    assert answer.status_code == 413 and "MAX_IMAGES_PER_REQUEST" in answer.json["error"], answer.json
+
+
+def test_a_request_that_fits_still_gets_503_while_the_worker_is_busy(random_repository: Path) -> None:
+    app, budget = _busy_app(random_repository)
+    page = _noise_png(1300)
+    with budget.reserve(SMALL, "another request"):
+        answer = app.test_client().post("/predict", **_form(page))
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "1", answer.json

@@ -46,7 +46,13 @@ def _predict(name: str):
     model = get_registry().get(name, request.args.get("version"))
     classifier = ImageClassifier.of(model)
     memory, config = get_memory_budget(), current_app.config
-    request.get_data()  # read before any wait: a 503 must not leave the client's upload unread
+    body = request.get_data()  # read before any wait: a 503 must not leave the client's upload unread
+    encoded = encoded_images(body)
+    if encoded is not None:  # a request that can never be served is told so (413) before any wait (503)
+        _check_count(len(encoded))
+        _check_not_empty(encoded)
+        classifier.check_sizes(encoded, config["MAX_IMAGE_PIXELS"], memory, config["MAX_REQUEST_PIXELS"])
+    del encoded
     with memory.request():
         with memory.reserve(body_bytes(request.content_length or 0, request.is_json),
                             "reading this request's body"):
@@ -75,10 +81,26 @@ def read_items() -> tuple[list[Item], bool]:
             f"received {received}; expected multipart/form-data with files in field {IMAGE_FIELD!r}, "
             f"a raw image body ({', '.join(IMAGE_TYPES)}, or {UNTYPED} to let the server tell) or application/json"
         )
-    for number, item in enumerate(items, 1):
-        if isinstance(item, bytes) and not item:
-            raise InvalidInput(f"{which_image(number, len(items))} is empty (0 bytes received); expected an image file")
+    _check_not_empty(items)
     return items, return_input
+
+
+def _check_not_empty(items: list[Item] | list[bytes | memoryview]) -> None:
+    for number, item in enumerate(items, 1):
+        if isinstance(item, (bytes, memoryview)) and not len(item):
+            raise InvalidInput(f"{which_image(number, len(items))} is empty (0 bytes received); expected an image file")
+
+
+def encoded_images(body: bytes) -> list[bytes | memoryview] | None:
+    """The request's encoded images where reading them copies nothing (a raw image body, a plain
+    multipart form's files, as views into the body); None for other bodies (JSON)."""
+    mimetype = request.mimetype
+    if mimetype in IMAGE_TYPES or mimetype == UNTYPED:
+        return [body]
+    if mimetype == "multipart/form-data":
+        views = multipart.file_views(body, request.mimetype_params.get("boundary", ""), IMAGE_FIELD)
+        return views or None  # none: read_items says what is wrong
+    return None
 
 
 def _check_count(count: int) -> None:
