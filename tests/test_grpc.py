@@ -263,7 +263,7 @@ BAD_REQUESTS = [
      "its values go in contents.fp32_contents, not int_contents"),
     ("no data", pb.ModelInferRequest(model_name="mnist", inputs=[one_input()]), "needs 3136"),
     ("negative shape", pb.ModelInferRequest(model_name="mnist", inputs=[one_input(shape=[-1, 1, 28, 28])], raw_input_contents=[RAW_DIGIT]),
-     "shape must be a list of non-negative integers"),
+     "shape must be a list of non-negative integers; element 0 is -1"),
     ("huge shape", pb.ModelInferRequest(model_name="mnist", inputs=[one_input(shape=[2**62, 1, 28, 28])], raw_input_contents=[RAW_DIGIT]),
      "has a dimension over"),
     ("twice", pb.ModelInferRequest(model_name="mnist", inputs=[one_input(), one_input()], raw_input_contents=[RAW_DIGIT, RAW_DIGIT]),
