@@ -126,8 +126,8 @@ class ImageClassifier:
                     width, height = item.size
                     if pixels is not None:
                         pixels.take(width * height, f"{which_image(number, count)} ({width}x{height} decoded)")
-                    if memory is not None:
-                        memory.check(image_bytes(item.mode, width, height, is_rotated(item)), which_image(number, count))
+                    if memory is not None:  # unrotated: the least it needs (a PNG's EXIF is read only by decoding it)
+                        memory.check(image_bytes(item.mode, width, height), which_image(number, count))
                 elif target.channels != 1:
                     raise InvalidInput(
                         f"'pixels' are for single-channel models; model {self.model.name!r} takes "

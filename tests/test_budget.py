@@ -4,7 +4,10 @@ The whole promise under a real 1 GiB / 1 CPU cgroup is tests/test_memory_limit.p
 """
 from __future__ import annotations
 
+import base64
+import gzip
 import io
+import json
 import threading
 import time
 from pathlib import Path
@@ -13,11 +16,11 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 from urllib3 import encode_multipart_formdata
 
 from server import box, create_app
-from server.budget import SMALL, MemoryBudget, image_bytes, run_in_chunks
+from server.budget import SMALL, MemoryBudget, image_bytes, run_in_chunks, tensor_body_bytes
 from server.model import row_limit
 from server.protocol import check_rows
 from server.errors import InvalidInput, Overloaded, TooLarge
@@ -77,6 +80,16 @@ def test_workers_and_budget_follow_the_box(memory: int, cpus: float, workers: in
     budget = box.default_memory_budget(machine, workers)
     # What the workers may hold together stays inside the box, with room for the rest of the system.
     assert workers * (box.WORKER_IDLE + budget) + box.MASTER <= memory
+
+
+@pytest.mark.parametrize("memory, cpus", [(2**30, 1.0), (700 * MIB, 1.0), (2 * 2**30, 2.0), (24 * 2**30, 2.0), (8 * 2**30, 4.0)])
+def test_the_workers_leave_a_fifth_of_the_box_to_the_rest_of_the_system(memory: int, cpus: float) -> None:
+    """docs/deploy.md: each worker's budget is its share of the box after the idle workers and a fifth
+    left to the rest of the system (kernel, page cache, sshd, nginx): all of that share, no more."""
+    machine = box.Box(memory, cpus, "test", "test")
+    workers = box.default_workers(machine)
+    held = workers * (box.WORKER_IDLE + box.default_memory_budget(machine, workers)) + box.MASTER
+    assert memory * 0.8 - workers <= held <= memory * 0.8, (held / MIB, memory * 0.8 / MIB)
 
 
 def test_the_box_is_logged_once_at_start(live_server) -> None:
@@ -348,3 +361,59 @@ def test_a_request_that_fits_still_gets_503_while_the_worker_is_busy(random_repo
     with budget.reserve(SMALL, "another request"):
         answer = app.test_client().post("/predict", **_form(page))
     assert answer.status_code == 503 and answer.headers["Retry-After"] == "1", answer.json
+
+
+# --------------------------------------------------------------------------- the budget's failure modes (issue 28)
+
+
+def test_large_invalid_requests_leave_no_reservation_behind(random_repository: Path) -> None:
+    """A request that fails inside its reservations gives them back: after many 400s on large bodies,
+    a large valid request still gets 200, at once."""
+    valid = json.dumps(_v2_rows(64)).encode()  # ~1 MB of JSON: ~20 MB reserved
+    invalid = valid.replace(b'"FP32"', b'"FP64"')  # the wrong datatype: a 400 raised while the body is held
+    page = _noise_png(1300)
+    broken = page[: len(page) * 3 // 4]  # a PNG whose header reads but whose pixels do not: a 400 while decoding
+    cost = 10 * len(page) + image_bytes("L", 1300, 1300)
+    app, budget = _busy_app(random_repository, MEMORY_BUDGET=max(3 * cost, 64 * MIB))
+    client = app.test_client()
+    for _ in range(10):
+        answer = client.post("/v2/models/digits/infer", data=invalid, content_type="application/json")
+        assert answer.status_code == 400, answer.json
+        answer = client.post("/predict", **_form(broken))
+        assert answer.status_code == 400 and "could not decode" in answer.json["error"], answer.json
+    assert (budget.used, budget.requests) == (0, 0)
+    assert client.post("/v2/models/digits/infer", data=valid, content_type="application/json").status_code == 200
+    assert client.post("/predict", **_form(page)).status_code in (200, 422)
+    assert budget.peak >= cost - 10 * len(page)  # the large work was reserved (not skipped) each time
+
+
+def test_a_compressed_v2_body_is_charged_at_what_it_may_inflate_to(random_repository: Path) -> None:
+    app, budget = _busy_app(random_repository)
+    body = gzip.compress(json.dumps(_v2_rows(8)).encode())
+    assert tensor_body_bytes(len(body)) < SMALL  # at its wire size it would reserve nothing
+    answer = app.test_client().post("/v2/models/digits/infer", data=body, content_type="application/json",
+                                    headers={"Content-Encoding": "gzip"})
+    assert answer.status_code == 200, answer.json
+    assert budget.peak >= tensor_body_bytes(app.config["MAX_CONTENT_LENGTH"])
+
+
+@pytest.mark.parametrize("how", ["multipart", "json"])
+def test_a_request_over_the_pixel_limit_decodes_no_pixel(random_repository: Path, monkeypatch, how: str) -> None:
+    decoded: list[tuple[int, int]] = []
+    load = ImageFile.ImageFile.load
+
+    def counted_load(image):  # Pillow's own decoding, counted: every format's pixels go through it
+        decoded.append(image.size)
+        return load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counted_load)
+    app = create_app({"TESTING": True, "MODEL_REPOSITORY": str(random_repository), "MAX_REQUEST_PIXELS": 3000 * 3000})
+    pages = [_page_png(2000) for _ in range(3)]
+    if how == "json":
+        answer = app.test_client().post("/predict", json={"images": [base64.b64encode(p).decode() for p in pages]})
+    else:
+        answer = app.test_client().post("/predict", **_form(*pages))
+    assert answer.status_code == 413 and "image 3 of 3" in answer.json["error"], answer.json
+    assert decoded == []
+    app.test_client().post("/predict", **_form(_page_png(28)))
+    assert set(decoded) == {(28, 28)}  # the count sees decoding when there is some
