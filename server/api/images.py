@@ -120,7 +120,7 @@ def _read_multipart() -> tuple[list[bytes], bool]:
                 {name: request.form.getlist(name) for name in request.form})
     files, fields = form
     if not files.get(IMAGE_FIELD):
-        received = sorted(set(files) | set(fields))
+        received = sorted(set(files) | set(fields), key=str)  # werkzeug names a part without a name None
         raise InvalidInput(
             f"multipart body has no file in field {IMAGE_FIELD!r}"
             + (" (it came as a text field)" if IMAGE_FIELD in fields else f" (received fields: {received or 'none'})")
