@@ -80,13 +80,14 @@ class ImageClassifier:
         return predictions
 
     def check_sizes(self, encoded: list[bytes | memoryview], max_pixels: int, memory: MemoryBudget | None = None,
-                    max_request_pixels: int | None = None) -> None:
+                    max_request_pixels: int | None = None, unreadable_ok: bool = False) -> None:
         """Raise TooLarge when the request could never be served, from its images' headers alone.
 
         Nothing is decoded and nothing waits: the route asks this before it waits for memory, so a
-        request no amount of waiting makes fit gets 413, never 503.
+        request no amount of waiting makes fit gets 413, never 503. With `unreadable_ok`, `encoded`
+        may hold only the first bytes of each image: one whose header is not in them counts no pixels.
         """
-        for image in self._open_headers(encoded, max_pixels, memory, max_request_pixels):
+        for image in self._open_headers(encoded, max_pixels, memory, max_request_pixels, unreadable_ok):
             if isinstance(image, Image.Image):
                 image.close()
 
@@ -113,7 +114,7 @@ class ImageClassifier:
         return images
 
     def _open_headers(self, items: list[Item] | list[bytes | memoryview], max_pixels: int, memory: MemoryBudget | None,
-                      max_request_pixels: int | None) -> list[Image.Image | list | None]:
+                      max_request_pixels: int | None, unreadable_ok: bool = False) -> list[Image.Image | list | None]:
         """Each encoded item opened at its header (pixels: as they are), every limit a header tells checked:
         each image's size, the request's decoded pixels, each image's memory against the whole budget."""
         target, preset, count = self.target, PRESETS[self.preset], len(items)
@@ -122,7 +123,12 @@ class ImageClassifier:
         for number, item in enumerate(items, 1):
             with naming_errors(number, count):
                 if isinstance(item, (bytes, memoryview)):
-                    item = open_image(item, max_pixels, preset.draft_side(target))  # the header only
+                    try:
+                        item = open_image(item, max_pixels, preset.draft_side(target))  # the header only
+                    except InvalidInput:
+                        if not unreadable_ok:
+                            raise
+                        continue
                     width, height = item.size
                     if pixels is not None:
                         pixels.take(width * height, f"{which_image(number, count)} ({width}x{height} decoded)")

@@ -322,7 +322,7 @@ def _busy_app(random_repository: Path, **config):
     return app, app.extensions["memory_budget"]
 
 
-@pytest.mark.parametrize("how", ["multipart", "raw"])
+@pytest.mark.parametrize("how", ["multipart", "raw", "json", "json-data-url-escaped"])
 def test_a_request_over_the_pixel_limit_gets_413_even_while_the_worker_is_busy(random_repository: Path, how: str) -> None:
     app, budget = _busy_app(random_repository, MAX_REQUEST_PIXELS=1200 * 1200)
     page = _noise_png(1300)  # 1.7 MB of body: the body's reservation alone is large work
@@ -331,6 +331,12 @@ def test_a_request_over_the_pixel_limit_gets_413_even_while_the_worker_is_busy(r
     with budget.reserve(SMALL, "another request"):  # holds the worker's one large-request slot
         if how == "raw":
             answer = client.post("/predict", data=page, content_type="image/png")
+        elif how == "json":
+            answer = client.post("/predict", json={"images": [base64.b64encode(page).decode()]})
+        elif how == "json-data-url-escaped":  # as PHP's json_encode writes it: every / as \/
+            url = "data:image/png;base64," + base64.b64encode(page).decode()
+            answer = client.post("/predict", data=json.dumps({"image": url}).replace("/", "\\/"),
+                                 content_type="application/json")
         else:
             answer = client.post("/predict", **_form(page))
     assert answer.status_code == 413 and "Retry-After" not in answer.headers, answer.json
