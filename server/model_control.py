@@ -30,7 +30,11 @@ def load(registry: ModelRegistry, sync: ModelSync, name: str, parameters: Mappin
             f"<repository>/{name}/<version>/model.onnx and send no parameters"
         )
     failures = registry.load_model(name)
-    sync.wait_for_workers(sync.announce(name, "load"), f"the load of model {name!r}")
+    try:
+        sync.wait_for_workers(sync.announce(name, "load"), name, f"the load of model {name!r}")
+    except InvalidInput:  # another worker could not load it: said below when this one could not either
+        if not failures:
+            raise
     serving = sorted(registry.models.get(name, {}), key=int)
     if failures:
         rejected = "; ".join(f"version {f.version}: {f.reason}" for f in failures)
@@ -44,4 +48,4 @@ def unload(registry: ModelRegistry, sync: ModelSync, name: str, parameters: Mapp
     if unsupported:
         raise InvalidInput(f"unload parameters {unsupported} are not supported; only unload_dependents is")
     registry.unload_model(name)
-    sync.wait_for_workers(sync.announce(name, "unload"), f"the unload of model {name!r}")
+    sync.wait_for_workers(sync.announce(name, "unload"), name, f"the unload of model {name!r}")

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import NotEveryWorker, ServingError
+from .errors import InvalidInput, NotEveryWorker, ServingError
 from .registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class ModelSync:
         self.poll_seconds = poll_seconds
         self.timeout = timeout  # how long an announcing request waits for the other workers
         self.applied: dict[str, int] = {}  # model name -> the generation this worker has applied
+        self.problems: dict[str, str] = {}  # model name -> why its last change announced by another worker failed here
         self._seen_stamp: tuple | None | str = "not yet"  # the state file's (inode, mtime, size) at the last look
         self._last_poll = time.monotonic()
         self._thread: threading.Thread | None = None
@@ -73,19 +74,30 @@ class ModelSync:
             temporary = self.directory / f".{STATE_FILE}.{os.getpid()}"
             temporary.write_text(json.dumps(state))
             self.applied[name] = state["generation"]  # before the file changes: not this worker's news
+            self.problems.pop(name, None)  # this worker's own outcome is its request's answer
             os.replace(temporary, self.directory / STATE_FILE)  # readers see the old or the new file
         self.check()  # this worker's own acknowledgement (and any announcement it had not applied yet)
         return state["generation"]
 
-    def wait_for_workers(self, generation: int, what: str) -> None:
-        """Return once every live worker has applied `generation`; NotEveryWorker after `timeout` seconds."""
+    def wait_for_workers(self, generation: int, name: str, what: str) -> None:
+        """Return once every live worker has applied `generation`; NotEveryWorker after the timeout, and
+        InvalidInput when a worker could not apply `what` (the change of model `name`)."""
         if self.directory is None or generation <= 0:
             return
         timeout = self.timeout
         deadline = time.monotonic() + timeout
         while True:
-            behind, total = self._workers_behind(generation)
+            workers = self._live_workers()
+            behind = sorted(pid for pid, entry in workers.items() if entry.get("generation", 0) < generation)
+            total = len(workers)
             if not behind:
+                failed = {pid: entry["problems"][name] for pid, entry in sorted(workers.items())
+                          if pid != os.getpid() and name in entry.get("problems", {})}
+                if failed:
+                    raise InvalidInput(
+                        f"{what} is done in this worker, but {len(failed)} of {total} worker processes could not: "
+                        + "; ".join(f"pid {pid}: {reason}" for pid, reason in failed.items())
+                        + ". They keep serving what they served before")
                 return
             if time.monotonic() >= deadline:
                 raise NotEveryWorker(
@@ -96,10 +108,9 @@ class ModelSync:
                 )
             time.sleep(0.02)
 
-    def _workers_behind(self, generation: int) -> tuple[list[int], int]:
-        """The live workers (pids) that have not acknowledged `generation`, and how many are live.
-        A worker that has exited is forgotten (its file removed)."""
-        behind, total = [], 0
+    def _live_workers(self) -> dict[int, dict]:
+        """Every live worker's acknowledgement by pid. A worker that has exited is forgotten (its file removed)."""
+        workers = {}
         for path in (self.directory / WORKERS_FOLDER).glob("*"):
             if not path.name.isdigit():
                 continue
@@ -113,10 +124,8 @@ class ModelSync:
             if not _alive(pid, entry.get("started")):
                 path.unlink(missing_ok=True)
                 continue
-            total += 1
-            if entry.get("generation", 0) < generation:
-                behind.append(pid)
-        return sorted(behind), total
+            workers[pid] = entry
+        return workers
 
     def _acknowledge(self, generation: int) -> None:
         """Write the generation this worker has applied, for the announcing workers to see."""
@@ -124,7 +133,7 @@ class ModelSync:
         folder.mkdir(parents=True, exist_ok=True)
         pid = os.getpid()
         temporary = folder / f".{pid}.tmp"
-        temporary.write_text(json.dumps({"generation": generation, "started": _started(pid)}))
+        temporary.write_text(json.dumps({"generation": generation, "started": _started(pid), "problems": self.problems}))
         os.replace(temporary, folder / str(pid))
 
     def tick(self) -> None:
@@ -156,13 +165,17 @@ class ModelSync:
 
     def _apply(self, name: str, action: str) -> None:
         log.info("another worker did %s of model %s: doing the same here", action, name)
+        self.problems.pop(name, None)
         try:
             if action == "unload":
                 self.repository.unload_model(name)
             else:
-                self.repository.load_model(name, retry_failed=False)
+                failures = self.repository.load_model(name, retry_failed=False)
+                if failures:
+                    self.problems[name] = "; ".join(f"version {f.version}: {f.reason}" for f in failures)
         except ServingError as err:  # e.g. the folder was removed meanwhile
             log.warning("could not %s model %s here: %s", action, name, err.message)
+            self.problems[name] = err.message
 
     def _read(self) -> dict:
         try:

@@ -112,3 +112,36 @@ def test_an_exited_worker_is_not_waited_for(repository: Path, tmp_path: Path, li
     started = time.monotonic()
     assert requests.post(server.url + "/v2/repository/models/digits/load", timeout=60).status_code == 200
     assert time.monotonic() - started < 4 and not gone.exists()
+
+
+def test_a_worker_that_could_not_load_makes_the_load_a_400_naming_it(repository: Path, tmp_path: Path,
+                                                                       live_server_factory) -> None:
+    """Each worker's acknowledgement says what it could not apply; the load answers with it."""
+    sync_dir = tmp_path / "sync"
+    server = live_server_factory(repository, WORKERS="2", MODEL_SYNC_DIR=str(sync_dir), MODEL_SYNC_TIMEOUT="5")
+    assert requests.post(server.url + "/v2/repository/models/digits/load", timeout=60).status_code == 200
+    failed = sync_dir / model_sync.WORKERS_FOLDER / str(os.getpid())  # a worker that tried, and failed
+    failed.write_text(json.dumps({"generation": 10**9, "started": model_sync._started(os.getpid()),
+                                  "problems": {"digits": "version 1: not enough memory"}}))
+    try:
+        answer = requests.post(server.url + "/v2/repository/models/digits/load", timeout=60)
+    finally:
+        failed.unlink(missing_ok=True)
+    assert answer.status_code == 400, answer.text
+    assert f"pid {os.getpid()}: version 1: not enough memory" in answer.json()["error"], answer.json()
+    assert requests.post(server.url + "/v2/repository/models/digits/load", timeout=60).status_code == 200
+
+
+def test_a_real_worker_reports_what_it_could_not_apply(repository: Path, tmp_path: Path) -> None:
+    """A worker applying another's announcement of a model it cannot load writes why in its acknowledgement."""
+    from server.registry import ModelRegistry
+
+    sync_dir = tmp_path / "sync"
+    other = model_sync.ModelSync(ModelRegistry(str(repository)), sync_dir)
+    other.announce("nothing-here", "load")  # as if another worker had loaded a model this one cannot find
+    registry = ModelRegistry(str(repository))
+    registry.load_all()
+    worker = model_sync.ModelSync(registry, sync_dir)
+    worker.check()
+    entry = json.loads((sync_dir / model_sync.WORKERS_FOLDER / str(os.getpid())).read_text())
+    assert entry["generation"] == 1 and "no model 'nothing-here'" in entry["problems"]["nothing-here"], entry
