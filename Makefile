@@ -39,7 +39,7 @@ else
 $(error TORCH=$(TORCH): expected cuda or cpu)
 endif
 
-.PHONY: serve test train export bench bench-grpc bench-photos bench-http-layer clean help image image-test triton-test memory-test kserve-schemas
+.PHONY: serve test train export bench bench-grpc bench-photos bench-http-layer clean help image image-test triton-test memory-test kserve-schemas fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -123,6 +123,12 @@ $(DEV_VENV)/.system-stamp: system-packages.txt $(DEV_STAMP)
 
 test: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(DEV_VENV)/.system-stamp ## install what the tests need and run them
 	$(DEV_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The request parsers under FUZZ_SCALE times the generated bodies `make test` gives them (tests/test_fuzz.py,
+# ~4,000 examples there): 50 x is a few minutes on one core.
+FUZZ_SCALE ?= 50
+fuzz: $(DEV_STAMP) $(SERVE_VENV)/.stamp ## the request parsers under FUZZ_SCALE (50) x the generated bodies of make test
+	FUZZ_SCALE=$(FUZZ_SCALE) $(DEV_VENV)/bin/python -m pytest tests/test_fuzz.py $(PYTEST_ARGS)
 
 # About two minutes, and it needs root with writable cgroups (it skips saying why elsewhere): not in `make test`.
 memory-test: $(DEV_STAMP) $(SERVE_VENV)/.stamp ## python -m server in a 1 GiB / 1 CPU cgroup under the largest requests (docs/memory.md)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import multiprocessing
 import os
@@ -65,10 +66,12 @@ def grpc_body(raw: bytes) -> bytes:
     return request.SerializeToString()
 
 
-def _http_stream(port: int, until: float, latencies: list, errors: list) -> None:
+def _http_stream(port: int, until: float, latencies: list, errors: list, least: int = 0) -> None:
     body, headers = http_body(digit_tensor())
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    while time.perf_counter() < until:
+    for sent in itertools.count():
+        if sent >= least and time.perf_counter() >= until:
+            break
         started = time.perf_counter()
         try:
             connection.request("POST", f"/v2/models/{MODEL}/infer", body=body, headers=headers)
@@ -86,13 +89,15 @@ def _http_stream(port: int, until: float, latencies: list, errors: list) -> None
     connection.close()
 
 
-def _grpc_stream(port: int, until: float, latencies: list, errors: list) -> None:
+def _grpc_stream(port: int, until: float, latencies: list, errors: list, least: int = 0) -> None:
     import grpc
 
     body = grpc_body(digit_tensor())
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.unary_unary(METHOD)  # bytes in, bytes out: no per-call protobuf work here
-        while time.perf_counter() < until:
+        for sent in itertools.count():
+            if sent >= least and time.perf_counter() >= until:
+                break
             started = time.perf_counter()
             try:
                 call(body, timeout=30)
@@ -101,14 +106,14 @@ def _grpc_stream(port: int, until: float, latencies: list, errors: list) -> None
                 errors.append(str(err.code()))
 
 
-def _client_process(transport: str, port: int, threads: int, start_at: float, seconds: float, results) -> None:
-    """One client process: `threads` streams from `start_at` (wall clock) for `seconds`."""
+def _client_process(transport: str, port: int, threads: int, start_at: float, seconds: float, results, least: int = 0) -> None:
+    """One client process: `threads` streams from `start_at` (wall clock) for `seconds`, each sending at least `least` requests."""
     target = _http_stream if transport == "http" else _grpc_stream
     latencies: list[float] = []
     errors: list[str] = []
     time.sleep(max(0.0, start_at - time.time()))
     until = time.perf_counter() + seconds
-    workers = [threading.Thread(target=target, args=(port, until, latencies, errors)) for _ in range(threads)]
+    workers = [threading.Thread(target=target, args=(port, until, latencies, errors, least)) for _ in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -116,14 +121,15 @@ def _client_process(transport: str, port: int, threads: int, start_at: float, se
     results.put((latencies, errors))
 
 
-def load(transport: str, port: int, streams: int, seconds: float, server: Gunicorn | None = None) -> dict:
-    """`streams` concurrent streams for `seconds`: requests a second, latency, server CPU a request."""
+def load(transport: str, port: int, streams: int, seconds: float, server: Gunicorn | None = None, least: int = 0) -> dict:
+    """`streams` concurrent streams for `seconds` (each sending at least `least` requests, however slow the
+    machine): requests a second, latency, server CPU a request."""
     processes = min(streams, MAX_PROCESSES)
     context = multiprocessing.get_context("spawn")  # gRPC and fork do not mix
     results = context.Queue()
     start_at = time.time() + 1.5  # every process has started its interpreter by then
     clients = [context.Process(target=_client_process, args=(
-        transport, port, streams // processes + (index < streams % processes), start_at, seconds, results))
+        transport, port, streams // processes + (index < streams % processes), start_at, seconds, results, least))
         for index in range(processes)]
     for client in clients:
         client.start()

@@ -320,7 +320,10 @@ def markdown(results: dict) -> str:
             run = row["runs"][-1]
             lines.append(f"| {kind} | {run['status']} | {run['seconds']} | {row['peak_kib'] / 1024:.0f} | "
                          f"{row['after_kib'] / 1024:.0f} |")
-    lines += ["", f"Date: {results.get('date', '?')}; machine: {results.get('machine', '?')}.", ""]
+    lines += ["", f"Date: {results.get('date', '?')}; machine: {results.get('machine', '?')}.", "",
+              "All these kinds at once, beside normal requests, in a 1 GiB / 1 CPU cgroup: `make memory-test`;",
+              "its figures, the normal requests' p50 and p99 latency under the mix among them, are in",
+              "[deploy.md](deploy.md#memory-under-the-largest-requests).", ""]
     return "\n".join(lines)
 
 

@@ -31,7 +31,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     registry.load_all()
     # Other gunicorn workers' loads and unloads, and the optional poll of the repository.
-    sync = ModelSync(registry, app.config["MODEL_SYNC_DIR"], app.config["MODEL_POLL_SECONDS"])
+    sync = ModelSync(registry, app.config["MODEL_SYNC_DIR"], app.config["MODEL_POLL_SECONDS"], app.config["MODEL_SYNC_TIMEOUT"])
     context.init_app(app, registry, sync)
     # Large work (decoded images, big tensor bodies) holds this worker's share of the box's memory.
     app.extensions["memory_budget"] = MemoryBudget(

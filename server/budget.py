@@ -78,12 +78,7 @@ class MemoryBudget:
         if nbytes < SMALL:
             yield
             return
-        if nbytes > self.capacity:  # would not fit even alone: the box cannot afford it
-            raise TooLarge(
-                f"{what} needs about {nbytes / MIB:.0f} MiB of memory to process; this server allows "
-                f"{self.capacity / MIB:.0f} MiB per worker for large work (MEMORY_BUDGET, from the memory "
-                "it runs in): send a smaller image or body"
-            )
+        self.check(nbytes, what)
         scoped, has_slot = getattr(self._local, "scoped", False), getattr(self._local, "slot", False)
         with self._changed:
             if not self._room(nbytes, has_slot):
@@ -108,6 +103,15 @@ class MemoryBudget:
             yield
         finally:
             self._release(nbytes, slot=not has_slot and not scoped)
+
+    def check(self, nbytes: int, what: str) -> None:
+        """Raise TooLarge (413) when `nbytes` would not fit even alone: waiting cannot make room for it."""
+        if nbytes >= SMALL and nbytes > self.capacity:
+            raise TooLarge(
+                f"{what} needs about {nbytes / MIB:.0f} MiB of memory to process; this server allows "
+                f"{self.capacity / MIB:.0f} MiB per worker for large work (MEMORY_BUDGET, from the memory "
+                "it runs in): send a smaller image or body"
+            )
 
     def _room(self, nbytes: int, has_slot: bool) -> bool:
         return self.used + nbytes <= self.capacity and (has_slot or self.requests < self.max_requests)

@@ -79,6 +79,18 @@ class ImageClassifier:
                 answer["input"] = np.round(seen.astype(np.float64), INPUT_DIGITS).tolist()
         return predictions
 
+    def check_sizes(self, encoded: list[bytes | memoryview], max_pixels: int, memory: MemoryBudget | None = None,
+                    max_request_pixels: int | None = None, unreadable_ok: bool = False) -> None:
+        """Raise TooLarge when the request could never be served, from its images' headers alone.
+
+        Nothing is decoded and nothing waits: the route asks this before it waits for memory, so a
+        request no amount of waiting makes fit gets 413, never 503. With `unreadable_ok`, `encoded`
+        may hold only the first bytes of each image: one whose header is not in them counts no pixels.
+        """
+        for image in self._open_headers(encoded, max_pixels, memory, max_request_pixels, unreadable_ok):
+            if isinstance(image, Image.Image):
+                image.close()
+
     def prepare(self, items: list[Item], max_pixels: int, memory: MemoryBudget | None = None,
                 max_request_pixels: int | None = None) -> list[np.ndarray]:
         """Each item as the model's [C, H, W] float32 image; errors name the image at fault.
@@ -87,21 +99,7 @@ class ImageClassifier:
         before any pixel is decoded; then each is decoded holding its bytes of `memory`.
         """
         target, preset, count = self.target, PRESETS[self.preset], len(items)
-        pixels = PixelBudget(max_request_pixels) if max_request_pixels else None
-        opened: list[Image.Image | list | None] = []
-        for number, item in enumerate(items, 1):
-            with naming_errors(number, count):
-                if isinstance(item, bytes):
-                    item = open_image(item, max_pixels, preset.draft_side(target))  # the header only
-                    if pixels is not None:
-                        width, height = item.size
-                        pixels.take(width * height, f"{which_image(number, count)} ({width}x{height} decoded)")
-                elif target.channels != 1:
-                    raise InvalidInput(
-                        f"'pixels' are for single-channel models; model {self.model.name!r} takes "
-                        f"{target.channels} channels: send the image itself"
-                    )
-                opened.append(item)
+        opened = self._open_headers(items, max_pixels, memory, max_request_pixels)
         images = []
         for number in range(1, count + 1):
             item, opened[number - 1] = opened[number - 1], None  # each decoded image is let go once preprocessed
@@ -114,6 +112,35 @@ class ImageClassifier:
                 else:
                     images.append(pixels_to_array(item, (target.height, target.width))[None])
         return images
+
+    def _open_headers(self, items: list[Item] | list[bytes | memoryview], max_pixels: int, memory: MemoryBudget | None,
+                      max_request_pixels: int | None, unreadable_ok: bool = False) -> list[Image.Image | list | None]:
+        """Each encoded item opened at its header (pixels: as they are), every limit a header tells checked:
+        each image's size, the request's decoded pixels, each image's memory against the whole budget."""
+        target, preset, count = self.target, PRESETS[self.preset], len(items)
+        pixels = PixelBudget(max_request_pixels) if max_request_pixels else None
+        opened: list[Image.Image | list | None] = []
+        for number, item in enumerate(items, 1):
+            with naming_errors(number, count):
+                if isinstance(item, (bytes, memoryview)):
+                    try:
+                        item = open_image(item, max_pixels, preset.draft_side(target))  # the header only
+                    except InvalidInput:
+                        if not unreadable_ok:
+                            raise
+                        continue
+                    width, height = item.size
+                    if pixels is not None:
+                        pixels.take(width * height, f"{which_image(number, count)} ({width}x{height} decoded)")
+                    if memory is not None:  # unrotated: the least it needs (a PNG's EXIF is read only by decoding it)
+                        memory.check(image_bytes(item.mode, width, height), which_image(number, count))
+                elif target.channels != 1:
+                    raise InvalidInput(
+                        f"'pixels' are for single-channel models; model {self.model.name!r} takes "
+                        f"{target.channels} channels: send the image itself"
+                    )
+                opened.append(item)
+        return opened
 
     def probabilities(self, images: list[np.ndarray], chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
         """Run all images as one batch; probabilities [N, classes] (softmax applied to logits)."""

@@ -99,6 +99,8 @@ SETTINGS: tuple[Setting, ...] = (
     # makes the server not ready. Off, readiness ignores failed models (the index still lists them).
     Setting("STRICT_READINESS", True, _bool, "ready only when no model failed to load entirely; off: ready while any model serves"),
     Setting("MODEL_SYNC_DIR", "", str, "folder where workers tell each other of model loads; empty = a temporary one per gunicorn"),
+    Setting("MODEL_SYNC_TIMEOUT", 30.0, _number(float, 0, 3600),
+            "seconds a load or unload waits for every worker to apply it before answering 504 (they still will)"),
     # Off by default (docs/batching.md): on this 2-core machine a ResNet-18-sized model gained 1.02x
     # throughput and lost 1.2-1.3x on p99 in two quiet runs; the digit model gained nothing.
     Setting("MAX_BATCH_SIZE", 1, _number(int, 1), "dynamic batching: most rows in one run (a model's max_batch_size metadata wins); 1 = off"),

@@ -48,16 +48,47 @@ def decode_image(data: bytes, max_pixels: int, draft_side: int | None = DRAFT_SI
     return load_image(open_image(data, max_pixels, draft_side))
 
 
-def open_image(data: bytes, max_pixels: int, draft_side: int | None = DRAFT_SIDE) -> Image.Image:
+class ViewFile(io.RawIOBase):
+    """A read-only file over a memoryview (a part of a request body), without copying it."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self.view, self.position = view, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = max(0, min(len(buffer), len(self.view) - self.position))
+        buffer[:count] = self.view[self.position:self.position + count]
+        self.position += count
+        return count
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: len(self.view)}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+
+def open_image(data: bytes | memoryview, max_pixels: int, draft_side: int | None = DRAFT_SIDE) -> Image.Image:
     """Read only the header of `data`: format and size checked, a large JPEG set to its reduced
-    decoding size (`image.size` is then the size it decodes at); no pixel is decoded yet."""
+    decoding size (`image.size` is then the size it decodes at); no pixel is decoded yet.
+
+    A memoryview is read in place (a part of a request body, looked at before it is copied)."""
     try:
-        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        file = ViewFile(data) if isinstance(data, memoryview) else io.BytesIO(data)  # BytesIO shares bytes
+        image = Image.open(file, formats=ACCEPTED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise TooLarge(f"image too large: {describe_error(err)}; the limit is {max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
         raise InvalidInput(
-            f"could not decode the image ({len(data)} bytes starting {data[:8]!r}): {describe_error(err)}; "
+            f"could not decode the image ({len(data)} bytes starting {bytes(data[:8])!r}): {describe_error(err)}; "
             f"expected one of {', '.join(ACCEPTED_FORMATS)}"
         ) from None
     width, height = image.size

@@ -74,3 +74,9 @@ class Overloaded(ServingError):
     def __init__(self, message: str, status: int | None = None, retry_after: int = 1) -> None:
         super().__init__(message, status)
         self.retry_after = retry_after
+
+
+class NotEveryWorker(ServingError):
+    """A load or unload done in this worker that the other workers did not apply within MODEL_SYNC_TIMEOUT."""
+
+    status = 504

@@ -21,14 +21,20 @@ def index(registry: ModelRegistry, ready: Any = False) -> list[dict[str, str]]:
 
 
 def load(registry: ModelRegistry, sync: ModelSync, name: str, parameters: Mapping[str, Any]) -> list[str]:
-    """Load new or changed versions of `name` here and in every worker; the versions now served."""
+    """Load new or changed versions of `name` here and in every worker; the versions now served.
+
+    Answers once every worker serves them (NotEveryWorker, a 504, after the sync's timeout)."""
     if parameters:
         raise InvalidInput(
             f"load parameters {sorted(parameters)} are not supported: put the file at "
             f"<repository>/{name}/<version>/model.onnx and send no parameters"
         )
     failures = registry.load_model(name)
-    sync.announce(name, "load")
+    try:
+        sync.wait_for_workers(sync.announce(name, "load"), name, f"the load of model {name!r}")
+    except InvalidInput:  # another worker could not load it: said below when this one could not either
+        if not failures:
+            raise
     serving = sorted(registry.models.get(name, {}), key=int)
     if failures:
         rejected = "; ".join(f"version {f.version}: {f.reason}" for f in failures)
@@ -37,9 +43,9 @@ def load(registry: ModelRegistry, sync: ModelSync, name: str, parameters: Mappin
 
 
 def unload(registry: ModelRegistry, sync: ModelSync, name: str, parameters: Mapping[str, Any]) -> None:
-    """Stop serving every version of `name`, here and in every worker."""
+    """Stop serving every version of `name`, here and in every worker; answers once every worker has."""
     unsupported = sorted(set(parameters) - {"unload_dependents"})
     if unsupported:
         raise InvalidInput(f"unload parameters {unsupported} are not supported; only unload_dependents is")
     registry.unload_model(name)
-    sync.announce(name, "unload")
+    sync.wait_for_workers(sync.announce(name, "unload"), name, f"the unload of model {name!r}")

@@ -351,8 +351,13 @@ def _checked_shape(tensor: dict, spec: TensorSpec) -> tuple[int, ...]:
         raise InvalidInput(f"input {name!r} has datatype {_short(datatype)}; the model expects {spec.datatype}")
     if datatype not in NUMPY_DTYPES:
         raise InvalidInput(f"input {name!r} has datatype {datatype}, which this server cannot send to onnxruntime")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidInput(f"input {name!r} shape must be a list of non-negative integers, got {_short(shape)}")
+    if not isinstance(shape, list):
+        raise InvalidInput(f"input {name!r} shape must be a list of non-negative integers, got {_described(shape)}")
+    for index, dimension in enumerate(shape):
+        if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 0:
+            kind = ", not an integer" if isinstance(dimension, (bool, float)) else ""
+            raise InvalidInput(f"input {name!r} shape must be a list of non-negative integers; element {index} is "
+                               f"{_described(dimension)}{kind}")
     if any(d > MAX_DIMENSION for d in shape):
         raise InvalidInput(f"input {name!r} has a dimension over {MAX_DIMENSION}: {_short(shape)}")
     fits = len(shape) == len(spec.shape) and all(want < 0 or want == got for want, got in zip(spec.shape, shape))
@@ -431,6 +436,15 @@ def _bool_parameter(parameters: dict, key: str, owner: str) -> bool | None:
 
 def _kind_name(kind: str) -> str:
     return {"b": "booleans", "i": "integers", "u": "integers", "f": "non-integer numbers", "U": "strings"}.get(kind, "mixed or non-numeric values")
+
+
+def _described(value: Any) -> str:
+    """A received value for an error message: its JSON type and, when short, the value itself."""
+    if isinstance(value, str):
+        return f"a JSON string {_short(value)}"
+    if value is None:
+        return "null"
+    return _short(value)
 
 
 def _short(value: Any) -> str:

@@ -4,7 +4,10 @@ The whole promise under a real 1 GiB / 1 CPU cgroup is tests/test_memory_limit.p
 """
 from __future__ import annotations
 
+import base64
+import gzip
 import io
+import json
 import threading
 import time
 from pathlib import Path
@@ -13,10 +16,11 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
+from urllib3 import encode_multipart_formdata
 
 from server import box, create_app
-from server.budget import SMALL, MemoryBudget, image_bytes, run_in_chunks
+from server.budget import SMALL, MemoryBudget, image_bytes, run_in_chunks, tensor_body_bytes
 from server.model import row_limit
 from server.protocol import check_rows
 from server.errors import InvalidInput, Overloaded, TooLarge
@@ -76,6 +80,16 @@ def test_workers_and_budget_follow_the_box(memory: int, cpus: float, workers: in
     budget = box.default_memory_budget(machine, workers)
     # What the workers may hold together stays inside the box, with room for the rest of the system.
     assert workers * (box.WORKER_IDLE + budget) + box.MASTER <= memory
+
+
+@pytest.mark.parametrize("memory, cpus", [(2**30, 1.0), (700 * MIB, 1.0), (2 * 2**30, 2.0), (24 * 2**30, 2.0), (8 * 2**30, 4.0)])
+def test_the_workers_leave_a_fifth_of_the_box_to_the_rest_of_the_system(memory: int, cpus: float) -> None:
+    """docs/deploy.md: each worker's budget is its share of the box after the idle workers and a fifth
+    left to the rest of the system (kernel, page cache, sshd, nginx): all of that share, no more."""
+    machine = box.Box(memory, cpus, "test", "test")
+    workers = box.default_workers(machine)
+    held = workers * (box.WORKER_IDLE + box.default_memory_budget(machine, workers)) + box.MASTER
+    assert memory * 0.8 - workers <= held <= memory * 0.8, (held / MIB, memory * 0.8 / MIB)
 
 
 def test_the_box_is_logged_once_at_start(live_server) -> None:
@@ -279,3 +293,133 @@ def test_body_reservations_cover_what_a_live_worker_really_peaks_at() -> None:
         over_idle = (row["peak_kib"] - results["idle_kib"]) * 1024
         assert row["runs"][0]["status"] in (200, 400), row
         assert over_idle <= row["reserved_bytes"], (row["kind"], over_idle // MIB, row["reserved_bytes"] // MIB)
+
+
+# --------------------------------------------------------------------------- honest refusals (issue 28)
+
+
+def _noise_png(side: int, mode: str = "L", noise_rows: int | None = None) -> bytes:
+    """A PNG whose first `noise_rows` rows (all by default) are noise: a large body for its pixels."""
+    rng = np.random.default_rng(side)
+    bands = len(mode)
+    data = np.zeros((side, side, bands) if bands > 1 else (side, side), dtype=np.uint8)
+    data[:noise_rows or side] = rng.integers(0, 256, data[:noise_rows or side].shape, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(data, mode).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _form(*pages: bytes) -> dict:
+    """Keyword arguments posting `pages` as a multipart form, encoded as requests and curl send it."""
+    body, content_type = encode_multipart_formdata([("image", (f"p{i}.png", page, "image/png")) for i, page in enumerate(pages)])
+    return {"data": body, "content_type": content_type}
+
+
+def _busy_app(random_repository: Path, **config):
+    """An app whose one large-request slot another request holds (the worker is busy)."""
+    app = create_app({"TESTING": True, "MODEL_REPOSITORY": str(random_repository), "MEMORY_WAIT_SECONDS": 0.0,
+                      **config})
+    return app, app.extensions["memory_budget"]
+
+
+@pytest.mark.parametrize("how", ["multipart", "raw", "json", "json-data-url-escaped"])
+def test_a_request_over_the_pixel_limit_gets_413_even_while_the_worker_is_busy(random_repository: Path, how: str) -> None:
+    app, budget = _busy_app(random_repository, MAX_REQUEST_PIXELS=1200 * 1200)
+    page = _noise_png(1300)  # 1.7 MB of body: the body's reservation alone is large work
+    assert budget.capacity > 10 * len(page) > SMALL
+    client = app.test_client()
+    with budget.reserve(SMALL, "another request"):  # holds the worker's one large-request slot
+        if how == "raw":
+            answer = client.post("/predict", data=page, content_type="image/png")
+        elif how == "json":
+            answer = client.post("/predict", json={"images": [base64.b64encode(page).decode()]})
+        elif how == "json-data-url-escaped":  # as PHP's json_encode writes it: every / as \/
+            url = "data:image/png;base64," + base64.b64encode(page).decode()
+            answer = client.post("/predict", data=json.dumps({"image": url}).replace("/", "\\/"),
+                                 content_type="application/json")
+        else:
+            answer = client.post("/predict", **_form(page))
+    assert answer.status_code == 413 and "Retry-After" not in answer.headers, answer.json
+    assert "MAX_REQUEST_PIXELS" in answer.json["error"]
+
+
+def test_an_image_over_the_whole_memory_budget_gets_413_even_while_the_worker_is_busy(random_repository: Path) -> None:
+    page = _noise_png(2000, "RGBA", noise_rows=400)  # 3.2 MB of body: ~32 MB to read, ~160 MB to preprocess
+    cost = image_bytes("RGBA", 2000, 2000)
+    app, budget = _busy_app(random_repository, MEMORY_BUDGET=(10 * len(page) + cost) // 2)
+    assert 10 * len(page) < budget.capacity < cost
+    with budget.reserve(SMALL, "another request"):
+        answer = app.test_client().post("/predict", **_form(page))
+    assert answer.status_code == 413 and "MEMORY_BUDGET" in answer.json["error"], answer.json
+
+
+def test_too_many_images_get_413_even_while_the_worker_is_busy(random_repository: Path) -> None:
+    app, budget = _busy_app(random_repository, MAX_IMAGES_PER_REQUEST=2)
+    page = _noise_png(600)
+    with budget.reserve(SMALL, "another request"):
+        answer = app.test_client().post("/predict", **_form(page, page, page))
+    assert answer.status_code == 413 and "MAX_IMAGES_PER_REQUEST" in answer.json["error"], answer.json
+
+
+def test_a_request_that_fits_still_gets_503_while_the_worker_is_busy(random_repository: Path) -> None:
+    app, budget = _busy_app(random_repository)
+    page = _noise_png(1300)
+    with budget.reserve(SMALL, "another request"):
+        answer = app.test_client().post("/predict", **_form(page))
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "1", answer.json
+
+
+# --------------------------------------------------------------------------- the budget's failure modes (issue 28)
+
+
+def test_large_invalid_requests_leave_no_reservation_behind(random_repository: Path) -> None:
+    """A request that fails inside its reservations gives them back: after many 400s on large bodies,
+    a large valid request still gets 200, at once."""
+    valid = json.dumps(_v2_rows(64)).encode()  # ~1 MB of JSON: ~20 MB reserved
+    invalid = valid.replace(b'"FP32"', b'"FP64"')  # the wrong datatype: a 400 raised while the body is held
+    page = _noise_png(1300)
+    broken = page[: len(page) * 3 // 4]  # a PNG whose header reads but whose pixels do not: a 400 while decoding
+    cost = 10 * len(page) + image_bytes("L", 1300, 1300)
+    app, budget = _busy_app(random_repository, MEMORY_BUDGET=max(3 * cost, 64 * MIB))
+    client = app.test_client()
+    for _ in range(10):
+        answer = client.post("/v2/models/digits/infer", data=invalid, content_type="application/json")
+        assert answer.status_code == 400, answer.json
+        answer = client.post("/predict", **_form(broken))
+        assert answer.status_code == 400 and "could not decode" in answer.json["error"], answer.json
+    assert (budget.used, budget.requests) == (0, 0)
+    assert client.post("/v2/models/digits/infer", data=valid, content_type="application/json").status_code == 200
+    assert client.post("/predict", **_form(page)).status_code in (200, 422)
+    assert budget.peak >= cost - 10 * len(page)  # the large work was reserved (not skipped) each time
+
+
+def test_a_compressed_v2_body_is_charged_at_what_it_may_inflate_to(random_repository: Path) -> None:
+    app, budget = _busy_app(random_repository)
+    body = gzip.compress(json.dumps(_v2_rows(8)).encode())
+    assert tensor_body_bytes(len(body)) < SMALL  # at its wire size it would reserve nothing
+    answer = app.test_client().post("/v2/models/digits/infer", data=body, content_type="application/json",
+                                    headers={"Content-Encoding": "gzip"})
+    assert answer.status_code == 200, answer.json
+    assert budget.peak >= tensor_body_bytes(app.config["MAX_CONTENT_LENGTH"])
+
+
+@pytest.mark.parametrize("how", ["multipart", "json"])
+def test_a_request_over_the_pixel_limit_decodes_no_pixel(random_repository: Path, monkeypatch, how: str) -> None:
+    decoded: list[tuple[int, int]] = []
+    load = ImageFile.ImageFile.load
+
+    def counted_load(image):  # Pillow's own decoding, counted: every format's pixels go through it
+        decoded.append(image.size)
+        return load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counted_load)
+    app = create_app({"TESTING": True, "MODEL_REPOSITORY": str(random_repository), "MAX_REQUEST_PIXELS": 3000 * 3000})
+    pages = [_page_png(2000) for _ in range(3)]
+    if how == "json":
+        answer = app.test_client().post("/predict", json={"images": [base64.b64encode(p).decode() for p in pages]})
+    else:
+        answer = app.test_client().post("/predict", **_form(*pages))
+    assert answer.status_code == 413 and "image 3 of 3" in answer.json["error"], answer.json
+    assert decoded == []
+    app.test_client().post("/predict", **_form(_page_png(28)))
+    assert set(decoded) == {(28, 28)}  # the count sees decoding when there is some

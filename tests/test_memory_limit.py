@@ -5,6 +5,10 @@ inside a cgroup of 1 GiB of memory and one CPU, gets for `SECONDS` seconds a str
 requests and, at the same time, the largest request of every kind the limits allow, again and again.
 Then: no OOM kill in the cgroup, no worker died, every normal request answered 200, every large one
 200 or a JSON 4xx/503 (none dropped or reset), and the server healthy and back near its idle memory.
+Each kind of large request is first sent alone and must get what it is built to get (200, or its
+413 / 400); under the mix each must get that or a 503 with Retry-After, and a request that can
+never be served (the 413 kind) gets 413 every time, never 503. The normal requests' latency under
+the mix (p50, p99, slowest) is in the summary.
 
 A minute or two long, so not part of `make test`: `make memory-test` runs it (`-m memory_limit`).
 Needs root and a writable cgroup v1 `memory` and `cpu` hierarchy, or cgroup v2 with both
@@ -254,16 +258,21 @@ def test_largest_requests_under_1_gib_and_one_cpu() -> None:
         time.sleep(2)
         idle = cgroup.anon_mib()
 
+        alone = {}  # each kind with the server to itself: what it is built to get
+        for item in largest:
+            started = time.monotonic()
+            alone[item.kind] = (send(port, item.spec, 300)[0], round(time.monotonic() - started, 1))
+
         normal_tally, large_tally = Tally(), Tally()
+        by_kind = {item.kind: Tally() for item in largest}
         deadline = time.monotonic() + SECONDS
         threads = [threading.Thread(target=stream, args=(port, normal, {200}, normal_tally, deadline, 60.0, 0.05))
                    for _ in range(2)]
-        allowed_large = {200, 400, 413, 503}
         for item in largest:
             threads.append(threading.Thread(target=stream, args=(
-                port, [item.spec], allowed_large, large_tally, deadline, 120.0)))
-        page_upload = next(item.spec for item in largest if item.spec.name.startswith("page"))
-        threads += [threading.Thread(target=stream, args=(port, [page_upload], allowed_large, large_tally, deadline, 120.0))
+                port, [item.spec], _under_the_mix(item), by_kind[item.kind], deadline, 120.0)))
+        page = next(item for item in largest if item.spec.name.startswith("page"))
+        threads += [threading.Thread(target=stream, args=(port, [page.spec], _under_the_mix(page), by_kind[page.kind], deadline, 120.0))
                     for _ in range(2)]
         peak_anon = [idle]
         sampler = threading.Thread(target=_sample_anon, args=(cgroup, peak_anon, deadline + 150, threads))
@@ -275,6 +284,10 @@ def test_largest_requests_under_1_gib_and_one_cpu() -> None:
         stuck = sum(thread.is_alive() for thread in threads)
         sampler.join(timeout=5)
 
+        for tally in by_kind.values():
+            large_tally.statuses.update(tally.statuses)
+            large_tally.failures += tally.failures
+            large_tally.seconds += tally.seconds
         time.sleep(3)  # the last answers' memory is freed; the workers settle
         after = cgroup.anon_mib()
         health = send(port, RequestSpec("ready", "GET", "/v2/health/ready"), 10)[0]
@@ -286,7 +299,10 @@ def test_largest_requests_under_1_gib_and_one_cpu() -> None:
             "after_anon_mib": round(after), "seconds": SECONDS,
             "cgroup": counters, "cgroup_version": cgroup.version,
             "normal": dict(normal_tally.statuses), "normal_max_s": round(max(normal_tally.seconds, default=0), 1),
+            "normal_p50_s": _percentile(normal_tally.seconds, 0.5), "normal_p99_s": _percentile(normal_tally.seconds, 0.99),
             "large": dict(large_tally.statuses), "large_max_s": round(max(large_tally.seconds, default=0), 1),
+            "alone": {kind: {"status": status, "seconds": seconds} for kind, (status, seconds) in alone.items()},
+            "by_kind": {kind: dict(tally.statuses) for kind, tally in by_kind.items()},
             "box": next((line.split("INFO", 1)[-1].strip() for line in log_text.splitlines() if "box:" in line), "?"),
         }
         print("memory-limit summary:", json.dumps(summary))
@@ -300,6 +316,8 @@ def test_largest_requests_under_1_gib_and_one_cpu() -> None:
             assert sign not in log_text, f"{sign!r} in the server log:\n{log_text[-3000:]}"
         assert normal_tally.failures == [] and set(normal_tally.statuses) == {200}, (summary, normal_tally.failures[:10])
         assert large_tally.failures == [], (summary, large_tally.failures[:10])
+        for item in largest:  # alone, each kind gets what it is built to get: a 200, or its refusal
+            assert alone[item.kind][0] in item.expected, (item.kind, alone[item.kind], summary)
         assert large_tally.statuses[200] > 0, summary
         assert health == 200, summary
         allowed = idle + IDLE_SLACK_PER_WORKER_MIB * len(workers_before)
@@ -313,6 +331,17 @@ def test_largest_requests_under_1_gib_and_one_cpu() -> None:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
         cgroup.remove()
+
+
+def _under_the_mix(item) -> set[int]:
+    """What a kind may get while the others flow: its own answer, or a 503 (with Retry-After) when it
+    could fit but the worker is busy; a request that can never fit (413) gets 413, never a 503."""
+    return set(item.expected) if item.expected == (413,) else {*item.expected, 503}
+
+
+def _percentile(seconds: list[float], q: float) -> float | None:
+    ordered = sorted(seconds)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2) if ordered else None
 
 
 def _sample_anon(cgroup: Cgroup, peak: list[float], until: float, threads: list[threading.Thread]) -> None:

@@ -61,3 +61,9 @@ def test_a_preamble_or_a_missing_end_is_left_to_werkzeug() -> None:
     assert parse_form(body[: body.rindex(b"--")], boundary) is None
     assert parse_form(body, "") is None
     assert parse_form(body, "€" + boundary) is None  # an RFC 2231 parameter can decode to anything
+
+
+def test_an_empty_line_before_the_first_delimiter_is_read_as_werkzeug_reads_it() -> None:
+    body, content_type, boundary = encode([("image", "digit.png", b"\x89PNG"), ("return_input", None, b"1")])
+    form = parse_form(b"\r\n" + body, boundary)  # werkzeug's test client starts its bodies so
+    assert form is not None and form == werkzeug_form(b"\r\n" + body, content_type)

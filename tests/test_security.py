@@ -7,15 +7,18 @@ import re
 import subprocess
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnx
 import pytest
 import requests
 from onnx import TensorProto, helper, numpy_helper
+from tritonclient.grpc import service_pb2
 
 from server import config, create_app
 from server.__main__ import parse_args
 from server.api.hooks import OPEN_PATHS, OPEN_PREFIXES
+from server.grpc.service import SERVICE, InferenceService
 from tests.api_client import png
 from tests.conftest import MNIST_SAMPLE, ROOT, SERVE_VENV
 from tests.onnx_factory import write_classifier
@@ -111,6 +114,39 @@ def test_every_endpoint_but_health_and_the_page_needs_the_token(repository: Path
         else:
             assert response.status_code == 401, (method, path, response.status_code)
             assert "missing or wrong bearer token" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("metadata", [pytest.param((), id="none"), pytest.param((("authorization", "Bearer wrong"),), id="wrong"),
+                                      pytest.param((("authorization", TOKEN),), id="no-scheme")])
+def test_every_grpc_method_but_health_needs_the_token(server, metadata: tuple) -> None:
+    """Every method of Triton's service, tried on the wire with an empty request: health answers,
+    every method this server serves says UNAUTHENTICATED, the rest UNIMPLEMENTED."""
+    served = {name for name in dir(InferenceService) if hasattr(getattr(InferenceService, name), "types")}
+    assert {"ModelMetadata", "ModelInfer", "RepositoryModelLoad", "ServerLive"} <= served
+    methods = [method.name for method in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods]
+    assert served <= set(methods)
+    codes = {}
+    with grpc.insecure_channel(f"127.0.0.1:{server.env['GRPC_PORT']}") as channel:
+        for name in methods:
+            try:
+                channel.unary_unary(f"/{SERVICE}/{name}")(b"", metadata=metadata, timeout=10)
+                codes[name] = grpc.StatusCode.OK
+            except grpc.RpcError as err:
+                codes[name] = err.code()
+    expected = {name: grpc.StatusCode.OK if name in ("ServerLive", "ServerReady")
+                else grpc.StatusCode.UNAUTHENTICATED if name in served else grpc.StatusCode.UNIMPLEMENTED
+                for name in methods}
+    assert codes == expected
+
+
+def test_the_right_token_opens_every_grpc_method(server) -> None:
+    served = sorted(name for name in dir(InferenceService) if hasattr(getattr(InferenceService, name), "types"))
+    with grpc.insecure_channel(f"127.0.0.1:{server.env['GRPC_PORT']}") as channel:
+        for name in served:
+            try:
+                channel.unary_unary(f"/{SERVICE}/{name}")(b"", metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=10)
+            except grpc.RpcError as err:  # an empty request may be invalid; it is no longer refused for the token
+                assert err.code() != grpc.StatusCode.UNAUTHENTICATED, (name, err.details())
 
 
 def test_the_right_token_opens_every_endpoint(repository: Path) -> None:

@@ -27,6 +27,8 @@ ERROR_ANSWERS: dict[str, tuple[str, str]] = {
     "422": ("Unprocessable", "The image decoded but holds no digit (blank)"),
     "503": ("NotReady", "The model is in the repository but failed to load, or the worker is busy with "
             "large requests (then with Retry-After)"),
+    "504": ("NotEveryWorker", "A load or unload done in the worker that answered, which the other workers "
+            "did not apply within MODEL_SYNC_TIMEOUT (they still will)"),
 }
 
 

@@ -30,6 +30,11 @@ UNTYPED = "application/octet-stream"
 JSON_KEYS = ("image", "images", "pixels", "return_input")
 DATA_URL = re.compile(r"data:(?P<type>[^;,]*)(?P<params>(?:;[^;,]*)*),", re.IGNORECASE)
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+# Where a base64 image starts in a JSON body: a string opening with 24 base64 characters (a JSON
+# writer may escape its slashes), after an optional data: URL prefix. Keys and other fields are shorter.
+JSON_BASE64_START = re.compile(rb'"(?:data:[^",]{0,200},)?(?=(?:[A-Za-z0-9+=]|\\?/){24})')
+HEAD_BYTES = 64 * 1024
+HEAD_CHARS = HEAD_BYTES * 4 // 3 * 11 // 10  # base64 of HEAD_BYTES, and room for escaped slashes
 
 
 @bp.post("/predict")
@@ -46,7 +51,16 @@ def _predict(name: str):
     model = get_registry().get(name, request.args.get("version"))
     classifier = ImageClassifier.of(model)
     memory, config = get_memory_budget(), current_app.config
-    request.get_data()  # read before any wait: a 503 must not leave the client's upload unread
+    body = request.get_data()  # read before any wait: a 503 must not leave the client's upload unread
+    encoded = encoded_images(body)
+    if encoded is not None:  # a request that can never be served is told so (413) before any wait (503)
+        _check_count(len(encoded))
+        _check_not_empty(encoded)
+        classifier.check_sizes(encoded, config["MAX_IMAGE_PIXELS"], memory, config["MAX_REQUEST_PIXELS"])
+    elif request.is_json:  # base64 images: the headers their first bytes hold, where they do
+        classifier.check_sizes(json_image_heads(body), config["MAX_IMAGE_PIXELS"], memory,
+                               config["MAX_REQUEST_PIXELS"], unreadable_ok=True)
+    del encoded
     with memory.request():
         with memory.reserve(body_bytes(request.content_length or 0, request.is_json),
                             "reading this request's body"):
@@ -75,10 +89,44 @@ def read_items() -> tuple[list[Item], bool]:
             f"received {received}; expected multipart/form-data with files in field {IMAGE_FIELD!r}, "
             f"a raw image body ({', '.join(IMAGE_TYPES)}, or {UNTYPED} to let the server tell) or application/json"
         )
-    for number, item in enumerate(items, 1):
-        if isinstance(item, bytes) and not item:
-            raise InvalidInput(f"{which_image(number, len(items))} is empty (0 bytes received); expected an image file")
+    _check_not_empty(items)
     return items, return_input
+
+
+def _check_not_empty(items: list[Item] | list[bytes | memoryview]) -> None:
+    for number, item in enumerate(items, 1):
+        if isinstance(item, (bytes, memoryview)) and not len(item):
+            raise InvalidInput(f"{which_image(number, len(items))} is empty (0 bytes received); expected an image file")
+
+
+def encoded_images(body: bytes) -> list[bytes | memoryview] | None:
+    """The request's encoded images where reading them copies nothing (a raw image body, a plain
+    multipart form's files, as views into the body); None for other bodies (JSON)."""
+    mimetype = request.mimetype
+    if mimetype in IMAGE_TYPES or mimetype == UNTYPED:
+        return [body]
+    if mimetype == "multipart/form-data":
+        views = multipart.file_views(body, request.mimetype_params.get("boundary", ""), IMAGE_FIELD)
+        return views or None  # none: read_items says what is wrong
+    return None
+
+
+def json_image_heads(body: bytes) -> list[bytes]:
+    """The first bytes (HEAD_BYTES) of each base64 image in a JSON body, found without parsing the JSON:
+    each long base64 run that starts a string, after an optional data: URL prefix. Enough for the
+    header of a PNG, GIF, BMP or WebP and of most JPEGs; a header they do not hold is skipped."""
+    heads = []
+    for match in JSON_BASE64_START.finditer(body):
+        text = body[match.end():match.end() + HEAD_CHARS]
+        text = text.split(b'"', 1)[0].replace(b"\\/", b"/").replace(b"\\n", b"").replace(b"\\r", b"")
+        text = bytes(text.translate(None, b" \t\r\n"))
+        try:
+            heads.append(binascii.a2b_base64(text[:len(text) // 4 * 4]))
+        except binascii.Error:
+            continue
+        if len(heads) > current_app.config["MAX_IMAGES_PER_REQUEST"]:
+            break  # enough to say there are too many
+    return heads
 
 
 def _check_count(count: int) -> None:
@@ -98,7 +146,7 @@ def _read_multipart() -> tuple[list[bytes], bool]:
                 {name: request.form.getlist(name) for name in request.form})
     files, fields = form
     if not files.get(IMAGE_FIELD):
-        received = sorted(set(files) | set(fields))
+        received = sorted(set(files) | set(fields), key=str)  # werkzeug names a part without a name None
         raise InvalidInput(
             f"multipart body has no file in field {IMAGE_FIELD!r}"
             + (" (it came as a text field)" if IMAGE_FIELD in fields else f" (received fields: {received or 'none'})")

@@ -74,6 +74,7 @@ def _operation(summary: str, body: dict, response: dict, admin: bool) -> dict:
     responses = {"200": {"description": "Done", "content": {"application/json": {"schema": response}}}}
     responses.update(error_responses("400", "401", "404"))
     if admin:
+        responses.update(error_responses("504"))
         responses["403"] = {
             "description": "No API_TOKEN is set and the server is reachable beyond loopback",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -100,10 +101,12 @@ OPENAPI_PATHS: dict = {
         admin=False,
     )},
     "/v2/repository/models/{name}/load": {"parameters": [MODEL_NAME_PARAMETER], "post": _operation(
-        "Load new or changed versions of a model, warm them up, then switch to them in every worker",
+        "Load new or changed versions of a model, warm them up, then switch to them in every worker; "
+        "answers once every worker serves them",
         _PARAMETERS, _LOADED, admin=True,
     )},
     "/v2/repository/models/{name}/unload": {"parameters": [MODEL_NAME_PARAMETER], "post": _operation(
-        "Stop serving every version of a model, in every worker", _PARAMETERS, _LOADED, admin=True,
+        "Stop serving every version of a model, in every worker; answers once every worker has stopped",
+        _PARAMETERS, _LOADED, admin=True,
     )},
 }

@@ -14,39 +14,67 @@ Form = tuple[dict[str, list[bytes]], dict[str, list[str]]]  # (files by field, t
 KNOWN_HEADERS = {b"content-disposition", b"content-type"}
 
 
+Part = tuple[str, "str | None", int, int]  # field name, file name or None, where its content starts and ends
+
+
 def parse_form(body: bytes, boundary: str) -> Form | None:
     """The files and text fields of a complete multipart body, or None when it is not plain."""
-    if not boundary.isascii():  # RFC 2046 boundaries are ASCII; werkzeug decides what else means
-        return None
-    delimiter = b"\r\n--" + boundary.encode("ascii")
-    if not boundary or not body.startswith(delimiter[2:]):
-        return None
-    end = body.find(delimiter + b"--")
-    if end < 0 or body[end + len(delimiter) + 2:].strip(b"\r\n"):
+    parts = _parts(body, boundary)
+    if parts is None:
         return None
     files: dict[str, list[bytes]] = {}
     fields: dict[str, list[str]] = {}
-    for part in body[len(delimiter) - 2:end].split(delimiter):
-        read = _read_part(part)
-        if read is None:
-            return None
-        name, filename, content = read
+    for name, filename, start, end in parts:
         if filename is None:
-            fields.setdefault(name, []).append(content.decode("utf-8", "replace"))
+            fields.setdefault(name, []).append(body[start:end].decode("utf-8", "replace"))
         else:
-            files.setdefault(name, []).append(content)
+            files.setdefault(name, []).append(body[start:end])
     return files, fields
 
 
-def _read_part(part: bytes) -> tuple[str, str | None, bytes] | None:
-    """(field name, file name or None, content) of one part as it follows its delimiter line."""
-    if not part.startswith(b"\r\n"):
+def file_views(body: bytes, boundary: str, field: str) -> list[memoryview] | None:
+    """The files of `field` in a plain multipart body as views into it (nothing copied), or None when not plain."""
+    parts = _parts(body, boundary)
+    if parts is None:
         return None
-    head, separator, content = part[2:].partition(b"\r\n\r\n")
-    if not separator:
+    view = memoryview(body)
+    return [view[start:end] for name, filename, start, end in parts if name == field and filename is not None]
+
+
+def _parts(body: bytes, boundary: str) -> list[Part] | None:
+    """Each part of a complete plain multipart body, as offsets into it; None when it is not plain."""
+    if not boundary.isascii():  # RFC 2046 boundaries are ASCII; werkzeug decides what else means
+        return None
+    delimiter = b"\r\n--" + boundary.encode("ascii")
+    first = 2 if body.startswith(delimiter) else 0  # an empty line before the first delimiter (werkzeug's client)
+    if not boundary or not body.startswith(delimiter[2:], first):
+        return None
+    end = body.find(delimiter + b"--", first)
+    if end < 0 or body[end + len(delimiter) + 2:].strip(b"\r\n"):
+        return None
+    parts, start = [], first + len(delimiter) - 2
+    while True:
+        found = body.find(delimiter, start, end)
+        stop = end if found < 0 else found
+        part = _read_part(body, start, stop)
+        if part is None:
+            return None
+        parts.append(part)
+        if found < 0:
+            return parts
+        start = stop + len(delimiter)
+
+
+def _read_part(body: bytes, start: int, stop: int) -> Part | None:
+    """(field name, file name or None, content start, content end) of the part at body[start:stop],
+    as it follows its delimiter line."""
+    if not body.startswith(b"\r\n", start, stop):
+        return None
+    separator = body.find(b"\r\n\r\n", start + 2, stop)
+    if separator < 0:
         return None
     headers = {}
-    for line in head.split(b"\r\n"):
+    for line in body[start + 2:separator].split(b"\r\n"):
         key, colon, value = line.partition(b":")
         key = key.strip().lower()
         if not colon or key not in KNOWN_HEADERS:
@@ -61,4 +89,4 @@ def _read_part(part: bytes) -> tuple[str, str | None, bytes] | None:
     filename = options.get("filename")
     if filename is None and "charset" in headers.get(b"content-type", ""):
         return None  # a text field in another charset
-    return options["name"], filename, content
+    return options["name"], filename, separator + 4, stop
