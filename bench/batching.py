@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bench.bodies import RequestSpec
 from bench.loadgen import run_wrk, wrk_version
-from bench.procs import ROOT, Gunicorn, model_server, send
+from bench.procs import ROOT, ServerTree, model_server, send
 from server.layout import model_path
 
 log = logging.getLogger("bench.batching")
@@ -142,7 +142,7 @@ def infer_request(model: str, shape: tuple[int, ...]) -> RequestSpec:
     return RequestSpec(f"infer_{model}", "POST", f"/v2/models/{model}/infer", headers, header + raw)
 
 
-def batch_totals(server: Gunicorn, model: str) -> tuple[float, float]:
+def batch_totals(server: ServerTree, model: str) -> tuple[float, float]:
     """(rows, runs) of `model` so far, from the server's model_batch_size histogram."""
     _, body = send(server.port, METRICS)
     text = body.decode()
@@ -197,7 +197,7 @@ def measure_model(name: str, repository: Path, shape: tuple[int, ...], args: arg
             "summary": {str(c): summarize(by_mode) for c, by_mode in runs.items()}}
 
 
-def measure_once(server: Gunicorn, spec: RequestSpec, model: str, connections: int, seconds: float) -> dict:
+def measure_once(server: ServerTree, spec: RequestSpec, model: str, connections: int, seconds: float) -> dict:
     """One wrk run, with the mean rows per onnxruntime run the server did meanwhile."""
     rows_before, runs_before = batch_totals(server, model)
     result = run_wrk(server.port, spec, connections=connections, seconds=seconds, timeout_s=30,

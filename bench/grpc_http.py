@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import footprint  # noqa: E402
-from bench.procs import Gunicorn, free_port, model_server, wait_idle  # noqa: E402
+from bench.procs import ServerTree, free_port, model_server, wait_idle  # noqa: E402
 
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
@@ -116,7 +116,7 @@ def _client_process(transport: str, port: int, threads: int, start_at: float, se
     results.put((latencies, errors))
 
 
-def load(transport: str, port: int, streams: int, seconds: float, server: Gunicorn | None = None) -> dict:
+def load(transport: str, port: int, streams: int, seconds: float, server: ServerTree | None = None) -> dict:
     """`streams` concurrent streams for `seconds`: requests a second, latency, server CPU a request."""
     processes = min(streams, MAX_PROCESSES)
     context = multiprocessing.get_context("spawn")  # gRPC and fork do not mix
@@ -148,7 +148,7 @@ def load(transport: str, port: int, streams: int, seconds: float, server: Gunico
     }
 
 
-def serve(name: str, **env: str) -> Gunicorn:
+def serve(name: str, **env: str) -> ServerTree:
     """The server as `make serve` runs it, on the committed models, serving; 2 workers unless `WORKERS`
     says otherwise (the default now follows the box: 3 on a 2-core machine)."""
     environment = {"LOG_LEVEL": "warning", "WORKERS": "2", **{key: str(value) for key, value in env.items()}}

@@ -24,23 +24,23 @@ if str(ROOT) not in sys.path:
 
 from bench import bodies  # noqa: E402
 from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import Gunicorn, gunicorn_app  # noqa: E402
+from bench.procs import ServerTree, gunicorn_app  # noqa: E402
 from server.layout import latest_model_file  # noqa: E402
 
 GRANIAN_PYTHON = ROOT / ".venv-bench-granian" / "bin" / "python"
 WORKERS = 2
 
 
-def granian(target: str, probe: bodies.RequestSpec, env: dict[str, str], factory: bool, metrics_dir: str) -> Gunicorn:
+def granian(target: str, probe: bodies.RequestSpec, env: dict[str, str], factory: bool, metrics_dir: str) -> ServerTree:
     """`target` under Granian's WSGI interface, its workers writing metrics into `metrics_dir`, not yet started."""
-    server = Gunicorn("layer-granian", [], probe, env={**env, "PROMETHEUS_MULTIPROC_DIR": metrics_dir})
+    server = ServerTree("layer-granian", [], probe, env={**env, "PROMETHEUS_MULTIPROC_DIR": metrics_dir})
     server.argv = [str(GRANIAN_PYTHON), "-m", "granian", "--interface", "wsgi", "--workers", str(WORKERS),
                    "--host", "127.0.0.1", "--port", str(server.port), "--no-ws", *(["--factory"] if factory else []),
                    target]
     return server
 
 
-def measure(server: Gunicorn, specs: list[bodies.RequestSpec], seconds: float, layer: str,
+def measure(server: ServerTree, specs: list[bodies.RequestSpec], seconds: float, layer: str,
             samples: dict[str, list[dict]]) -> None:
     """Start `server`, load it with each request in turn (after a warm-up) and add the runs to `samples`."""
     with server:

@@ -83,7 +83,7 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 
 @dataclass
-class Gunicorn:
+class ServerTree:
     """A gunicorn process tree on 127.0.0.1 with a probe that says when it serves."""
 
     name: str
@@ -101,7 +101,7 @@ class Gunicorn:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Gunicorn":
+    def start(self) -> "ServerTree":
         environ = {k: v for k, v in os.environ.items() if k not in SERVER_SETTINGS}
         environ.update({"HOST": "127.0.0.1", "PORT": str(self.port), **self.env})
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +135,7 @@ class Gunicorn:
             time.sleep(0.2 if patient else 0.01)
         raise RuntimeError(f"{self.name} did not serve within {timeout}s:\n{self.log()[-5000:]}")
 
-    def serve(self, timeout: float = 120.0) -> "Gunicorn":
+    def serve(self, timeout: float = 120.0) -> "ServerTree":
         """start() and wait_serving(); the process is stopped when it does not come up."""
         self.start()
         try:
@@ -179,7 +179,7 @@ class Gunicorn:
         if getattr(self, "_log", None):
             self._log.close()
 
-    def __enter__(self) -> "Gunicorn":
+    def __enter__(self) -> "ServerTree":
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -195,21 +195,21 @@ def signal_group(pgid: int, signum: int) -> None:
 
 
 def gunicorn_app(name: str, target: str, probe: RequestSpec, env: dict[str, str] | None = None,
-                 python: Path = SERVE_PYTHON) -> Gunicorn:
+                 python: Path = SERVE_PYTHON) -> ServerTree:
     """A WSGI app (`module:app`, or `module:factory()`) under gunicorn with the server's own
     server/gunicorn_conf.py, not yet started: how the benchmarks run other apps beside the server."""
-    return Gunicorn(name, [str(python), "-m", "gunicorn", "--config", "server/gunicorn_conf.py", target], probe,
+    return ServerTree(name, [str(python), "-m", "gunicorn", "--config", "server/gunicorn_conf.py", target], probe,
                     env=env or {})
 
 
 def model_server(repository: Path, *, name: str = "server", probe: RequestSpec = LIVE, env: dict[str, str] | None = None,
-                 python: Path = SERVE_PYTHON, **options) -> Gunicorn:
+                 python: Path = SERVE_PYTHON, **options) -> ServerTree:
     """This project's server (`python -m server`, as `make serve` runs it) on `repository`, not yet started."""
-    return Gunicorn(name, [str(python), "-m", "server"], probe, env={"MODEL_REPOSITORY": str(repository), **(env or {})},
+    return ServerTree(name, [str(python), "-m", "server"], probe, env={"MODEL_REPOSITORY": str(repository), **(env or {})},
                     **options)
 
 
-def wait_idle(server: Gunicorn, workers: int, settle: float = 1.0, timeout: float = 60.0) -> list[dict[str, int]]:
+def wait_idle(server: ServerTree, workers: int, settle: float = 1.0, timeout: float = 60.0) -> list[dict[str, int]]:
     """Wait until `workers` workers run and their memory stops changing; return it per worker."""
     deadline = time.perf_counter() + timeout
     previous: list[dict[str, int]] = []

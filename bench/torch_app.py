@@ -142,18 +142,18 @@ def served_model_config(model_file: Path) -> str:
 
 def gunicorn(probe, checkpoint: str, model_config: str):
     """This app under gunicorn from .venv-bench-torch, as bench/run.py and bench/profile.py start it."""
-    from bench.procs import Gunicorn
+    from bench.procs import ServerTree
 
-    return Gunicorn("torch", [str(ROOT / ".venv-bench-torch" / "bin" / "python"), "-m", "bench.torch_app"], probe,
+    return ServerTree("torch", [str(ROOT / ".venv-bench-torch" / "bin" / "python"), "-m", "bench.torch_app"], probe,
                     env={"TORCH_CHECKPOINT": checkpoint, "TORCH_MODEL_CONFIG": model_config})
 
 
 def main() -> None:
-    """Run this app under gunicorn with the server's own configuration file."""
+    """Run this app under gunicorn with its own launcher configuration (bench/torch_gunicorn_conf.py)."""
     use_server_modules_without_onnxruntime()
     from gunicorn.app.wsgiapp import run
 
-    sys.argv = ["gunicorn", "--config", str(ROOT / "server" / "gunicorn_conf.py"), "bench.torch_app:create_app()"]
+    sys.argv = ["gunicorn", "--config", str(ROOT / "bench" / "torch_gunicorn_conf.py"), "bench.torch_app:create_app()"]
     run()
 
 

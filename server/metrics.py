@@ -1,8 +1,8 @@
 """Prometheus metrics: requests by route and status, latency, inference time and batch size, load failures.
 
 No web framework here: `create_app` hands `observe_inference` and `count_load_failure` to the model
-registry and counts requests with `observe_request`. Under gunicorn every worker writes its samples
-to files in PROMETHEUS_MULTIPROC_DIR (set up by server/gunicorn_conf.py before any worker starts)
+registry and counts requests with `observe_request`. Under `python -m server` every worker writes its samples
+to files in PROMETHEUS_MULTIPROC_DIR (set up by server/lifecycle.py before any worker starts)
 and `exposition()` adds up all workers; without that variable (Flask's test client, `flask run`)
 the process's own registry is served.
 """
@@ -115,7 +115,7 @@ def _has_data(path: str) -> bool:
 
 
 def exposition() -> bytes:
-    """Every metric in Prometheus' text format, summed over all gunicorn workers when there are several."""
+    """Every metric in Prometheus' text format, summed over all workers when there are several."""
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if folder:
         registry = CollectorRegistry()

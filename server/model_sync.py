@@ -1,4 +1,4 @@
-"""Keeping every gunicorn worker's models in step: a shared state file, and the optional poll.
+"""Keeping every worker's models in step: a shared state file, and the optional poll.
 
 Each worker is its own process with its own sessions. The worker that handles a load or unload
 request does it, then records it in `<MODEL_SYNC_DIR>/models.json` (a generation number per

@@ -1,4 +1,4 @@
-"""The v2 gRPC transport (server/grpc/) driven by the real `tritonclient.grpc` against a real gunicorn.
+"""The v2 gRPC transport (server/grpc/) driven by the real `tritonclient.grpc` against a real server.
 
 tritonclient sends every tensor in `raw_input_contents`; typed `contents` and malformed requests go
 through the generated stub that ships with tritonclient (`tritonclient.grpc.service_pb2_grpc`).
@@ -311,7 +311,7 @@ def test_bytes_that_are_no_message_are_invalid_argument_and_unknown_calls_unimpl
     # Nothing above crashed or replaced the worker.
     assert stub.ServerReady(pb.ServerReadyRequest()).ready
     log = served[0].log()
-    assert log.count("Booting worker") == 1 and "Traceback" not in log
+    assert log.count("Spawning worker") == 1 and "Traceback" not in log
 
 
 def test_status_codes_follow_the_http_statuses():

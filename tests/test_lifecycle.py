@@ -1,5 +1,5 @@
 """Model lifecycle: versions, load/unload/index (Triton's repository extension), poll mode, worker sync,
-and a switch under load in a real two-worker gunicorn that loses no request."""
+and a switch under load in a real two-worker server that loses no request."""
 from __future__ import annotations
 
 import logging
@@ -317,7 +317,7 @@ def test_unloads_survive_a_hup_and_the_sync_folder_goes_at_exit(repo, live_serve
     assert wait_until(lambda: "another worker did unload of model mnist" in server.log()), server.log()[-3000:]
     os.kill(server.process.pid, signal.SIGHUP)
     # Generous bounds: on a busy machine the new workers take a while to boot and load the model.
-    assert wait_until(lambda: server.log().count("Booting worker") == 4), server.log()[-3000:]
+    assert wait_until(lambda: server.log().count("Spawning worker") == 4), server.log()[-3000:]
     assert wait_until(lambda: len(re.findall(r"another worker did unload of model mnist", server.log())) >= 3), \
         server.log()[-3000:]
     assert statuses() == {503}
@@ -335,7 +335,7 @@ def test_poll_mode_switches_every_worker(repo, live_server_factory) -> None:
 
 
 def two_workers(live_server_factory, repo: Path, **env: str):
-    """A real gunicorn with two workers, returned once both have loaded `mnist` (not just one)."""
+    """A real server with two workers, returned once both have loaded `mnist` (not just one)."""
     server = live_server_factory(repo, WORKERS=2, **env)
     assert wait_until(lambda: server.log().count("loaded model mnist version 1") == 2), server.log()
     return server

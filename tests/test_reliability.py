@@ -19,7 +19,7 @@ from tests.onnx_factory import write_classifier
 
 @pytest.fixture(scope="module")
 def fuzz_server(module_servers, tmp_path_factory):
-    """One gunicorn for every fuzzed operation, serving a random-weight `mnist`."""
+    """One server for every fuzzed operation, serving a random-weight `mnist`."""
     repo = tmp_path_factory.mktemp("fuzz") / "models"
     write_classifier(repo / "mnist" / "1" / "model.onnx", labels=[str(i) for i in range(10)])
     return module_servers(repo, WORKERS=1, THREADS=4)
@@ -81,7 +81,7 @@ def test_killed_worker_is_replaced_and_only_its_requests_are_lost(live_server_fa
             return set(server.workers()) - set(workers)
 
         assert wait_until(lambda: len(replacement()) == 1
-                          and f"Booting worker with pid: {min(replacement())}" in server.log()), server.log()[-3000:]
+                          and f"Spawning worker-1 with PID: {min(replacement())}" in server.log()), server.log()[-3000:]
         replaced_at = time.monotonic()
         assert wait_until(lambda: load.answered(since=replaced_at) >= 100)  # and it keeps serving after
     lost = [t for t, ok in load.results if not ok]
