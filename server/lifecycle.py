@@ -13,8 +13,8 @@ Everything the server does at a worker's start and end lives here:
 - worker, at its end (HUP, TERM, a recycle): HTTP stops taking requests and finishes those it
   holds (Granian), then gRPC waits for a successor to listen and sees its calls off (marker
   `stopping`, server/grpc/handoff.py);
-- per request: bodies up to PREREAD_BYTES are read before the request takes one of the worker's
-  THREADS (a slow body holds only a connection and an idle thread, never the app's room).
+- per request (RequestGate): the body is read before the request takes one of the worker's THREADS
+  (a slow body holds only a connection and an idle thread, never the app's room).
 
 No Flask at import: the main process must not load the app (a HUP serves new server code).
 """
@@ -24,6 +24,7 @@ import gc
 import importlib
 import io
 import itertools
+import json
 import logging
 import logging.config
 import multiprocessing
@@ -57,9 +58,8 @@ GRACEFUL_SECONDS = 20
 # a HUP (Granian's respawn interval). Connections arriving meanwhile wait in the shared listen
 # queue, never refused: the socket stays open in the main process.
 RESPAWN_SECONDS = 3.5
-# Request bodies up to this size are read before the request takes one of the worker's THREADS:
-# a digit PNG, a one-row v2 body. Larger ones are read in the app, under the memory budget, which
-# lets LARGE_REQUESTS of them in at once and refuses the rest (503) rather than hold a thread.
+# Bodies up to this size are read with no reservation (a digit PNG, a one-row v2 body): at most one
+# per connection, MAX_CONNECTIONS of them. Larger ones reserve their size first (RequestGate).
 PREREAD_BYTES = 64 * 1024
 # glibc's allocator as the workers need it (read at process start, so the main process runs again
 # with them set before it serves): a worker's threads share two heaps instead of one each (up to 8
@@ -173,7 +173,11 @@ def load_worker(target: Callable[[], Any], settings: Mapping[str, Any], sync_dir
 
         _Worker.grpc_server = start_grpc(app)
         handoff.mark(sync_dir, age, "serving")
-    return RequestGate(app, settings["THREADS"], settings["KEEPALIVE_REQUESTS"])
+    # Room for bodies waiting for a slot: those the memory budget lets run at once (LARGE_REQUESTS)
+    # and the one it lets wait, at the largest size.
+    room = (settings["LARGE_REQUESTS"] + 1) * settings["MAX_CONTENT_LENGTH"]
+    return RequestGate(app, settings["THREADS"], settings["MAX_CONTENT_LENGTH"], room, settings["MEMORY_WAIT_SECONDS"],
+                       settings["KEEPALIVE_REQUESTS"])
 
 
 def stop_worker(sync_dir: Path) -> None:
@@ -192,37 +196,72 @@ def stop_worker(sync_dir: Path) -> None:
 
 
 class RequestGate:
-    """The app as Granian calls it: at most `threads` requests in the app at once, small bodies read first.
+    """The app as Granian calls it: a request's body is read first, then at most `threads` requests run the app at once.
 
-    Granian gives each request a Python thread as soon as its headers are in, and a body is read
-    there, blocking, as it arrives. Reading small bodies before taking one of the `threads` slots
-    means clients that never finish their bodies hold idle threads, not the worker's room
-    (docs/security.md). `keepalive_requests` > 0: about one response in that many says
-    `Connection: close`, so keep-alive clients reconnect and spread over the workers (Granian does
-    not count a connection's requests)."""
+    Granian hands each request to a Python thread as soon as its headers are in, and the body is
+    read there, blocking, as it arrives. Read before the request takes one of the `threads` slots,
+    a body that never finishes holds an idle thread and its connection, never the worker's room for
+    work (docs/security.md). Bodies over PREREAD_BYTES also hold their declared size in a room of
+    `body_room` bytes while their request lasts: one that does not fit within `wait_seconds` is
+    refused (503, Retry-After) unread, so bodies waiting for a slot stay bounded in memory.
+    Bodies over `max_body` are left to the app, which refuses them (413) unread.
 
-    def __init__(self, app: Callable, threads: int, keepalive_requests: int = 0) -> None:
+    `keepalive_requests` > 0: about one response in that many says `Connection: close`, so
+    keep-alive clients reconnect and spread over the workers (Granian does not count a
+    connection's requests, so the chance stands for the count).
+    """
+
+    def __init__(self, app: Callable, threads: int, max_body: int, body_room: int, wait_seconds: float,
+                 keepalive_requests: int = 0) -> None:
         self.app = app
         self.slots = threading.BoundedSemaphore(threads)
+        self.max_body, self.body_room, self.wait_seconds = max_body, body_room, wait_seconds
+        self.room_used = 0
+        self.room_changed = threading.Condition()
         self.close_chance = 1 / keepalive_requests if keepalive_requests else 0.0
         self.extensions = getattr(app, "extensions", {})
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        length = environ.get("CONTENT_LENGTH")
-        if length and length.isdigit() and 0 < int(length) <= PREREAD_BYTES:
-            environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(int(length)))
-        if self.close_chance and random.random() < self.close_chance:
-            start_response = partial(_closing, start_response)
-        with self.slots:
-            body = self.app(environ, start_response)
-            if isinstance(body, list):
-                return body
-            # Drawn here, in the slot, and handed over as a list: Granian answers a list in one write.
-            try:
-                return list(body)
-            finally:
-                if hasattr(body, "close"):
-                    body.close()
+        text = environ.get("CONTENT_LENGTH")
+        length = int(text) if text and text.isdigit() else 0
+        held = length if PREREAD_BYTES < length <= self.max_body else 0
+        if held and not self._take_room(held):
+            return _refuse(start_response, f"no room for a {length}-byte body in this worker now; retry shortly")
+        try:
+            if 0 < length <= self.max_body:
+                environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(length))
+            if self.close_chance and random.random() < self.close_chance:
+                start_response = partial(_closing, start_response)
+            with self.slots:
+                body = self.app(environ, start_response)
+                if isinstance(body, list):
+                    return body
+                # Drawn here, in the slot, and handed over as a list: Granian answers a list in one write.
+                try:
+                    return list(body)
+                finally:
+                    if hasattr(body, "close"):
+                        body.close()
+        finally:
+            if held:
+                with self.room_changed:
+                    self.room_used -= held
+                    self.room_changed.notify_all()
+
+    def _take_room(self, size: int) -> bool:
+        with self.room_changed:
+            if not self.room_changed.wait_for(lambda: self.room_used + size <= self.body_room, self.wait_seconds):
+                return False
+            self.room_used += size
+            return True
+
+
+def _refuse(start_response: Callable, message: str) -> list[bytes]:
+    """503 with Retry-After and the API's JSON error body, as an Overloaded error from the app gets."""
+    body = json.dumps({"error": message}).encode()
+    start_response("503 SERVICE UNAVAILABLE", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                                               ("Retry-After", "1"), ("Connection", "close")])
+    return [body]
 
 
 def _closing(start_response: Callable, status: str, headers: list, exc_info: Any = None) -> Any:

@@ -573,7 +573,7 @@ def test_term_lets_a_call_in_flight_finish(tmp_path, live_server_factory):
         assert raised.value.status() in (str(Code.UNAVAILABLE), str(Code.DEADLINE_EXCEEDED))
     finally:
         connection.close()
-    assert re.search(r"Worker exiting", server.log())
+    assert re.search(r"Stopping worker-1\n.*gRPC stopped", server.log(), re.S)
 
 
 def test_grpc_port_zero_serves_no_grpc(repo, live_server_factory):

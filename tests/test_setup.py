@@ -63,7 +63,8 @@ def test_the_server_imports_only_its_own_stack() -> None:
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names))))"
     )
     out = subprocess.run([str(SERVE_PYTHON), "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    loaded = set(json.loads(out.stdout)) - {"__main__", "_distutils_hack"}  # setuptools' .pth hook
+    # __mp_main__: multiprocessing's name for __main__; _distutils_hack: setuptools' .pth hook.
+    loaded = set(json.loads(out.stdout)) - {"__main__", "__mp_main__", "_distutils_hack"}
     loaded = {name for name in loaded if not name.startswith("_cython_")}
     assert {"server", "onnxruntime"} <= loaded
     assert loaded <= ALLOWED_TOP_LEVEL, loaded - ALLOWED_TOP_LEVEL
