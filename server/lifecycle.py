@@ -58,14 +58,24 @@ GRACEFUL_SECONDS = 20
 # a HUP (Granian's respawn interval). Connections arriving meanwhile wait in the shared listen
 # queue, never refused: the socket stays open in the main process.
 RESPAWN_SECONDS = 3.5
+# A Python thread Granian started for a request ends after this long idle (its least): each holds
+# its stack's touched pages and allocator caches, some MiB a worker after a burst.
+IDLE_THREAD_SECONDS = 5
 # Bodies up to this size are read with no reservation (a digit PNG, a one-row v2 body): at most one
 # per connection, MAX_CONNECTIONS of them. Larger ones reserve their size first (RequestGate).
 PREREAD_BYTES = 64 * 1024
+# A body answered unread (413, or no room) is read and dropped up to this size, so that its client,
+# still sending, gets the answer (as nginx's lingering close); past it the connection just closes.
+DISCARD_BYTES = 64 * 2**20
 # glibc's allocator as the workers need it (read at process start, so the main process runs again
 # with them set before it serves): a worker's threads share two heaps instead of one each (up to 8
 # per CPU), and blocks from 1 MiB (a decoded image, a parsed body) are mapped apart and go back to
 # the system when freed, instead of raising the threshold and staying in the heap (docs/memory.md).
-MALLOC_SETTINGS = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(2**20), "MALLOC_TRIM_THRESHOLD_": str(4 * 2**20)}
+# Granian's Rust side (request bodies as they arrive) allocates with jemalloc, whose freed pages go
+# back to the system only after dirty_decay_ms (10 s by default) and only when it next allocates:
+# a background thread returns them within a second, from two arenas instead of four per CPU.
+MALLOC_SETTINGS = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(2**20), "MALLOC_TRIM_THRESHOLD_": str(4 * 2**20),
+                   "_RJEM_MALLOC_CONF": "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2"}
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 
 
@@ -204,7 +214,8 @@ class RequestGate:
     work (docs/security.md). Bodies over PREREAD_BYTES also hold their declared size in a room of
     `body_room` bytes while their request lasts: one that does not fit within `wait_seconds` is
     refused (503, Retry-After) unread, so bodies waiting for a slot stay bounded in memory.
-    Bodies over `max_body` are left to the app, which refuses them (413) unread.
+    Bodies over `max_body` are left to the app, which refuses them (413); those are then read and
+    dropped (up to DISCARD_BYTES), as are refused ones, so their clients get the answer.
 
     `keepalive_requests` > 0: about one response in that many says `Connection: close`, so
     keep-alive clients reconnect and spread over the workers (Granian does not count a
@@ -222,26 +233,32 @@ class RequestGate:
         self.extensions = getattr(app, "extensions", {})
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        stream = environ["wsgi.input"]
         text = environ.get("CONTENT_LENGTH")
         length = int(text) if text and text.isdigit() else 0
-        held = length if PREREAD_BYTES < length <= self.max_body else 0
+        if not text and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            length = self.max_body + 1  # read up to the limit and one byte more: the app says 413 past it
+        held = length if PREREAD_BYTES < length <= self.max_body + 1 else 0
         if held and not self._take_room(held):
+            _discard(stream, length)
             return _refuse(start_response, f"no room for a {length}-byte body in this worker now; retry shortly")
         try:
-            if 0 < length <= self.max_body:
-                environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(length))
+            if 0 < length <= self.max_body + 1:
+                environ["wsgi.input"] = io.BytesIO(stream.read(length))
             if self.close_chance and random.random() < self.close_chance:
                 start_response = partial(_closing, start_response)
             with self.slots:
                 body = self.app(environ, start_response)
-                if isinstance(body, list):
-                    return body
-                # Drawn here, in the slot, and handed over as a list: Granian answers a list in one write.
-                try:
-                    return list(body)
-                finally:
-                    if hasattr(body, "close"):
-                        body.close()
+                if not isinstance(body, list):
+                    # Drawn here, in the slot, and handed over as a list: Granian answers a list in one write.
+                    try:
+                        body = list(body)
+                    finally:
+                        if hasattr(body, "close"):
+                            body.close()
+            if length > self.max_body + 1:  # refused unread (413)
+                _discard(stream, length)
+            return body
         finally:
             if held:
                 with self.room_changed:
@@ -256,11 +273,22 @@ class RequestGate:
             return True
 
 
+def _discard(stream: Any, length: int) -> None:
+    """Read and drop up to DISCARD_BYTES of a body answered unread: Granian closes a connection whose
+    body is left unread, and a client still sending it gets a broken pipe instead of the answer."""
+    left = min(length, DISCARD_BYTES)
+    while left > 0:
+        chunk = stream.read(min(left, PREREAD_BYTES))
+        if not chunk:
+            return
+        left -= len(chunk)
+
+
 def _refuse(start_response: Callable, message: str) -> list[bytes]:
     """503 with Retry-After and the API's JSON error body, as an Overloaded error from the app gets."""
     body = json.dumps({"error": message}).encode()
     start_response("503 SERVICE UNAVAILABLE", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                                               ("Retry-After", "1"), ("Connection", "close")])
+                                               ("Retry-After", "1")])
     return [body]
 
 
@@ -365,6 +393,7 @@ def serve(settings: Mapping[str, Any], target: str = "server:create_app", factor
         blocking_threads=settings["MAX_CONNECTIONS"], backpressure=settings["MAX_CONNECTIONS"],
         http1_settings=HTTP1Settings(header_read_timeout=int(settings["HEADER_READ_TIMEOUT"] * 1000)),
         websockets=False, log_dictconfig=log_config(settings["LOG_LEVEL"]), log_access=False,
+        blocking_threads_idle_timeout=IDLE_THREAD_SECONDS,
         respawn_failed_workers=True, respawn_interval=RESPAWN_SECONDS, workers_kill_timeout=GRACEFUL_SECONDS,
         workers_max_rss=settings["WORKER_MAX_RSS"] or None, workers_lifetime=settings["WORKER_LIFETIME"] or None,
         pid_file=Path(settings["PID_FILE"]).resolve() if settings["PID_FILE"] else None,

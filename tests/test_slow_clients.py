@@ -98,10 +98,7 @@ def test_slow_headers_and_bodies_leave_normal_requests_answered(live_server_fact
     header_lifetimes = [c.closed - c.opened for c in headers if c.closed is not None]
     assert len(header_lifetimes) == len(headers), f"{len(headers) - len(header_lifetimes)} heads still open"
     assert HEADER_TIMEOUT_S - 0.2 <= min(header_lifetimes) and max(header_lifetimes) <= HEADER_TIMEOUT_S + 2 * DRIP_EVERY_S + 1
-    # Bodies: Granian 2.8.9 has no body read timeout. The small ones stay open, holding an idle
-    # thread each, not a slot (the requests above were answered); of the large ones, those that fit
-    # the worker's room for bodies wait too, the others are refused unread after MEMORY_WAIT_SECONDS.
-    assert all(c.closed is None for c in bodies[:32])
-    refused = [c for c in bodies[32:] if c.closed is not None]
-    assert all(c.answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in c.answer.lower() for c in refused)
-    assert 0 < len(refused) < 32
+    # Bodies: Granian 2.8.9 has no body read timeout. Each unfinished one holds its connection and
+    # an idle thread, not a slot (the requests above were answered): large ones that do not fit the
+    # worker's room for bodies wait, then are read to be dropped, and none of them is answered yet.
+    assert all(c.closed is None and c.answer == b"" for c in bodies)
