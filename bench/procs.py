@@ -1,4 +1,4 @@
-"""Start, probe, measure and stop a gunicorn server: cold start, RSS per worker, CPU time.
+"""Start, probe, measure and stop a server's process tree (a main process and its workers): cold start, RSS per worker, CPU time.
 
 The one launcher of real servers: the benchmarks use it, and so do the tests (tests/conftest.py).
 """
@@ -46,7 +46,7 @@ def send(port: int, spec: RequestSpec, timeout: float = 10.0) -> tuple[int, byte
 
 
 def children(pid: int) -> list[int]:
-    """Direct child processes of `pid` (gunicorn's workers, for its master)."""
+    """Direct child processes of `pid` (the workers, for a server's main process)."""
     kids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -84,7 +84,7 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 @dataclass
 class ServerTree:
-    """A gunicorn process tree on 127.0.0.1 with a probe that says when it serves."""
+    """A server's process tree (main process and workers) on 127.0.0.1, with a probe that says when it serves."""
 
     name: str
     argv: list[str]
@@ -93,7 +93,7 @@ class ServerTree:
     log_dir: Path = ROOT / "bench" / "out"
     cwd: Path = ROOT
     port: int = field(default_factory=free_port)
-    stop_timeout: float = 30.0  # longer than gunicorn's graceful timeout: past it the group is killed
+    stop_timeout: float = 30.0  # longer than a worker's graceful stop (server/lifecycle.py): past it the group is killed
     process: subprocess.Popen | None = None
     started_at: float = 0.0
 
@@ -194,17 +194,27 @@ def signal_group(pgid: int, signum: int) -> None:
         pass
 
 
+GUNICORN_PYTHON = ROOT / ".venv-bench-gunicorn" / "bin" / "python"
+
+
+def wsgi_app(name: str, target: str, probe: RequestSpec, env: dict[str, str] | None = None,
+             python: Path = SERVE_PYTHON) -> ServerTree:
+    """A WSGI app (`module:name`) under the server's own launcher (`python -m server.lifecycle`,
+    Granian with server/lifecycle.py), not yet started: how the benchmarks run other apps beside the server."""
+    return ServerTree(name, [str(python), "-m", "server.lifecycle", target], probe, env=env or {})
+
+
 def gunicorn_app(name: str, target: str, probe: RequestSpec, env: dict[str, str] | None = None,
-                 python: Path = SERVE_PYTHON) -> ServerTree:
-    """A WSGI app (`module:app`, or `module:factory()`) under gunicorn with the server's own
-    server/gunicorn_conf.py, not yet started: how the benchmarks run other apps beside the server."""
-    return ServerTree(name, [str(python), "-m", "gunicorn", "--config", "server/gunicorn_conf.py", target], probe,
-                    env=env or {})
+                 python: Path = GUNICORN_PYTHON) -> ServerTree:
+    """A WSGI app (`module:app`, or `module:factory()`) under gunicorn with bench/gunicorn_conf.py
+    (the HTTP layer before Granian, gRPC off), not yet started: the benchmarks' A/B of the layer."""
+    return ServerTree(name, [str(python), "-m", "gunicorn", "--config", "bench/gunicorn_conf.py", target], probe,
+                      env={**(env or {}), "GRPC_PORT": "0"})
 
 
 def model_server(repository: Path, *, name: str = "server", probe: RequestSpec = LIVE, env: dict[str, str] | None = None,
                  python: Path = SERVE_PYTHON, **options) -> ServerTree:
-    """This project's server (`python -m server`, as `make serve` runs it) on `repository`, not yet started."""
+    """This project's server (`python -m server`, as `make serve` runs it: Granian) on `repository`, not yet started."""
     return ServerTree(name, [str(python), "-m", "server"], probe, env={"MODEL_REPOSITORY": str(repository), **(env or {})},
                     **options)
 

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from bench import bodies, footprint, profile, recovery, report, soak, torch_app  # noqa: E402
 from bench.loadgen import run_wrk, send_many, wrk_version  # noqa: E402
-from bench.procs import ServerTree, gunicorn_app, memory_kib, model_server, send, wait_idle  # noqa: E402
+from bench.procs import ServerTree, memory_kib, model_server, send, wait_idle, wsgi_app  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
 from server.layout import latest_model_file, model_path as model_path_of  # noqa: E402
 
@@ -36,7 +36,7 @@ log = logging.getLogger("bench")
 SERVE_VENV, TORCH_VENV, DEV_VENV = ROOT / ".venv-serve", ROOT / ".venv-bench-torch", ROOT / ".venv-dev"
 CONCURRENCY = (1, 8, 32)
 WORKERS = BY_NAME["WORKERS"].default
-VERSIONED = ("flask", "gunicorn", "onnxruntime", "numpy", "pillow", "torch")
+VERSIONED = ("flask", "granian", "gunicorn", "onnxruntime", "numpy", "pillow", "torch")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -121,8 +121,8 @@ def server_app(args: argparse.Namespace, probe: bodies.RequestSpec) -> ServerTre
 
 
 def trivial_app(args: argparse.Namespace) -> ServerTree:
-    return gunicorn_app("trivial", "bench.trivial_app:app", bodies.trivial(), {"MODEL_REPOSITORY": str(args.repository)},
-                        python=SERVE_VENV / "bin" / "python")
+    return wsgi_app("trivial", "bench.trivial_app:app", bodies.trivial(), {"MODEL_REPOSITORY": str(args.repository)},
+                    python=SERVE_VENV / "bin" / "python")
 
 
 def answer_label(body: bytes) -> str | None:
