@@ -1,7 +1,7 @@
 """The server's processes under Granian: the main process, its workers, and what each does when.
 
-`python -m server` runs `serve()`: the main process (Granian's, embedded) holds the listening
-socket, prepares what the workers share and forks them; each worker builds the Flask app
+`python -m server` runs `serve()`: the main process (Granian's, embedded) prepares what the
+workers share and forks them; each worker builds the Flask app
 (`server:create_app`), starts its gRPC server and serves HTTP from Granian's Rust runtime.
 Everything the server does at a worker's start and end lives here:
 
@@ -31,7 +31,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -55,8 +54,7 @@ LIBRARIES = ("numpy", "PIL.Image", "PIL.PngImagePlugin", "flask", "werkzeug", "p
 # over and drain gRPC; then it is killed.
 GRACEFUL_SECONDS = 20
 # A new worker gets this long to load its models before the old one in its slot is told to stop on
-# a HUP (Granian's respawn interval). Connections arriving meanwhile wait in the shared listen
-# queue, never refused: the socket stays open in the main process.
+# a HUP (Granian's respawn interval); meanwhile the old one keeps serving.
 RESPAWN_SECONDS = 3.5
 # A Python thread Granian started for a request ends after this long idle (its least): each holds
 # its stack's touched pages and allocator caches, some MiB a worker after a burst.
@@ -300,26 +298,22 @@ def _closing(start_response: Callable, status: str, headers: list, exc_info: Any
 
 def _server_class():
     """Granian's multi-process server with the lifecycle above (imported late: granian is big)."""
-    from granian.net import SocketSpec
     from granian.server.mp import MPServer
 
     class Server(MPServer):
-        """Granian's server, but: one listening socket for all workers (as gunicorn's master held it),
-        so connections queued for a worker that stops go to another instead of being reset (Granian
-        otherwise gives each worker its own SO_REUSEPORT socket, see net.ipv4.tcp_migrate_req); an
-        age per worker; and the clean-up after each worker's exit."""
+        """Granian's server, plus an age per worker (and its gRPC marker) and the clean-up after each
+        worker's exit.
+
+        Each worker listens on its own SO_REUSEPORT socket (Granian's way on Linux), so the kernel
+        spreads new connections evenly over the workers (bench/spread.py; one socket shared by all
+        let the busiest worker accept most of them). A worker that stops closes its socket:
+        connections still in its accept queue then go to another worker with
+        net.ipv4.tcp_migrate_req=1 (Linux 5.14+), and are reset without it (docs/deploy.md)."""
 
         def __init__(self, *args, sync_dir: Path, grpc: bool, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self.sync_dir, self.grpc = sync_dir, grpc
             self.ages = itertools.count(1)
-
-        def _init_shared_socket(self) -> None:
-            self._ssp = None
-            self._shd = SocketSpec(self.bind_addr, self.bind_port, self.backlog).build()
-            self._sfd = self._shd.get_fd()
-            self._sso = socket.socket(fileno=self._sfd)
-            self._sso.set_inheritable(True)
 
         def _spawn_worker(self, idx, target, callback_loader):
             age = next(self.ages)
@@ -379,7 +373,7 @@ def serve(settings: Mapping[str, Any], target: str = "server:create_app", factor
     # fork, and a module still being imported at a fork stays locked in the child for good.
     importlib.import_module("prometheus_client.multiprocess")
     importlib.import_module("server.grpc.handoff")
-    # Workers are forked: they inherit the libraries above and the listening socket (Python 3.14
+    # Workers are forked: they inherit the libraries above (Python 3.14
     # makes forkserver the default, which Granian would turn into spawn).
     multiprocessing.set_start_method("fork", force=True)
     from granian.constants import Interfaces
