@@ -22,7 +22,8 @@ from server import create_app
 from server.model_sync import ModelSync
 from server.registry import ModelRegistry
 from bench.loadgen import ClientThreads
-from tests.conftest import wait_until
+from bench.procs import free_port, model_server
+from tests.conftest import LOG_DIR, ROOT, TEST_SETTINGS, wait_until
 from tests.onnx_factory import write_classifier
 
 DIGITS = [str(i) for i in range(10)]
@@ -348,3 +349,23 @@ def two_workers(live_server_factory, repo: Path, **env: str):
 def switched_workers(log: str) -> set[str]:
     """Process ids of the workers that logged switching `mnist` to versions 1 and 2."""
     return set(re.findall(r" (\d+) INFO server\.registry: model mnist now serves versions \[1, 2\]", log))
+
+
+@pytest.mark.slow
+def test_a_hup_serves_new_server_code(repo, tmp_path) -> None:
+    """The workers import the app after the fork, so a HUP brings in a changed server/ without a restart."""
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "server", tree / "server", ignore=shutil.ignore_patterns("__pycache__"))
+    server = model_server(repo, name=f"new-code-{free_port()}", env={**TEST_SETTINGS, "WORKERS": "2", "GRPC_PORT": "0"},
+                          cwd=tree, log_dir=LOG_DIR)
+    server.serve(timeout=60)
+    try:
+        assert requests.get(server.url + "/v2/health/live", timeout=5).json() == {"live": True}
+        health = tree / "server" / "api" / "health.py"
+        health.write_text(health.read_text().replace("return jsonify(live=True)", "return jsonify(live=True, code='new')"))
+        os.kill(server.process.pid, signal.SIGHUP)
+        assert wait_until(lambda: server.log().count("Stopped old worker") == 2, timeout=60), server.log()[-3000:]
+        answers = [requests.get(server.url + "/v2/health/live", timeout=5).json() for _ in range(10)]
+        assert answers == [{"live": True, "code": "new"}] * 10
+    finally:
+        server.stop()
