@@ -79,6 +79,34 @@ def summarise(samples: dict) -> dict:
     return rows
 
 
+def markdown(report: dict) -> str:
+    """The run as a short dated document: ratios first, then the figures they come from."""
+    rows = report["rows"]
+    lines = [f"# The HTTP layer under Flask: gunicorn against Granian ({report['date']})", "",
+             f"Written by `python -m bench.http_layer` (part of `make bench`); every figure is from that one run "
+             f"({report['workers']} workers per server, wrk with 32 connections, load average at the end "
+             f"{', '.join(f'{x:.1f}' for x in report['load_average_at_end'])}; the raw tries are in "
+             "[benchmarks-http-layer.json](benchmarks-http-layer.json)). Same code, same model; gunicorn with "
+             "bench/gunicorn_conf.py (gthread, the connection-spreading worker), Granian with server/lifecycle.py.", "",
+             "| request | CPU ms/request, gunicorn | Granian | Granian / gunicorn | req/s, gunicorn | Granian |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for key, row in rows.items():
+        if key.endswith("granian/gunicorn"):
+            name = key.rsplit(" ", 1)[0]
+            a, b = rows[f"{name} gunicorn"], rows[f"{name} granian"]
+            lines.append(f"| {name} | {a['cpu_ms_per_request']} | {b['cpu_ms_per_request']} | **{row['cpu_ratio']}** "
+                         f"| {a['rps']} | {b['rps']} |")
+    lines += ["", "| app, layer | cold start s | main process RSS / PSS MiB | each idle worker RSS / PSS MiB |",
+              "| --- | ---: | ---: | ---: |"]
+    for app in ("trivial", "server"):
+        for layer in LAYERS:
+            cold, memory = rows.get(f"cold start {app} {layer}"), rows.get(f"memory {app} {layer}")
+            if cold and memory:
+                workers = ", ".join(f"{r} / {p}" for r, p in zip(memory["worker_rss_mib"], memory["worker_pss_mib"]))
+                lines.append(f"| {app}, {layer} | {cold['seconds']} | {memory['main_rss_mib']} / {memory['main_pss_mib']} | {workers} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--repository", type=Path, default=ROOT / "models")
@@ -87,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="wrk run per request and turn")
     parser.add_argument("--gunicorn-python", type=Path, default=GUNICORN_PYTHON,
                         help="a Python with the serving packages and gunicorn")
-    parser.add_argument("--out", type=Path, help="also write the rows and every try here as JSON")
+    parser.add_argument("--out", type=Path, help="also write the rows and every try here as JSON, and a .md beside it")
     args = parser.parse_args(argv)
     if not args.gunicorn_python.exists():
         parser.exit(1, f"error: no {args.gunicorn_python}: make .venv-bench-gunicorn/.stamp\n")
@@ -108,10 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     for key, row in rows.items():
         print(json.dumps({"row": key, **row}))
     if args.out:
-        args.out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                        "serve_python": str(SERVE_PYTHON), "gunicorn_python": str(args.gunicorn_python),
-                                        "workers": WORKERS, "load_average_at_end": os.getloadavg(), "rows": rows,
-                                        "tries": samples}, indent=1) + "\n")
+        report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "serve_python": str(SERVE_PYTHON), "gunicorn_python": str(args.gunicorn_python),
+                  "workers": WORKERS, "load_average_at_end": os.getloadavg(), "rows": rows, "tries": samples}
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(report))
     return 0
 
 
