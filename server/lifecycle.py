@@ -211,7 +211,7 @@ class RequestGate:
     a body that never finishes holds an idle thread and its connection, never the worker's room for
     work (docs/security.md). Bodies over PREREAD_BYTES also hold their declared size in a room of
     `body_room` bytes while their request lasts: one that does not fit within `wait_seconds` is
-    refused (503, Retry-After) unread, so bodies waiting for a slot stay bounded in memory.
+    read and dropped, then refused (503, Retry-After), so bodies waiting for a slot stay bounded.
     Bodies over `max_body` are left to the app, which refuses them (413); those are then read and
     dropped (up to DISCARD_BYTES), as are refused ones, so their clients get the answer.
 
@@ -228,7 +228,6 @@ class RequestGate:
         self.room_used = 0
         self.room_changed = threading.Condition()
         self.close_chance = 1 / keepalive_requests if keepalive_requests else 0.0
-        self.extensions = getattr(app, "extensions", {})
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         stream = environ["wsgi.input"]
@@ -238,6 +237,7 @@ class RequestGate:
             length = self.max_body + 1  # read up to the limit and one byte more: the app says 413 past it
         held = length if PREREAD_BYTES < length <= self.max_body + 1 else 0
         if held and not self._take_room(held):
+            log.warning("a %d-byte body found no room in this worker within %gs: 503", length, self.wait_seconds)
             _discard(stream, length)
             return _refuse(start_response, f"no room for a {length}-byte body in this worker now; retry shortly")
         try:
@@ -246,17 +246,19 @@ class RequestGate:
             if self.close_chance and random.random() < self.close_chance:
                 start_response = partial(_closing, start_response)
             with self.slots:
-                body = self.app(environ, start_response)
-                if not isinstance(body, list):
+                answer = self.app(environ, start_response)
+                if isinstance(answer, list):
+                    chunks = answer
+                else:
                     # Drawn here, in the slot, and handed over as a list: Granian answers a list in one write.
                     try:
-                        body = list(body)
+                        chunks = list(answer)
                     finally:
-                        if hasattr(body, "close"):
-                            body.close()
+                        if hasattr(answer, "close"):
+                            answer.close()
             if length > self.max_body + 1:  # refused unread (413)
                 _discard(stream, length)
-            return body
+            return chunks
         finally:
             if held:
                 with self.room_changed:
