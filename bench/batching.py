@@ -1,4 +1,4 @@
-"""Dynamic batching on against off: throughput and p99 at concurrency 16, real gunicorn on 127.0.0.1.
+"""Dynamic batching on against off: throughput and p99 at concurrency 16, real servers on 127.0.0.1.
 
 Two models: a random-weight CNN the size of ResNet-18 (3x224x224 in, 1000 classes out, built here
 with onnx.helper) and the small digit model. For each, two servers run side by side, identical but
@@ -285,7 +285,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=3.0, help="unrecorded wrk run per server first")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of runs (every server, every concurrency)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 1], help="wrk connections, one series each")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per server")
+    parser.add_argument("--workers", type=int, default=2, help="workers per server")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (the most requests a worker can batch)")
     parser.add_argument("--batch-size", type=int, default=8, help="MAX_BATCH_SIZE with batching on")
     parser.add_argument("--delays-us", type=int, nargs="+", default=[0, 2000], help="MAX_BATCH_DELAY_US of each batching server")

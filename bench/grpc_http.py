@@ -1,6 +1,6 @@
 """v2 inference over gRPC beside HTTP with binary tensors: requests a second at 1, 8 and 32 streams.
 
-One real gunicorn from .venv-serve with `make serve`'s settings (2 workers) answers both transports
+One real server from .venv-serve with `make serve`'s settings (2 workers) answers both transports
 on 127.0.0.1. Each stream is a thread with its own connection (a keep-alive HTTP connection, or a
 gRPC channel: one HTTP/2 connection) sending one MNIST digit as raw FP32 again and again; the
 streams run in up to 4 client processes so the client's GIL is not the limit. The request bodies
@@ -8,7 +8,7 @@ are made once, so the client does as little per request as it can on either side
 the best of `--tries` alternating tries of `--seconds`; the server's CPU time per request is shown
 beside it (the clients share the machine's cores with the server, as wrk does in `make bench`).
 
-Also the process model (why gRPC runs inside each gunicorn worker): each worker's RSS with
+Also the process model (why gRPC runs inside each worker): each worker's RSS with
 GRPC_PORT=0 and with gRPC on, and gRPC throughput with one worker against two.
 
 Writes docs/benchmarks-grpc.json and docs/benchmarks-grpc.md. `--seconds 1 --tries 1` for a quick look.

@@ -1,4 +1,4 @@
-"""Soak: concurrency 32 for 60 s against gunicorn; 0 failed requests, RSS growth <= 10 % after warm-up.
+"""Soak: concurrency 32 for 60 s against the server; 0 failed requests, RSS growth <= 10 % after warm-up.
 
 Starts the server as `make serve` does (from .venv-serve, default settings) on a free port of
 127.0.0.1, warms it up under the same load, takes each worker's memory, then keeps the load on for

@@ -1,7 +1,7 @@
 """The baseline this project replaces: the same CNN run in-process by PyTorch inside Flask.
 
 Same app design as the server (create_app, thin route, server.digit, server.api.errors, one log
-line per request) and the same gunicorn settings (server/gunicorn_conf.py), but torch instead of
+line per request) and the server's process shape under gunicorn (bench/torch_gunicorn_conf.py), but torch instead of
 onnxruntime. It runs from its own environment (.venv-bench-torch: flask, gunicorn, numpy, Pillow,
 CPU torch), which has no onnxruntime: `python -m bench.torch_app` imports only the server's modules
 that need none (settings, decoding, the digit pipeline, errors), never its app factory.
