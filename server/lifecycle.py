@@ -395,6 +395,9 @@ def serve(settings: Mapping[str, Any], target: str = "server:create_app", factor
         pid_file=Path(settings["PID_FILE"]).resolve() if settings["PID_FILE"] else None,
         sync_dir=folders.sync, grpc=bool(settings["GRPC_PORT"]),
     )
+    # Granian warns that MAX_CONNECTIONS Python threads may start: they do, one per request in
+    # flight, by design (RequestGate lets THREADS of them into the app), so the warning says nothing.
+    logging.getLogger("_granian").addFilter(lambda record: "Python threads" not in record.getMessage())
     try:
         server.serve(spawn_target=_serve_worker, target_loader=partial(_app_loader, target, factory, settings),
                      wrap_loader=False)
