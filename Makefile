@@ -63,7 +63,7 @@ $(DEV_STAMP): requirements-serve.txt requirements-train.txt requirements-dev.txt
 
 # The en_US.UTF-8 locale that text models need (onnxruntime's StringNormalizer) is compiled into
 # the venv when the system lacks it, and found through LOCPATH (docs/models.md).
-serve: $(SERVE_VENV)/.stamp ## serve models/ with gunicorn on HOST:PORT (default 127.0.0.1:8000)
+serve: $(SERVE_VENV)/.stamp ## serve models/ (Granian under Flask) on HOST:PORT (default 127.0.0.1:8000)
 	@locales=$$(deploy/locales.sh $(SERVE_VENV)/locale); \
 	echo "$(SERVE_VENV)/bin/python -m server"; \
 	exec env $${locales:+LOCPATH=$$locales:/usr/lib/locale} $(SERVE_VENV)/bin/python -m server
@@ -170,18 +170,19 @@ $(BENCH_MLSERVER_VENV)/.stamp: bench/peers/requirements-mlserver.txt
 	$(BENCH_MLSERVER_VENV)/bin/pip install $(PIP_FLAGS) -r bench/peers/requirements-mlserver.txt
 	touch $@
 
-BENCH_GRANIAN_VENV := .venv-bench-granian
+# gunicorn, the layer before Granian, for the A/B of the HTTP layer only.
+BENCH_GUNICORN_VENV := .venv-bench-gunicorn
 
-$(BENCH_GRANIAN_VENV)/.stamp: bench/peers/requirements-granian.txt requirements-serve.txt
-	rm -rf $(BENCH_GRANIAN_VENV)
-	$(PYTHON) -m venv $(BENCH_GRANIAN_VENV)
-	$(BENCH_GRANIAN_VENV)/bin/pip install $(PIP_FLAGS) -r bench/peers/requirements-granian.txt
+$(BENCH_GUNICORN_VENV)/.stamp: bench/peers/requirements-gunicorn.txt requirements-serve.txt
+	rm -rf $(BENCH_GUNICORN_VENV)
+	$(PYTHON) -m venv $(BENCH_GUNICORN_VENV)
+	$(BENCH_GUNICORN_VENV)/bin/pip install $(PIP_FLAGS) -r bench/peers/requirements-gunicorn.txt
 	touch $@
 
-bench-http-layer: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_GRANIAN_VENV)/.stamp ## gunicorn against Granian under the same Flask apps: server CPU per request (issue 19)
+bench-http-layer: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_GUNICORN_VENV)/.stamp ## gunicorn against Granian under the same Flask apps: CPU per request, memory, cold start
 	$(DEV_VENV)/bin/python -m bench.http_layer $(BENCH_HTTP_ARGS)
 
-bench: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOLS_VENV)/.stamp $(BENCH_KSERVE_VENV)/.stamp $(BENCH_MLSERVER_VENV)/.stamp $(TRITON_VENV)/.stamp ## measure speed, footprint, soak against baselines; writes docs/benchmarks.md
+bench: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_GUNICORN_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOLS_VENV)/.stamp $(BENCH_KSERVE_VENV)/.stamp $(BENCH_MLSERVER_VENV)/.stamp $(TRITON_VENV)/.stamp ## measure speed, footprint, soak against baselines; writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; \
@@ -196,6 +197,7 @@ bench: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOL
 	@# The photo evaluation is `make bench-photos`: at its default size it alone outlasts this target.
 	@if [ -f bench/batching.py ]; then echo "$(DEV_VENV)/bin/python -m bench.batching"; $(DEV_VENV)/bin/python -m bench.batching; fi
 	$(DEV_VENV)/bin/python -m bench.grpc_http
+	$(DEV_VENV)/bin/python -m bench.http_layer --out docs/benchmarks-http-layer.json
 
 bench-grpc: $(DEV_STAMP) $(SERVE_VENV)/.stamp ## v2 inference over gRPC beside HTTP binary at 1, 8, 32 streams; writes docs/benchmarks-grpc.md
 	$(DEV_VENV)/bin/python -m bench.grpc_http $(BENCH_GRPC_ARGS)
@@ -220,4 +222,4 @@ export: $(DEV_STAMP) ## export VERSION=n [CHECKPOINT=runs/<run>/model.pt, defaul
 	$(DEV_VENV)/bin/python -m export --checkpoint $(CHECKPOINT) --name $(NAME) --version $(VERSION) --repo $(MODEL_REPOSITORY) $(EXPORT_ARGS)
 
 clean: ## remove virtual environments and caches (keeps data/ and runs/)
-	rm -rf $(SERVE_VENV) $(DEV_VENV) $(TRITON_VENV) $(BENCH_KSERVE_VENV) $(BENCH_MLSERVER_VENV) $(BENCH_GRANIAN_VENV) .pytest_cache .hypothesis
+	rm -rf $(SERVE_VENV) $(DEV_VENV) $(TRITON_VENV) $(BENCH_KSERVE_VENV) $(BENCH_MLSERVER_VENV) $(BENCH_GUNICORN_VENV) .pytest_cache .hypothesis

@@ -1,4 +1,4 @@
-"""Dynamic batching on against off: throughput and p99 at concurrency 16, real gunicorn on 127.0.0.1.
+"""Dynamic batching on against off: throughput and p99 at concurrency 16, real servers on 127.0.0.1.
 
 Two models: a random-weight CNN the size of ResNet-18 (3x224x224 in, 1000 classes out, built here
 with onnx.helper) and the small digit model. For each, two servers run side by side, identical but
@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bench.bodies import RequestSpec
 from bench.loadgen import run_wrk, wrk_version
-from bench.procs import ROOT, Gunicorn, model_server, send
+from bench.procs import ROOT, ServerTree, model_server, send
 from server.layout import model_path
 
 log = logging.getLogger("bench.batching")
@@ -142,7 +142,7 @@ def infer_request(model: str, shape: tuple[int, ...]) -> RequestSpec:
     return RequestSpec(f"infer_{model}", "POST", f"/v2/models/{model}/infer", headers, header + raw)
 
 
-def batch_totals(server: Gunicorn, model: str) -> tuple[float, float]:
+def batch_totals(server: ServerTree, model: str) -> tuple[float, float]:
     """(rows, runs) of `model` so far, from the server's model_batch_size histogram."""
     _, body = send(server.port, METRICS)
     text = body.decode()
@@ -197,7 +197,7 @@ def measure_model(name: str, repository: Path, shape: tuple[int, ...], args: arg
             "summary": {str(c): summarize(by_mode) for c, by_mode in runs.items()}}
 
 
-def measure_once(server: Gunicorn, spec: RequestSpec, model: str, connections: int, seconds: float) -> dict:
+def measure_once(server: ServerTree, spec: RequestSpec, model: str, connections: int, seconds: float) -> dict:
     """One wrk run, with the mean rows per onnxruntime run the server did meanwhile."""
     rows_before, runs_before = batch_totals(server, model)
     result = run_wrk(server.port, spec, connections=connections, seconds=seconds, timeout_s=30,
@@ -285,7 +285,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=3.0, help="unrecorded wrk run per server first")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of runs (every server, every concurrency)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 1], help="wrk connections, one series each")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per server")
+    parser.add_argument("--workers", type=int, default=2, help="workers per server")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (the most requests a worker can batch)")
     parser.add_argument("--batch-size", type=int, default=8, help="MAX_BATCH_SIZE with batching on")
     parser.add_argument("--delays-us", type=int, nargs="+", default=[0, 2000], help="MAX_BATCH_DELAY_US of each batching server")

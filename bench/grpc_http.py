@@ -1,6 +1,6 @@
 """v2 inference over gRPC beside HTTP with binary tensors: requests a second at 1, 8 and 32 streams.
 
-One real gunicorn from .venv-serve with `make serve`'s settings (2 workers) answers both transports
+One real server from .venv-serve with `make serve`'s settings (2 workers) answers both transports
 on 127.0.0.1. Each stream is a thread with its own connection (a keep-alive HTTP connection, or a
 gRPC channel: one HTTP/2 connection) sending one MNIST digit as raw FP32 again and again; the
 streams run in up to 4 client processes so the client's GIL is not the limit. The request bodies
@@ -8,7 +8,7 @@ are made once, so the client does as little per request as it can on either side
 the best of `--tries` alternating tries of `--seconds`; the server's CPU time per request is shown
 beside it (the clients share the machine's cores with the server, as wrk does in `make bench`).
 
-Also the process model (why gRPC runs inside each gunicorn worker): each worker's RSS with
+Also the process model (why gRPC runs inside each worker): each worker's RSS with
 GRPC_PORT=0 and with gRPC on, and gRPC throughput with one worker against two.
 
 Writes docs/benchmarks-grpc.json and docs/benchmarks-grpc.md. `--seconds 1 --tries 1` for a quick look.
@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import footprint  # noqa: E402
-from bench.procs import Gunicorn, free_port, model_server, wait_idle  # noqa: E402
+from bench.procs import ServerTree, free_port, model_server, wait_idle  # noqa: E402
 
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
@@ -121,7 +121,7 @@ def _client_process(transport: str, port: int, threads: int, start_at: float, se
     results.put((latencies, errors))
 
 
-def load(transport: str, port: int, streams: int, seconds: float, server: Gunicorn | None = None, least: int = 0) -> dict:
+def load(transport: str, port: int, streams: int, seconds: float, server: ServerTree | None = None, least: int = 0) -> dict:
     """`streams` concurrent streams for `seconds` (each sending at least `least` requests, however slow the
     machine): requests a second, latency, server CPU a request."""
     processes = min(streams, MAX_PROCESSES)
@@ -154,7 +154,7 @@ def load(transport: str, port: int, streams: int, seconds: float, server: Gunico
     }
 
 
-def serve(name: str, **env: str) -> Gunicorn:
+def serve(name: str, **env: str) -> ServerTree:
     """The server as `make serve` runs it, on the committed models, serving; 2 workers unless `WORKERS`
     says otherwise (the default now follows the box: 3 on a 2-core machine)."""
     environment = {"LOG_LEVEL": "warning", "WORKERS": "2", **{key: str(value) for key, value in env.items()}}

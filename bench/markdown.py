@@ -19,6 +19,13 @@ def kib_mb(kib: float) -> str:
     return f"{kib * 1024 / MB:.0f} MB"
 
 
+def _layer(serve_versions: dict) -> tuple[str, str]:
+    """The HTTP layer of a run (package, and how the apps ran under it): runs before Granian have no granian version."""
+    if serve_versions.get("granian"):
+        return "granian", "Granian's WSGI interface with the server's own launcher (`server/lifecycle.py`; the floor and the torch baseline as noted)"
+    return "gunicorn", "gunicorn with the server's own `server/gunicorn_conf.py` (gthread)"
+
+
 def header(r: dict) -> str:
     m, v = r["machine"], r["versions"]
     serve, torch = v["serve"], v["torch_baseline"]
@@ -32,8 +39,8 @@ by hand: run `make bench` again.
 (AVX-512: {'yes' if m['avx512'] else 'no'}, AMX: {'yes' if m['amx'] else 'no'}); load average at
 the start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}. No GPU.
 
-**Versions**: Python {m['python']}; serve environment flask {serve.get('flask')}, gunicorn
-{serve.get('gunicorn')}, onnxruntime {serve.get('onnxruntime')}, numpy {serve.get('numpy')}, Pillow
+**Versions**: Python {m['python']}; serve environment flask {serve.get('flask')}, {_layer(serve)[0]}
+{serve.get(_layer(serve)[0])}, onnxruntime {serve.get('onnxruntime')}, numpy {serve.get('numpy')}, Pillow
 {serve.get('pillow')}; torch baseline environment torch {torch.get('torch')}, flask {torch.get('flask')},
 gunicorn {torch.get('gunicorn')}; load generator {v['wrk']}.
 
@@ -56,8 +63,8 @@ def method(r: dict) -> str:
     s, m = r["settings"], r["method"]
     return f"""## Method
 
-- Every app runs under gunicorn with the server's own `server/gunicorn_conf.py` and `make serve`'s
-  defaults: {s['WORKERS']} workers × {s['THREADS']} threads (gthread), `ORT_THREADS={s['ORT_THREADS']}`
+- Every app runs under {_layer(r['versions']['serve'])[1]} and `make serve`'s
+  defaults: {s['WORKERS']} workers × {s['THREADS']} threads, `ORT_THREADS={s['ORT_THREADS']}`
   (the torch baseline gets `torch.set_num_threads({s['ORT_THREADS']})` from the same setting), on 127.0.0.1.
 - **This server**: `python -m server` from `.venv-serve`. **Floor**: `bench/trivial_app.py`, Flask
   answering a constant JSON to `GET /`. **Baseline**: `bench/torch_app.py`, the same CNN
@@ -67,7 +74,7 @@ def method(r: dict) -> str:
   file), {m.get('tries', 1)} tries of {m['seconds']:g} s at each of {', '.join(map(str, m['concurrency']))} keep-alive
   connections, after a {m['warmup']:g} s unrecorded warm-up per endpoint. Each row is the try with the
   most requests/s; the others' req/s are shown beside it, and errors count every try. wrk opens its
-  connections at once and a keep-alive connection stays with the gunicorn worker that accepted it:
+  connections at once and a keep-alive connection stays with the worker that accepted it:
   in a try where one of the two workers took (nearly) all of them, one core idles and the rate halves
   (seen in about half the single tries of earlier runs, for every app alike). The best try is the
   app with its load spread over both workers, as a stream of new connections gets it. Every request carries the same real MNIST test digit

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 from bench.ab import extract, short_hash  # noqa: E402
 from bench.bodies import RequestSpec, mnist_digit, predict_png, v2_infer_binary  # noqa: E402
-from bench.procs import Gunicorn, send  # noqa: E402
+from bench.procs import ServerTree, send  # noqa: E402
 from server.budget import body_bytes, image_bytes, tensor_body_bytes  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
 from server.decoding import is_rotated, open_image  # noqa: E402
@@ -247,7 +247,7 @@ def measure(repository: Path, env: dict[str, str] | None = None, repeat: int = 1
     `tree` holds the server/ to run (another revision's, for a before/after); `kinds` picks some (all when empty).
     """
     png, _ = normal_requests()
-    server = Gunicorn("memory", [str(SERVE_VENV / "bin" / "python"), "-m", "server"], png,
+    server = ServerTree("memory", [str(SERVE_VENV / "bin" / "python"), "-m", "server"], png,
                       env={"MODEL_REPOSITORY": str(repository.resolve()), "WORKERS": "1", **(env or {})}, cwd=tree)
     results: dict = {"kinds": []}
     with server:

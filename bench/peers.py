@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
 
 from bench import bodies  # noqa: E402
 from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import Gunicorn, model_server  # noqa: E402
+from bench.procs import ServerTree, model_server  # noqa: E402
 from server.layout import model_path  # noqa: E402
 
 PEERS_DIR = ROOT / "bench" / "peers"
@@ -35,15 +35,15 @@ MLSERVER_BIN = ROOT / ".venv-bench-mlserver" / "bin" / "mlserver"
 WORKERS = 2
 
 
-def kserve(model_dir: Path, name: str, probe: bodies.RequestSpec) -> Gunicorn:
-    server = Gunicorn("peer-kserve", [], probe, cwd=PEERS_DIR)
+def kserve(model_dir: Path, name: str, probe: bodies.RequestSpec) -> ServerTree:
+    server = ServerTree("peer-kserve", [], probe, cwd=PEERS_DIR)
     server.argv = [str(KSERVE_PYTHON), "kserve_model.py", "--model_dir", str(model_dir), "--model_name", name,
                    "--http_port", str(server.port), "--grpc_port", str(server.port + 1), "--workers", str(WORKERS)]
     return server
 
 
-def mlserver(model_file: Path, name: str, probe: bodies.RequestSpec, scratch: Path) -> Gunicorn:
-    server = Gunicorn("peer-mlserver", [], probe, cwd=PEERS_DIR, env={"PYTHONPATH": str(PEERS_DIR)})
+def mlserver(model_file: Path, name: str, probe: bodies.RequestSpec, scratch: Path) -> ServerTree:
+    server = ServerTree("peer-mlserver", [], probe, cwd=PEERS_DIR, env={"PYTHONPATH": str(PEERS_DIR)})
     folder = scratch / "mlserver"
     (folder / name).mkdir(parents=True)
     (folder / "settings.json").write_text(json.dumps({

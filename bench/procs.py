@@ -1,4 +1,4 @@
-"""Start, probe, measure and stop a gunicorn server: cold start, RSS per worker, CPU time.
+"""Start, probe, measure and stop a server's process tree (a main process and its workers): cold start, RSS per worker, CPU time.
 
 The one launcher of real servers: the benchmarks use it, and so do the tests (tests/conftest.py).
 """
@@ -46,7 +46,7 @@ def send(port: int, spec: RequestSpec, timeout: float = 10.0) -> tuple[int, byte
 
 
 def children(pid: int) -> list[int]:
-    """Direct child processes of `pid` (gunicorn's workers, for its master)."""
+    """Direct child processes of `pid` (the workers, for a server's main process)."""
     kids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -83,8 +83,8 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 
 @dataclass
-class Gunicorn:
-    """A gunicorn process tree on 127.0.0.1 with a probe that says when it serves."""
+class ServerTree:
+    """A server's process tree (main process and workers) on 127.0.0.1, with a probe that says when it serves."""
 
     name: str
     argv: list[str]
@@ -93,7 +93,7 @@ class Gunicorn:
     log_dir: Path = ROOT / "bench" / "out"
     cwd: Path = ROOT
     port: int = field(default_factory=free_port)
-    stop_timeout: float = 30.0  # longer than gunicorn's graceful timeout: past it the group is killed
+    stop_timeout: float = 30.0  # longer than a worker's graceful stop (server/lifecycle.py): past it the group is killed
     process: subprocess.Popen | None = None
     started_at: float = 0.0
 
@@ -101,7 +101,7 @@ class Gunicorn:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Gunicorn":
+    def start(self) -> "ServerTree":
         environ = {k: v for k, v in os.environ.items() if k not in SERVER_SETTINGS}
         environ.update({"HOST": "127.0.0.1", "PORT": str(self.port), **self.env})
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +135,7 @@ class Gunicorn:
             time.sleep(0.2 if patient else 0.01)
         raise RuntimeError(f"{self.name} did not serve within {timeout}s:\n{self.log()[-5000:]}")
 
-    def serve(self, timeout: float = 120.0) -> "Gunicorn":
+    def serve(self, timeout: float = 120.0) -> "ServerTree":
         """start() and wait_serving(); the process is stopped when it does not come up."""
         self.start()
         try:
@@ -179,7 +179,7 @@ class Gunicorn:
         if getattr(self, "_log", None):
             self._log.close()
 
-    def __enter__(self) -> "Gunicorn":
+    def __enter__(self) -> "ServerTree":
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -194,22 +194,32 @@ def signal_group(pgid: int, signum: int) -> None:
         pass
 
 
+GUNICORN_PYTHON = ROOT / ".venv-bench-gunicorn" / "bin" / "python"
+
+
+def wsgi_app(name: str, target: str, probe: RequestSpec, env: dict[str, str] | None = None,
+             python: Path = SERVE_PYTHON) -> ServerTree:
+    """A WSGI app (`module:name`) under the server's own launcher (`python -m server.lifecycle`,
+    Granian with server/lifecycle.py), not yet started: how the benchmarks run other apps beside the server."""
+    return ServerTree(name, [str(python), "-m", "server.lifecycle", target], probe, env=env or {})
+
+
 def gunicorn_app(name: str, target: str, probe: RequestSpec, env: dict[str, str] | None = None,
-                 python: Path = SERVE_PYTHON) -> Gunicorn:
-    """A WSGI app (`module:app`, or `module:factory()`) under gunicorn with the server's own
-    server/gunicorn_conf.py, not yet started: how the benchmarks run other apps beside the server."""
-    return Gunicorn(name, [str(python), "-m", "gunicorn", "--config", "server/gunicorn_conf.py", target], probe,
-                    env=env or {})
+                 python: Path = GUNICORN_PYTHON) -> ServerTree:
+    """A WSGI app (`module:app`, or `module:factory()`) under gunicorn with bench/gunicorn_conf.py
+    (the HTTP layer before Granian, gRPC off), not yet started: the benchmarks' A/B of the layer."""
+    return ServerTree(name, [str(python), "-m", "gunicorn", "--config", "bench/gunicorn_conf.py", target], probe,
+                      env={**(env or {}), "GRPC_PORT": "0"})
 
 
 def model_server(repository: Path, *, name: str = "server", probe: RequestSpec = LIVE, env: dict[str, str] | None = None,
-                 python: Path = SERVE_PYTHON, **options) -> Gunicorn:
-    """This project's server (`python -m server`, as `make serve` runs it) on `repository`, not yet started."""
-    return Gunicorn(name, [str(python), "-m", "server"], probe, env={"MODEL_REPOSITORY": str(repository), **(env or {})},
+                 python: Path = SERVE_PYTHON, **options) -> ServerTree:
+    """This project's server (`python -m server`, as `make serve` runs it: Granian) on `repository`, not yet started."""
+    return ServerTree(name, [str(python), "-m", "server"], probe, env={"MODEL_REPOSITORY": str(repository), **(env or {})},
                     **options)
 
 
-def wait_idle(server: Gunicorn, workers: int, settle: float = 1.0, timeout: float = 60.0) -> list[dict[str, int]]:
+def wait_idle(server: ServerTree, workers: int, settle: float = 1.0, timeout: float = 60.0) -> list[dict[str, int]]:
     """Wait until `workers` workers run and their memory stops changing; return it per worker."""
     deadline = time.perf_counter() + timeout
     previous: list[dict[str, int]] = []

@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
 
 from bench import bodies, torch_app  # noqa: E402
 from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import Gunicorn, model_server, wait_idle  # noqa: E402
+from bench.procs import ServerTree, model_server, wait_idle  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
 from server.layout import latest_model_file  # noqa: E402
 
@@ -52,7 +52,7 @@ def summarize(raw: str, top: int) -> dict:
     return {"samples": total, "inclusive": share(inclusive), "self": share(own)}
 
 
-def profile(server: Gunicorn, spec: bodies.RequestSpec, seconds: int, top: int = 25) -> dict:
+def profile(server: ServerTree, spec: bodies.RequestSpec, seconds: int, top: int = 25) -> dict:
     """Sample the workers of `server` for `seconds` while wrk loads it with `spec`."""
     raw_path = server.log_dir / f"profile-{server.name}-{spec.name}.txt"
     run_wrk(server.port, spec, connections=32, seconds=2)  # warm-up: lazy imports, first-request costs

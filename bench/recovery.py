@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import ClientThreads  # noqa: E402
-from bench.procs import Gunicorn, children, model_server  # noqa: E402
+from bench.procs import ServerTree, children, model_server  # noqa: E402
 
 DIGIT_PIXELS = [[1.0 if 9 <= col <= 18 and 5 <= row <= 22 else 0.0 for col in range(28)] for row in range(28)]
 
@@ -50,7 +50,7 @@ class Load(ClientThreads):
         return sum(1 for t, ok in list(self.results) if start <= t < end and ok) / (end - start)
 
 
-def measure(server: Gunicorn, clients: int = 8, before_s: float = 3.0, after_s: float = 7.0) -> dict:
+def measure(server: ServerTree, clients: int = 8, before_s: float = 3.0, after_s: float = 7.0) -> dict:
     """Kill one of `server`'s workers after `before_s` of load; the rate around it, per second."""
     workers = server.workers()
     with Load(server.url + "/predict", clients=clients) as load:

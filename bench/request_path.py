@@ -1,6 +1,6 @@
 """The server's own work per request, in process: the WSGI app called directly, no HTTP, no load.
 
-Builds the app as a gunicorn worker does (multiprocess metrics in a scratch folder, one log line
+Builds the app as a server worker does (multiprocess metrics in a scratch folder, one log line
 per request to a discarded stream), then calls it with a ready-made WSGI environ for each bench
 request and reports the median and best microseconds per call, and the same minus the model's
 own `predict` time. `--tree` imports `server/` from another folder (bench/ab.py extracts a git
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=2000, help="timed calls per request")
     parser.add_argument("--request", choices=REQUESTS, nargs="+", default=list(REQUESTS))
     parser.add_argument("--gc-freeze", action="store_true",
-                        help="gc.freeze() after create_app, as server/gunicorn_conf.py's post_worker_init does")
+                        help="gc.freeze() after create_app as well (the main process freezes what it imported before the fork)")
     parser.add_argument("--sort", default="tottime", help="cProfile's order: tottime or cumulative")
     parser.add_argument("--cprofile", type=int, default=0, metavar="N",
                         help="instead of timing, print cProfile's N costliest functions (self time) per request")
@@ -76,13 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     (scratch / "metrics").mkdir()
     (scratch / "sync").mkdir()
     os.environ["MODEL_REPOSITORY"] = str(args.repository.resolve())
-    # As under gunicorn (server/gunicorn_conf.py): root logger at info, formatted, to a stream.
+    # As under `python -m server` (server/lifecycle.py): root logger at info, formatted, to a stream.
     handler = logging.StreamHandler(open(os.devnull, "w"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     sys.path.insert(0, str(args.tree.resolve()))
     sys.path.insert(1, str(ROOT))
-    import server.gunicorn_conf  # noqa: F401  what gunicorn's master sets up before the workers fork
+    try:  # what the main process sets up before the workers fork (gunicorn_conf.py in trees before Granian)
+        from server import lifecycle
+    except ImportError:
+        import server.gunicorn_conf  # noqa: F401
+    else:
+        lifecycle.quiet_log_records()
+        lifecycle.preload_libraries()
 
     from bench import bodies
     from server.app import create_app

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from bench import bodies, footprint, profile, recovery, report, soak, torch_app  # noqa: E402
 from bench.loadgen import run_wrk, send_many, wrk_version  # noqa: E402
-from bench.procs import Gunicorn, gunicorn_app, memory_kib, model_server, send, wait_idle  # noqa: E402
+from bench.procs import ServerTree, memory_kib, model_server, send, wait_idle, wsgi_app  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
 from server.layout import latest_model_file, model_path as model_path_of  # noqa: E402
 
@@ -36,7 +36,7 @@ log = logging.getLogger("bench")
 SERVE_VENV, TORCH_VENV, DEV_VENV = ROOT / ".venv-serve", ROOT / ".venv-bench-torch", ROOT / ".venv-dev"
 CONCURRENCY = (1, 8, 32)
 WORKERS = BY_NAME["WORKERS"].default
-VERSIONED = ("flask", "gunicorn", "onnxruntime", "numpy", "pillow", "torch")
+VERSIONED = ("flask", "granian", "gunicorn", "onnxruntime", "numpy", "pillow", "torch")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -116,13 +116,13 @@ def find_checkpoint(choice: str, model: dict) -> str:
 # --------------------------------------------------------------------------- the apps
 
 
-def server_app(args: argparse.Namespace, probe: bodies.RequestSpec) -> Gunicorn:
+def server_app(args: argparse.Namespace, probe: bodies.RequestSpec) -> ServerTree:
     return model_server(args.repository, probe=probe, python=SERVE_VENV / "bin" / "python")
 
 
-def trivial_app(args: argparse.Namespace) -> Gunicorn:
-    return gunicorn_app("trivial", "bench.trivial_app:app", bodies.trivial(), {"MODEL_REPOSITORY": str(args.repository)},
-                        python=SERVE_VENV / "bin" / "python")
+def trivial_app(args: argparse.Namespace) -> ServerTree:
+    return wsgi_app("trivial", "bench.trivial_app:app", bodies.trivial(), {"MODEL_REPOSITORY": str(args.repository)},
+                    python=SERVE_VENV / "bin" / "python")
 
 
 def answer_label(body: bytes) -> str | None:
@@ -133,7 +133,7 @@ def answer_label(body: bytes) -> str | None:
         return None
 
 
-def load_series(server: Gunicorn, specs: list[bodies.RequestSpec], args: argparse.Namespace) -> dict:
+def load_series(server: ServerTree, specs: list[bodies.RequestSpec], args: argparse.Namespace) -> dict:
     """Each request at every concurrency, after one checked request and an unrecorded warm-up."""
     series = {}
     for spec in specs:

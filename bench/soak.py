@@ -1,4 +1,4 @@
-"""Soak: concurrency 32 for 60 s against gunicorn; 0 failed requests, RSS growth <= 10 % after warm-up.
+"""Soak: concurrency 32 for 60 s against the server; 0 failed requests, RSS growth <= 10 % after warm-up.
 
 Starts the server as `make serve` does (from .venv-serve, default settings) on a free port of
 127.0.0.1, warms it up under the same load, takes each worker's memory, then keeps the load on for
@@ -20,17 +20,17 @@ if str(ROOT) not in sys.path:
 
 from bench import bodies  # noqa: E402  (after the path set-up, so `python bench/soak.py` works)
 from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import Gunicorn, model_server, wait_idle  # noqa: E402
+from bench.procs import ServerTree, model_server, wait_idle  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
 
 MAX_RSS_GROWTH = 0.10
 
 
-def total_rss_kib(server: Gunicorn) -> int:
+def total_rss_kib(server: ServerTree) -> int:
     return sum(m.get("rss", 0) for m in server.worker_memory())
 
 
-def soak(server: Gunicorn, spec: bodies.RequestSpec, *, seconds: float, warmup: float,
+def soak(server: ServerTree, spec: bodies.RequestSpec, *, seconds: float, warmup: float,
          connections: int, sample_every: float = 1.0) -> dict:
     """Warm `server` up, then load it for `seconds` while sampling its workers' RSS."""
     warm = run_wrk(server.port, spec, connections=connections, seconds=warmup)
@@ -60,7 +60,7 @@ def soak(server: Gunicorn, spec: bodies.RequestSpec, *, seconds: float, warmup: 
     }
 
 
-def serve(repository: Path, name: str = "soak") -> Gunicorn:
+def serve(repository: Path, name: str = "soak") -> ServerTree:
     """The server as `make serve` runs it, on a free port, probed with a PNG /predict."""
     image, _ = bodies.mnist_digit()
     return model_server(repository, name=name, probe=bodies.predict_png(image))

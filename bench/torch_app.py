@@ -1,7 +1,7 @@
 """The baseline this project replaces: the same CNN run in-process by PyTorch inside Flask.
 
 Same app design as the server (create_app, thin route, server.digit, server.api.errors, one log
-line per request) and the same gunicorn settings (server/gunicorn_conf.py), but torch instead of
+line per request) and the server's process shape under gunicorn (bench/torch_gunicorn_conf.py), but torch instead of
 onnxruntime. It runs from its own environment (.venv-bench-torch: flask, gunicorn, numpy, Pillow,
 CPU torch), which has no onnxruntime: `python -m bench.torch_app` imports only the server's modules
 that need none (settings, decoding, the digit pipeline, errors), never its app factory.
@@ -142,18 +142,18 @@ def served_model_config(model_file: Path) -> str:
 
 def gunicorn(probe, checkpoint: str, model_config: str):
     """This app under gunicorn from .venv-bench-torch, as bench/run.py and bench/profile.py start it."""
-    from bench.procs import Gunicorn
+    from bench.procs import ServerTree
 
-    return Gunicorn("torch", [str(ROOT / ".venv-bench-torch" / "bin" / "python"), "-m", "bench.torch_app"], probe,
+    return ServerTree("torch", [str(ROOT / ".venv-bench-torch" / "bin" / "python"), "-m", "bench.torch_app"], probe,
                     env={"TORCH_CHECKPOINT": checkpoint, "TORCH_MODEL_CONFIG": model_config})
 
 
 def main() -> None:
-    """Run this app under gunicorn with the server's own configuration file."""
+    """Run this app under gunicorn with its own launcher configuration (bench/torch_gunicorn_conf.py)."""
     use_server_modules_without_onnxruntime()
     from gunicorn.app.wsgiapp import run
 
-    sys.argv = ["gunicorn", "--config", str(ROOT / "server" / "gunicorn_conf.py"), "bench.torch_app:create_app()"]
+    sys.argv = ["gunicorn", "--config", str(ROOT / "bench" / "torch_gunicorn_conf.py"), "bench.torch_app:create_app()"]
     run()
 
 

@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
 
 from bench import bodies  # noqa: E402
 from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import Gunicorn, free_port, memory_kib, send, wait_idle  # noqa: E402
+from bench.procs import ServerTree, free_port, memory_kib, send, wait_idle  # noqa: E402
 from bench.triton_server import TRITON_VENV, find_install, layout_backends, triton_argv, triton_env  # noqa: E402
 from server.config import BY_NAME  # noqa: E402
 from server.layout import latest_model_file  # noqa: E402
@@ -51,7 +51,7 @@ CONFIGS = {
 
 
 @dataclass
-class TritonProcess(Gunicorn):
+class TritonProcess(ServerTree):
     """tritonserver under the benchmarks' process handling: probe, CPU time, memory (server + stubs)."""
 
     grpc_port: int = 0
@@ -90,8 +90,8 @@ def measure(args: argparse.Namespace) -> dict:
         def triton() -> TritonProcess:
             return TritonProcess("triton", [], specs[0], cwd=scratch).configure(repository, backends)
 
-        def server() -> Gunicorn:
-            return Gunicorn("server", [str(SERVE_VENV / "bin" / "python"), "-m", "server"], specs[0],
+        def server() -> ServerTree:
+            return ServerTree("server", [str(SERVE_VENV / "bin" / "python"), "-m", "server"], specs[0],
                             env={"MODEL_REPOSITORY": str(repository)})
 
         result: dict = {"label": f"{LABEL}; {CONFIGS[args.config]}", "config": args.config, "apps": {}}

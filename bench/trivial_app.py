@@ -1,4 +1,4 @@
-"""The floor of the stack: Flask under the server's gunicorn settings, answering a constant JSON."""
+"""The floor of the stack: Flask under the server's own launcher (server/lifecycle.py), answering a constant JSON."""
 from __future__ import annotations
 
 from flask import Flask
@@ -7,7 +7,7 @@ ANSWER = {"status": "ok"}
 
 
 def create_app() -> Flask:
-    """An app whose only route does no work: what gunicorn + Flask cost per request."""
+    """An app whose only route does no work: what the HTTP layer + Flask cost per request."""
     app = Flask(__name__)
 
     @app.get("/")

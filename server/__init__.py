@@ -7,8 +7,8 @@ __all__ = ["create_app"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazily, so that gunicorn's master (which reads server.config) never loads Flask or
-    # onnxruntime: workers are forked from a small, single-purpose process and load them themselves.
+    # Lazily, so that the main process (server/lifecycle.py, which reads server.config) never loads
+    # the app or onnxruntime: workers are forked from it and build the app themselves.
     if name == "create_app":
         from .app import create_app
 

@@ -1,4 +1,4 @@
-"""`python -m server`: serve the model repository with gunicorn, flags mirroring the env vars."""
+"""`python -m server`: serve the model repository with Granian (server/lifecycle.py), flags mirroring the env vars."""
 from __future__ import annotations
 
 import argparse
@@ -9,18 +9,10 @@ from pathlib import Path
 from . import config
 from .layout import find_model_files, find_versions
 
-GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
-# glibc's allocator as the workers need it (read at process start, so set before gunicorn runs):
-# a worker's threads share two heaps instead of one each (up to 8 per CPU), and blocks from 1 MiB
-# (a decoded image, a parsed body) are mapped apart and go back to the system when freed, instead
-# of raising the threshold and staying in the heap. Measured in docs/memory.md.
-MALLOC_SETTINGS = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(2**20), "MALLOC_TRIM_THRESHOLD_": str(4 * 2**20)}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m server",
-        description="Serve <repository>/<name>/<version>/model.onnx over HTTP with gunicorn. "
+        description="Serve <repository>/<name>/<version>/model.onnx over HTTP (and gRPC) with Granian. "
         "Every flag can also be set by the environment variable of the same name.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -39,7 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--check", action="store_true", help="only check that the repository holds a model, then exit"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if 0 < args.WORKER_LIFETIME < 60:
+        parser.error(f"WORKER_LIFETIME: received {args.WORKER_LIFETIME}; expected 0 (never) or from 60 seconds")
+    return args
 
 
 def _flag_parser(parse):
@@ -84,13 +79,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.check:
         return 0
-    env = dict(os.environ)
-    env.update({name: str(getattr(args, name)) for name in config.BY_NAME})
-    for name, value in MALLOC_SETTINGS.items():
-        env.setdefault(name, value)
-    gunicorn = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "server:create_app()"]
-    os.execve(sys.executable, gunicorn, env)
-    return 0  # not reached
+    settings = {name: getattr(args, name) for name in config.BY_NAME}
+    # Flags go to the environment: the workers read their settings there, and so does this
+    # command when it runs again with the allocator's settings.
+    os.environ.update({name: str(value) for name, value in settings.items()})
+    from . import lifecycle
+
+    lifecycle.exec_with_allocator_settings(["-m", "server"])
+    return lifecycle.serve(settings)
 
 
 if __name__ == "__main__":

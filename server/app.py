@@ -30,7 +30,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         strict_readiness=app.config["STRICT_READINESS"],
     )
     registry.load_all()
-    # Other gunicorn workers' loads and unloads, and the optional poll of the repository.
+    # Other workers' loads and unloads, and the optional poll of the repository.
     sync = ModelSync(registry, app.config["MODEL_SYNC_DIR"], app.config["MODEL_POLL_SECONDS"], app.config["MODEL_SYNC_TIMEOUT"])
     context.init_app(app, registry, sync)
     # Large work (decoded images, big tensor bodies) holds this worker's share of the box's memory.
@@ -51,8 +51,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def start_grpc(app: Flask) -> Any:
-    """The v2 gRPC service over `app`'s models, in this process: a gunicorn worker, after the fork
-    (gunicorn_conf's post_worker_init). Returns the running grpc.Server, or None when GRPC_PORT is 0."""
+    """The v2 gRPC service over `app`'s models, in this process: a worker, after the fork
+    (server/lifecycle.py's load_worker). Returns the running grpc.Server, or None when GRPC_PORT is 0."""
     if not app.config["GRPC_PORT"]:
         return None
     from .grpc import server  # here, not at the top: only a process that serves gRPC loads it

@@ -70,14 +70,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PORT", 8000, _number(int, 1, 65535), "TCP port to bind"),
     Setting("GRPC_PORT", 8001, _number(int, 0, 65535), "TCP port of the v2 gRPC service (tritonclient.grpc's), on HOST; 0 = off"),
     Setting("WORKERS", _box.default_workers(BOX), _number(int, 1, 64),
-            "gunicorn worker processes (default: one per CPU plus one, as many as the memory fits)"),
-    Setting("THREADS", 4, _number(int, 1, 256), "threads per worker"),
+            "worker processes (default: one per CPU plus one, as many as the memory fits)"),
+    Setting("THREADS", 4, _number(int, 1, 256), "requests each worker runs at once (its Python threads in the app)"),
+    # Granian's backpressure: a connection holds one of these from accept to close, whatever it
+    # sends, so slow clients are bounded by this and by the header timeout (docs/security.md).
+    Setting("MAX_CONNECTIONS", 256, _number(int, 1, 65536),
+            "connections each worker holds at once, idle and slow ones included; more wait in the listen queue"),
+    Setting("HEADER_READ_TIMEOUT", 10.0, _number(float, 0.1, 3600),
+            "seconds a connection has to send a request's headers (the whole head); then it is closed"),
     # All workers accept from one socket and a keep-alive connection stays with the worker that
     # accepted it: a burst of connects can pin most of them to one worker for good. Closing each
-    # connection after this many requests (nginx's keepalive_requests) lets clients reconnect
+    # connection after about this many requests (nginx's keepalive_requests) lets clients reconnect
     # and the kernel hand them to whichever worker accepts first, the less busy one.
     Setting("KEEPALIVE_REQUESTS", 1000, _number(int, 0),
-            "requests on one keep-alive connection before the server closes it (spreads connections over workers); 0 = no limit"),
+            "requests on one keep-alive connection, on average, before the server closes it (spreads connections over workers); 0 = no limit"),
+    Setting("WORKER_MAX_RSS", 0, _number(int, 0),
+            "MiB of resident memory a worker may reach before it is replaced (checked every 30 s, gracefully); 0 = never"),
+    Setting("WORKER_LIFETIME", 0, _number(int, 0),
+            "seconds after which a worker is replaced (gracefully; from 60); 0 = never"),
+    Setting("PID_FILE", "", str, "write the main process's pid here (for kill -HUP / -TERM); empty = none"),
     Setting("MAX_CONTENT_LENGTH", 8 * 1024 * 1024, _number(int, 1), "largest request body in bytes (413 above)"),
     Setting("MAX_IMAGE_PIXELS", 25_000_000, _number(int, 1), "largest image, width x height, checked before decoding"),
     Setting("MAX_IMAGES_PER_REQUEST", 64, _number(int, 1), "most images in one /predict request"),
@@ -98,7 +109,7 @@ SETTINGS: tuple[Setting, ...] = (
     # Triton's --strict-readiness, on by default as there: a model none of whose versions loads
     # makes the server not ready. Off, readiness ignores failed models (the index still lists them).
     Setting("STRICT_READINESS", True, _bool, "ready only when no model failed to load entirely; off: ready while any model serves"),
-    Setting("MODEL_SYNC_DIR", "", str, "folder where workers tell each other of model loads; empty = a temporary one per gunicorn"),
+    Setting("MODEL_SYNC_DIR", "", str, "folder where workers tell each other of model loads; empty = a temporary one per server"),
     Setting("MODEL_SYNC_TIMEOUT", 30.0, _number(float, 0, 3600),
             "seconds a load or unload waits for every worker to apply it before answering 504 (they still will)"),
     # Off by default (docs/batching.md): on this 2-core machine a ResNet-18-sized model gained 1.02x

@@ -2,8 +2,8 @@
 and Triton's statistics extension, read from the same samples.
 
 No web framework here: `create_app` hands `observe_inference` and `count_load_failure` to the model
-registry and counts requests with `observe_request`. Under gunicorn every worker writes its samples
-to files in PROMETHEUS_MULTIPROC_DIR (set up by server/gunicorn_conf.py before any worker starts)
+registry and counts requests with `observe_request`. Under `python -m server` every worker writes its samples
+to files in PROMETHEUS_MULTIPROC_DIR (set up by server/lifecycle.py before any worker starts)
 and `exposition()` adds up all workers; without that variable (Flask's test client, `flask run`)
 the process's own registry is served.
 
@@ -258,5 +258,5 @@ def _registry():
 
 
 def exposition() -> bytes:
-    """Every metric in Prometheus' text format, summed over all gunicorn workers when there are several."""
+    """Every metric in Prometheus' text format, summed over all workers when there are several."""
     return generate_latest(_registry())

@@ -1,6 +1,6 @@
 """Keeping every worker's models in step: a shared state file, each worker's acknowledgement, the optional poll.
 
-Each worker is its own process with its own sessions (gunicorn's, Granian's: any processes that share
+Each worker is its own process with its own sessions (Granian's workers, or any processes that share
 MODEL_SYNC_DIR). The worker that handles a load or unload request does it, then records it in
 `<MODEL_SYNC_DIR>/models.json` (a generation number per model). A daemon thread in every worker stats
 that file ten times a second (cheap) and, when it changed, repeats the loads and unloads it has not

@@ -1,4 +1,4 @@
-"""One way to call the server from tests, through Flask's test client or HTTP to a real gunicorn."""
+"""One way to call the server from tests, through Flask's test client or HTTP to a real server."""
 from __future__ import annotations
 
 import io

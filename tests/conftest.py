@@ -1,4 +1,4 @@
-"""Shared fixtures: model repositories built in tmp_path, the Flask app and client, live gunicorn."""
+"""Shared fixtures: model repositories built in tmp_path, the Flask app and client, live server."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,7 @@ from typing import Callable
 import pytest
 
 from bench.procs import SERVE_PYTHON, free_port, model_server
-from bench.procs import Gunicorn as LiveServer  # noqa: F401  (the type of a running test server)
+from bench.procs import ServerTree as LiveServer  # noqa: F401  (the type of a running test server)
 from server.layout import model_path
 from tests.onnx_factory import write_classifier
 
@@ -84,13 +84,13 @@ START_TIMEOUT_S = 60.0
 
 
 def start_server(repository: Path, env: dict[str, str] | None = None, python: Path | None = None) -> LiveServer:
-    """A real gunicorn (`python -m server` from the serve environment) on 127.0.0.1, once it answers.
+    """A real server (`python -m server` from the serve environment) on 127.0.0.1, once it answers.
 
-    Its log goes to tests/artifacts/logs/gunicorn-<port>.log, kept for CI to show.
+    Its log goes to tests/artifacts/logs/server-<port>.log, kept for CI to show.
     """
     port = free_port()
     server = model_server(
-        repository, name=f"gunicorn-{port}", port=port, log_dir=LOG_DIR,
+        repository, name=f"server-{port}", port=port, log_dir=LOG_DIR,
         # A gRPC port of its own (server.env["GRPC_PORT"]): the default 8001 would be shared (SO_REUSEPORT)
         # by every test server on the machine.
         env={**TEST_SETTINGS, "GRPC_PORT": str(free_port()), **{key: str(value) for key, value in (env or {}).items()}},
@@ -100,7 +100,7 @@ def start_server(repository: Path, env: dict[str, str] | None = None, python: Pa
 
 
 class Servers:
-    """Start real gunicorn servers; close() stops every one, whatever happened in between."""
+    """Start real servers; close() stops every one, whatever happened in between."""
 
     def __init__(self) -> None:
         self.started: list[LiveServer] = []
@@ -117,7 +117,7 @@ class Servers:
 
 @pytest.fixture
 def live_server_factory():
-    """Start real gunicorn servers on free ports; every one is stopped at the end of the test."""
+    """Start real servers on free ports; every one is stopped at the end of the test."""
     servers = Servers()
     yield servers
     servers.close()
@@ -133,7 +133,7 @@ def module_servers():
 
 @pytest.fixture
 def live_server(live_server_factory, random_repository: Path) -> LiveServer:
-    """gunicorn serving the random-weight repository."""
+    """The live server serving the random-weight repository."""
     return live_server_factory(random_repository)
 
 

@@ -1,5 +1,5 @@
 """Any ONNX model, really (issue 18): files written by skl2onnx, torch's exporters and the float16
-converter, served by a real gunicorn over v2 JSON and binary (tritonclient, as users call it) and
+converter, served by a real server over v2 JSON and binary (tritonclient, as users call it) and
 compared with onnxruntime run on the same file; what v2 cannot carry; images for a torchvision-style
 classifier; the locale text models need; strict readiness; external data."""
 from __future__ import annotations
@@ -59,7 +59,7 @@ def locale_env(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(converted, locale_env, module_servers) -> LiveServer:
-    """One real gunicorn serving every converted model, with the locale the text model needs."""
+    """One real server serving every converted model, with the locale the text model needs."""
     return module_servers(converted[0], **locale_env, WORKERS="1")
 
 

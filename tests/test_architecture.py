@@ -21,14 +21,14 @@ def test_imports_follow_the_contracts() -> None:
 
 
 def test_the_core_classifies_an_image_with_only_onnxruntime_numpy_and_pillow() -> None:
-    """A plain Python shell that cannot import Flask, werkzeug, gunicorn or prometheus_client still
+    """A plain Python shell that cannot import Flask, werkzeug, granian or prometheus_client still
     loads the repository and reads the README's seven."""
     script = textwrap.dedent(f"""
         import importlib.abc, sys
 
         class NoWebFramework(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path, target=None):
-                if name.partition(".")[0] in ("flask", "werkzeug", "gunicorn", "prometheus_client", "jinja2"):
+                if name.partition(".")[0] in ("flask", "werkzeug", "granian", "prometheus_client", "jinja2"):
                     raise ImportError(f"{{name}} is not for the core")
 
         sys.meta_path.insert(0, NoWebFramework())

@@ -1,5 +1,5 @@
 """The plain route's files in deploy/: the systemd unit and the nginx site, checked by their own tools
-and used for real in front of a live gunicorn; and shipping a model version with a HUP."""
+and used for real in front of a live server; and shipping a model version with a HUP."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from server import config
+from server import config, lifecycle
 from tests.conftest import MNIST_SAMPLE, ROOT, free_port
 from tests.image.smoke import digit_bodies, png_bytes, ship_new_version
 from tests.nginx import SITE, nginx_config, running_nginx, self_signed_certificate
@@ -72,7 +72,7 @@ def test_unit_runs_the_server_with_server_settings() -> None:
     env = unit_environment(text)
     unknown = set(env) - set(config.BY_NAME) - NON_SERVER_VARIABLES
     assert not unknown, f"the unit sets variables the server does not read: {unknown}"
-    assert env["HOST"] == "127.0.0.1", "behind nginx, gunicorn listens on loopback only"
+    assert env["HOST"] == "127.0.0.1", "behind nginx, the server listens on loopback only"
     assert env["MODEL_REPOSITORY"].startswith(INSTALL_DIR + "/")
     assert directives["WorkingDirectory"] == INSTALL_DIR
     assert directives["ExecStart"] == f"{INSTALL_DIR}/.venv-serve/bin/python -m server"
@@ -108,8 +108,7 @@ def test_nginx_limits_agree_with_the_server() -> None:
     body_mib = int(re.search(r"client_max_body_size (\d+)m;", site).group(1))
     assert body_mib * 1024 * 1024 == config.BY_NAME["MAX_CONTENT_LENGTH"].default
     read_timeout = int(re.search(r"proxy_read_timeout (\d+)s;", site).group(1))
-    gunicorn_timeout = int(re.search(r"^timeout = (\d+)", (ROOT / "server/gunicorn_conf.py").read_text(), re.M).group(1))
-    assert read_timeout > gunicorn_timeout, "nginx must wait longer than gunicorn lets a request run"
+    assert read_timeout > lifecycle.GRACEFUL_SECONDS, "nginx must wait longer than a stopping worker has to answer"
 
 
 @pytest.fixture
@@ -126,9 +125,9 @@ def test_nginx_accepts_the_site(tmp_path: Path, tls_certificate) -> None:
 
 @pytest.fixture
 def nginx_in_front(tmp_path: Path, tls_certificate, live_server_factory, random_repository: Path):
-    """nginx with the repo's site, TLS on a loopback port, proxying to a live gunicorn.
+    """nginx with the repo's site, TLS on a loopback port, proxying to a live server.
 
-    gunicorn gets one worker of one thread: a request it held for a slow client would stop it.
+    The server gets one worker of one thread: a request it held for a slow client would stop it.
     """
     live_server = live_server_factory(random_repository, WORKERS=1, THREADS=1)
     http_port, https_port = free_port(), free_port()
@@ -141,7 +140,7 @@ def nginx_in_front(tmp_path: Path, tls_certificate, live_server_factory, random_
         pytest.fail(str(err))
 
 
-def test_nginx_proxies_tls_to_gunicorn(nginx_in_front) -> None:
+def test_nginx_proxies_tls_to_the_server(nginx_in_front) -> None:
     https, cert = nginx_in_front["https"], nginx_in_front["cert"]
     ready = requests.get(https + "/v2/health/ready", verify=cert, timeout=10)
     assert ready.status_code == 200 and ready.json() == {"ready": True}
@@ -156,8 +155,8 @@ def test_nginx_proxies_tls_to_gunicorn(nginx_in_front) -> None:
     assert len(predicted.json()["predictions"]) == 1
 
 
-def test_a_slow_client_is_held_by_nginx_not_by_gunicorn(nginx_in_front) -> None:
-    """A body trickled a byte a second waits in nginx (then times out); gunicorn's one thread stays free."""
+def test_a_slow_client_is_held_by_nginx_not_by_the_server(nginx_in_front) -> None:
+    """A body trickled a byte a second waits in nginx (then times out); the server's one thread stays free."""
     host, port = nginx_in_front["https"].removeprefix("https://").split(":")
     context = ssl.create_default_context(cafile=nginx_in_front["cert"])
     with socket.create_connection((host, int(port))) as raw, context.wrap_socket(raw, server_hostname=host) as slow:
@@ -168,7 +167,7 @@ def test_a_slow_client_is_held_by_nginx_not_by_gunicorn(nginx_in_front) -> None:
             # Answered while the slow request is still unanswered: it did not queue behind it.
             assert answer.status_code == 200 and unanswered(slow)
             time.sleep(1)
-    assert "POST /predict" not in nginx_in_front["server"].log(), "the unfinished body must not reach gunicorn"
+    assert "POST /predict" not in nginx_in_front["server"].log(), "the unfinished body must not reach the server"
 
 
 def unanswered(connection: ssl.SSLSocket) -> bool:
@@ -188,7 +187,7 @@ def test_nginx_refuses_oversized_bodies_before_the_server(nginx_in_front) -> Non
     answer = requests.post(nginx_in_front["https"] + "/predict", data=too_big, headers={"Content-Type": "image/png"},
                            verify=nginx_in_front["cert"], timeout=30)
     assert answer.status_code == 413
-    assert "POST /predict" not in nginx_in_front["server"].log(), "the body should never have reached gunicorn"
+    assert "POST /predict" not in nginx_in_front["server"].log(), "the body should never have reached the server"
 
 
 def test_plain_http_redirects_to_https(nginx_in_front) -> None:
@@ -200,12 +199,12 @@ def test_plain_http_redirects_to_https(nginx_in_front) -> None:
 def test_new_model_version_ships_with_hup_and_no_failed_request(random_repository: Path, live_server_factory) -> None:
     """docs/deploy.md's way: rename <name>/<version+1>/ into place, `systemctl reload` (SIGHUP)."""
     server = live_server_factory(random_repository, WORKERS=2, THREADS=2)
-    # The pid is gunicorn's master: python -m server execs it. ship_new_version raises on any failure.
+    # The pid is the main process's: `python -m server` itself. ship_new_version raises on any failure.
     shipped = ship_new_version(random_repository, random_repository.parent, server.url, server.process.pid,
                                digit_bodies(MNIST_SAMPLE))
     assert (shipped["from_version"], shipped["to_version"], shipped["failures"]) == ("1", "2", 0)
-    assert "Handling signal: hup" in server.log()
-    assert "was sent SIG" not in server.log(), "old workers must drain and exit by themselves"
+    assert "HUP signal received" in server.log()
+    assert "Killing old worker" not in server.log(), "old workers must drain and exit by themselves"
 
 
 def test_image_test_writes_its_figures_outside_the_tracked_tree_unless_asked(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The v2 gRPC transport (server/grpc/) driven by the real `tritonclient.grpc` against a real gunicorn.
+"""The v2 gRPC transport (server/grpc/) driven by the real `tritonclient.grpc` against a real server.
 
 tritonclient sends every tensor in `raw_input_contents`; typed `contents` and malformed requests go
 through the generated stub that ships with tritonclient (`tritonclient.grpc.service_pb2_grpc`).
@@ -309,7 +309,7 @@ def test_bytes_that_are_no_message_are_invalid_argument_and_unknown_calls_unimpl
     # Nothing above crashed or replaced the worker.
     assert stub.ServerReady(pb.ServerReadyRequest()).ready
     log = served[0].log()
-    assert log.count("Booting worker") == 1 and "Traceback" not in log
+    assert log.count("Spawning worker") == 1 and "Traceback" not in log
 
 
 def test_status_codes_follow_the_http_statuses():
@@ -571,7 +571,7 @@ def test_term_lets_a_call_in_flight_finish(tmp_path, live_server_factory):
         assert raised.value.status() in (str(Code.UNAVAILABLE), str(Code.DEADLINE_EXCEEDED))
     finally:
         connection.close()
-    assert re.search(r"Worker exiting", server.log())
+    assert re.search(r"Stopping worker-1\n.*gRPC stopped", server.log(), re.S)
 
 
 def test_a_clean_stop_logs_no_grpc_error(repo, live_server_factory):

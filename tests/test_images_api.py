@@ -1,4 +1,4 @@
-"""The image API (`POST /predict`, `POST /models/<name>/predict`) on Flask's test client and a real gunicorn."""
+"""The image API (`POST /predict`, `POST /models/<name>/predict`) on Flask's test client and a real server."""
 from __future__ import annotations
 
 import base64
@@ -70,9 +70,9 @@ def random_server(module_servers, random_repo: Path):
     return module_servers(random_repo, **LIMITS)
 
 
-@pytest.fixture(params=["flask", "gunicorn"])
+@pytest.fixture(params=["flask", "live"])
 def caller(request, random_repo: Path):
-    """The same calls through Flask's test client and through HTTP to gunicorn, with the same limits."""
+    """The same calls through Flask's test client and through HTTP to the live server, with the same limits."""
     if request.param == "flask":
         return FlaskCaller(create_app({"TESTING": True, "MODEL_REPOSITORY": str(random_repo), **LIMITS}).test_client())
     return HttpCaller(request.getfixturevalue("random_server").url)
@@ -142,7 +142,7 @@ def committed_server(module_servers, committed_repo: Path):
     return module_servers(committed_repo, MAX_IMAGES_PER_REQUEST=50)
 
 
-@pytest.fixture(params=["flask", "gunicorn"])
+@pytest.fixture(params=["flask", "live"])
 def committed_caller(request, committed_repo: Path):
     if request.param == "flask":
         app = create_app({"TESTING": True, "MODEL_REPOSITORY": str(committed_repo), "MAX_IMAGES_PER_REQUEST": 50})
@@ -474,7 +474,7 @@ def test_wrong_method_is_a_json_405(caller) -> None:
     assert answer.status == 405 and "Method Not Allowed" in answer.json["error"]
 
 
-def test_gunicorn_stays_healthy_after_every_bad_request(random_server) -> None:
+def test_the_live_server_stays_healthy_after_every_bad_request(random_server) -> None:
     for param in ERRORS:
         path, call, status, _ = param.values
         # A new connection each time: after a 413 for a body it did not read (over 64 KiB left),

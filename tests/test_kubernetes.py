@@ -240,10 +240,8 @@ def test_resources_are_the_box_the_memory_docs_measure() -> None:
 
 def graceful_timeout() -> int:
     """Seconds the server drains for after TERM."""
-    try:  # Granian's lifecycle (issue 26) ...
-        from server.lifecycle import GRACEFUL_SECONDS
-    except ImportError:  # ... or gunicorn's settings, until it lands
-        return int(re.search(r"^graceful_timeout = (\d+)", (ROOT / "server/gunicorn_conf.py").read_text(), re.M).group(1))
+    from server.lifecycle import GRACEFUL_SECONDS
+
     return GRACEFUL_SECONDS
 
 

@@ -221,7 +221,7 @@ def stream(port: int, specs: list[RequestSpec], allowed: set[int], tally: Tally,
                 json.loads(body)["error"]
             except (ValueError, KeyError, TypeError):
                 note = f"{spec.name}: {status} without a JSON error: {body[:200]!r}"
-            if status == 503 and "Retry-After" not in headers:
+            if status == 503 and "retry-after" not in {name.lower() for name in headers}:  # names are case-blind
                 note = f"{spec.name}: 503 without Retry-After"
         tally.record(status, note, time.monotonic() - started)
         if pause:
@@ -312,7 +312,8 @@ def test_largest_requests_under_1_gib_and_one_cpu() -> None:
         assert counters.get("oom_kill", 0) == 0 and counters.get("oom", 0) == 0, f"OOM in the cgroup: {summary}"
         assert counters.get("under_oom", 0) == 0, summary
         assert workers_after == workers_before, f"workers changed {workers_before} -> {workers_after}:\n{log_text[-3000:]}"
-        for sign in ("WORKER TIMEOUT", "was sent SIGKILL", "terminated due to signal", "Traceback"):
+        # Granian's words for a worker that died (an OOM kill among them) or had to be killed.
+        for sign in ("Unexpected exit from worker", "refused to gracefully stop", "Traceback"):
             assert sign not in log_text, f"{sign!r} in the server log:\n{log_text[-3000:]}"
         assert normal_tally.failures == [] and set(normal_tally.statuses) == {200}, (summary, normal_tally.failures[:10])
         assert large_tally.failures == [], (summary, large_tally.failures[:10])

@@ -1,4 +1,4 @@
-"""`GET /metrics`: Prometheus text on Flask's test client and summed over gunicorn's workers."""
+"""`GET /metrics`: Prometheus text on Flask's test client and summed over the server's workers."""
 from __future__ import annotations
 
 import os
@@ -106,7 +106,7 @@ def wait_for_load_failures(url: str, count: int, timeout: float = 30) -> None:
     assert seen == count
 
 
-def test_gunicorn_workers_are_summed_and_a_dead_workers_counts_remain(live_server_factory, repository: Path) -> None:
+def test_workers_are_summed_and_a_dead_workers_counts_remain(live_server_factory, repository: Path) -> None:
     server = live_server_factory(repository, WORKERS=2, MAX_BATCH_SIZE=1)
     metrics_dir = Path(re.search(r"metrics of all workers are gathered in (\S+)", server.log())[1])
     assert metrics_dir.is_dir()
@@ -134,7 +134,7 @@ def test_gunicorn_workers_are_summed_and_a_dead_workers_counts_remain(live_serve
     assert victim not in worker_pids(server.process.pid)
 
     server.stop()
-    assert not metrics_dir.exists(), server.log()[-3000:]  # the temporary folder goes with gunicorn
+    assert not metrics_dir.exists(), server.log()[-3000:]  # the temporary folder goes with the server
 
 
 def test_an_operator_metrics_folder_is_cleared_at_start_and_kept(live_server_factory, repository: Path, tmp_path: Path) -> None:

@@ -137,7 +137,7 @@ def test_answers_match_the_document(app, document: dict, call: dict, status: int
     operation.validate_response(response)  # raises when the body does not match its schema
 
 
-def test_gunicorn_serves_the_same_document(live_server, app, document: dict) -> None:
+def test_the_live_server_serves_the_same_document(live_server, app, document: dict) -> None:
     served = requests.get(live_server.url + "/openapi.json", timeout=10)
     assert served.status_code == 200
     assert served.json() == document

@@ -1,4 +1,4 @@
-"""The drawing page in a real headless Chromium (Debian's), against a real gunicorn on 127.0.0.1."""
+"""The drawing page in a real headless Chromium (Debian's), against a real server on 127.0.0.1."""
 from __future__ import annotations
 
 import io
@@ -49,7 +49,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def random_server(module_servers, tmp_path_factory) -> LiveServer:
-    """gunicorn serving one random-weight digit classifier named `mnist`."""
+    """The live server serving one random-weight digit classifier named `mnist`."""
     repo = tmp_path_factory.mktemp("random") / "models"
     write_classifier(repo / "mnist" / "1" / "model.onnx", labels=DIGITS)
     return module_servers(repo)
@@ -344,7 +344,7 @@ def test_picker_chooses_among_several_classifiers(module_servers, tmp_path_facto
 
 @pytest.fixture(scope="module")
 def committed_server(module_servers, tmp_path_factory) -> LiveServer:
-    """gunicorn serving the committed models/ (linked from tmp, so its log stays out of the checkout)."""
+    """The live server serving the committed models/ (linked from tmp, so its log stays out of the checkout)."""
     if not COMMITTED_MNIST.exists():
         pytest.skip("the trained model models/mnist/1/model.onnx is not committed yet")
     repo = tmp_path_factory.mktemp("committed") / "models"

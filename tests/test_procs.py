@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench.procs import Gunicorn, children, free_port
+from bench.procs import ServerTree, children, free_port
 from tests.conftest import start_server, wait_until
 
 # A process that ignores SIGTERM and starts a child that ignores it too, then says so.
@@ -39,7 +39,7 @@ def test_free_ports_are_free() -> None:
 
 
 def test_stop_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
-    process = Gunicorn("stubborn", [sys.executable, "-c", STUBBORN], probe=None, log_dir=tmp_path, stop_timeout=0.5)
+    process = ServerTree("stubborn", [sys.executable, "-c", STUBBORN], probe=None, log_dir=tmp_path, stop_timeout=0.5)
     process.start()
     try:
         assert wait_until(lambda: "child" in process.log()), process.log()
@@ -70,14 +70,14 @@ def test_a_started_server_serves_and_its_log_is_this_runs(random_repository: Pat
     first = start_server(random_repository)
     try:
         assert requests.get(first.url + "/v2/health/live", timeout=5).json() == {"live": True}
-        assert first.log().count("Booting worker") == 1
+        assert first.log().count("Spawning worker") == 1
     finally:
         first.stop()
-    again = Gunicorn(first.name, first.argv, first.probe, env=first.env, log_dir=first.log_dir, port=first.port)
+    again = ServerTree(first.name, first.argv, first.probe, env=first.env, log_dir=first.log_dir, port=first.port)
     again.serve(timeout=60)  # the same log file, appended to
     try:
-        assert again.log().count("Booting worker") == 1
-        assert again.log_path == first.log_path and again.log_path.read_text().count("Booting worker") == 2
+        assert again.log().count("Spawning worker") == 1
+        assert again.log_path == first.log_path and again.log_path.read_text().count("Spawning worker") == 2
     finally:
         again.stop()
 

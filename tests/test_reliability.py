@@ -19,7 +19,7 @@ from tests.onnx_factory import write_classifier
 
 @pytest.fixture(scope="module")
 def fuzz_server(module_servers, tmp_path_factory):
-    """One gunicorn for every fuzzed operation, serving a random-weight `mnist`."""
+    """One server for every fuzzed operation, serving a random-weight `mnist`."""
     repo = tmp_path_factory.mktemp("fuzz") / "models"
     write_classifier(repo / "mnist" / "1" / "model.onnx", labels=[str(i) for i in range(10)])
     return module_servers(repo, WORKERS=1, THREADS=4)
@@ -81,7 +81,7 @@ def test_killed_worker_is_replaced_and_only_its_requests_are_lost(live_server_fa
             return set(server.workers()) - set(workers)
 
         assert wait_until(lambda: len(replacement()) == 1
-                          and f"Booting worker with pid: {min(replacement())}" in server.log()), server.log()[-3000:]
+                          and f"Spawning worker-1 with PID: {min(replacement())}" in server.log()), server.log()[-3000:]
         replaced_at = time.monotonic()
         assert wait_until(lambda: load.answered(since=replaced_at) >= 100)  # and it keeps serving after
     lost = [t for t, ok in load.results if not ok]
@@ -92,3 +92,21 @@ def test_killed_worker_is_replaced_and_only_its_requests_are_lost(live_server_fa
     assert len(lost) <= clients, lost
     assert all(killed_at <= t <= replaced_at for t in lost), [round(t - killed_at, 2) for t in lost]
     assert requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 200
+
+
+@pytest.mark.slow
+def test_a_worker_over_its_memory_ceiling_is_replaced_and_no_request_is_lost(live_server_factory, random_repository: Path) -> None:
+    """WORKER_MAX_RSS below an idle worker's size: the main process replaces a worker at its first
+    check (every 30 s), gracefully, while clients keep sending."""
+    server = live_server_factory(random_repository, WORKERS=2, THREADS=4, WORKER_MAX_RSS=40)
+    assert wait_until(lambda: len(server.workers()) == 2)
+    first = set(server.workers())
+    with Load(server.url + "/predict", clients=4) as load:
+        assert wait_until(lambda: "RSS over threshold, gracefully respawning" in server.log(), timeout=60), server.log()[-3000:]
+        assert wait_until(lambda: "Stopped old worker" in server.log(), timeout=60), server.log()[-3000:]
+        replaced_at = time.monotonic()
+        assert wait_until(lambda: load.answered(since=replaced_at) >= 50)
+    assert set(server.workers()) != first
+    lost = [t for t, ok in load.results if not ok]
+    print(f"lost {len(lost)} of {len(load.results)} requests")
+    assert lost == [] and len(load.results) > 100

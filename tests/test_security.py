@@ -178,7 +178,7 @@ def test_no_token_configured_means_no_token_needed(repository: Path) -> None:
         ("GET", "/docs/", 200, 200),  # redirected to /docs
     ],
 )
-def test_gunicorn_checks_the_token(server, method: str, path: str, status_without: int, status_with: int) -> None:
+def test_the_live_server_checks_the_token(server, method: str, path: str, status_without: int, status_with: int) -> None:
     body = {"data": DIGIT_PNG, "headers": {"Content-Type": "image/png"}} if method == "POST" else {"headers": {}}
     without = requests.request(method, server.url + path, timeout=10, **body)
     body["headers"] = {**body["headers"], **bearer()}
@@ -279,17 +279,7 @@ def test_binds_localhost_by_default(monkeypatch) -> None:
     assert parse_args([]).HOST == "127.0.0.1"
 
 
-def test_gunicorn_binds_localhost_by_default(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in config.BY_NAME}
-    # Named folders, so that reading the file makes no temporary ones.
-    env.update(PROMETHEUS_MULTIPROC_DIR=str(tmp_path), MODEL_SYNC_DIR=str(tmp_path))
-    code = "import server.gunicorn_conf as conf; print(conf.bind)"
-    out = subprocess.run([str(SERVE_VENV / "bin" / "python"), "-c", code], cwd=ROOT, env=env,
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "127.0.0.1:8000"
-
-
-def test_gunicorn_listens_where_it_says(server) -> None:
+def test_the_live_server_listens_where_it_says(server) -> None:
     assert f"Listening at: http://127.0.0.1:{server.port}" in server.log()
 
 

@@ -1,4 +1,4 @@
-"""The real `tritonclient[http]` client against a real gunicorn: the server speaks Triton's REST dialect."""
+"""The real `tritonclient[http]` client against a real server: the server speaks Triton's REST dialect."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Open Inference Protocol (v2) over Flask's test client and a real gunicorn, checked against onnxruntime."""
+"""Open Inference Protocol (v2) over Flask's test client and a real live, checked against onnxruntime."""
 from __future__ import annotations
 
 import gzip
@@ -43,7 +43,7 @@ def v2_client(repository: Path):
 
 
 @pytest.fixture(scope="module")
-def gunicorn(module_servers, repository: Path):
+def live(module_servers, repository: Path):
     return module_servers(repository)
 
 
@@ -484,28 +484,28 @@ def send_raw(server: LiveServer, method: str, path: str, body: bytes = b"", head
 
 @pytest.mark.parametrize("method, path, body, headers, status, fragment",
                          [pytest.param(*case[1:], id=case[0]) for case in ERROR_CASES])
-def test_client_errors_over_gunicorn(gunicorn, method, path, body, headers, status, fragment):
-    check_error(*send_raw(gunicorn, method, path, body, headers), status, fragment)
+def test_client_errors_over_http(live, method, path, body, headers, status, fragment):
+    check_error(*send_raw(live, method, path, body, headers), status, fragment)
 
 
-def test_gunicorn_stays_healthy_after_every_error(gunicorn, repository):
+def test_the_live_server_stays_healthy_after_every_error(live, repository):
     for _, method, path, body, headers, status, _ in ERROR_CASES:
-        assert send_raw(gunicorn, method, path, body, headers)[0] == status
-    assert send_raw(gunicorn, "GET", "/v2/health/ready")[0] == 200
+        assert send_raw(live, method, path, body, headers)[0] == status
+    assert send_raw(live, "GET", "/v2/health/ready")[0] == 200
     _, batch = classifier_input("mnist", rows=2)
     tensor, raw = binary_tensor("input", batch, "FP32")
     body, headers = binary_request({"inputs": [tensor], "parameters": {"binary_data_output": True}}, [raw])
-    status, answer_headers, answer = send_raw(gunicorn, "POST", MNIST, body, headers)
+    status, answer_headers, answer = send_raw(live, "POST", MNIST, body, headers)
     assert status == 200
     expected = run_directly(model_file(repository, "mnist", "2"), {"input": batch})["probabilities"]
     np.testing.assert_array_equal(decode_response(answer, answer_headers["Inference-Header-Content-Length"])["probabilities"], expected)
-    assert "Traceback" not in gunicorn.log() and " 500 " not in gunicorn.log()
+    assert "Traceback" not in live.log() and " 500 " not in live.log()
 
 
-def test_json_round_trip_over_gunicorn(gunicorn, repository):
+def test_json_round_trip_over_http(live, repository):
     input_name, batch = classifier_input("other", rows=2)
     body = json.dumps({"id": "g1", "inputs": [json_tensor(input_name, batch, "FP32", nested=True)]}).encode()
-    status, headers, answer = send_raw(gunicorn, "POST", "/v2/models/other/infer", body)
+    status, headers, answer = send_raw(live, "POST", "/v2/models/other/infer", body)
     assert status == 200 and json.loads(answer)["id"] == "g1"
     expected = run_directly(model_file(repository, "other", "1"), {input_name: batch})["scores"]
     np.testing.assert_allclose(decode_response(answer, None)["scores"], expected, rtol=1e-6)

@@ -21,7 +21,7 @@ def count_request(response):
 
 @bp.get("/metrics")
 def metrics_text() -> Response:
-    """Every metric in Prometheus' text format, summed over all gunicorn workers."""
+    """Every metric in Prometheus' text format, summed over all workers."""
     return Response(metrics.exposition(), content_type=metrics.CONTENT_TYPE)
 
 

@@ -62,9 +62,9 @@ def _parameters() -> dict:
 
 def _require_admin() -> None:
     """Refuse load/unload when anyone on the network could send them: no token and not loopback."""
-    socket = request.environ.get("gunicorn.socket")  # absent under Flask's test client
-    local = socket.getsockname() if socket is not None else ("127.0.0.1",)
-    local_address = local[0] if isinstance(local, tuple) else "localhost"  # a str: a unix socket
+    # Granian's environ names the bound address, not where this connection arrived; the peer's
+    # tells as much: a loopback peer can only have reached a loopback socket.
+    local_address = request.remote_addr or "localhost"
     proxied = [header for header in access.PROXY_HEADERS if header in request.headers]
     config = current_app.config
     access.require_admin(config["API_TOKEN"], config["HOST"], local_address, proxied)

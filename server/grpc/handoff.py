@@ -1,16 +1,16 @@
 """Handing gRPC's port from old workers to new ones on a HUP reload, with no call refused.
 
-HTTP's listening socket belongs to gunicorn's master, so it stays open while workers come and go.
+HTTP's listening socket belongs to the main process (server/lifecycle.py), so it stays open while workers come and go.
 gRPC's cannot (gRPC and fork do not mix): each worker listens on the port itself (SO_REUSEPORT)
-and a worker that stops closes its own socket. On HUP gunicorn forks the new workers and at once
-tells the old ones to stop; an old worker that closed its socket before a new one had loaded its
+and a worker that stops closes its own socket. On HUP the main process forks a new worker and a few
+seconds later tells the old one in its slot to stop; an old worker that closed its socket before a new one had loaded its
 models and opened its own would leave the port with no listener, and calls would be refused.
 
 So each worker has a marker file in a folder the master and workers share, by worker age (unique
 in one master's life): `<age>.booting` (written by the master before the fork), `.serving` (the
 worker listens), `.stopping` (the worker stops). A stopping worker keeps listening while no other
 worker serves and one is booting, up to a deadline; a full shutdown has no booting worker and
-stops at once. Standard library only: gunicorn's master, which must never load gRPC, uses it.
+stops at once. Standard library only: the main process, which must never load gRPC, uses it.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One gunicorn worker's gRPC server: started after the fork, over the worker's own registry."""
+"""One worker's gRPC server: started after the fork, over the worker's own registry."""
 from __future__ import annotations
 
 import logging

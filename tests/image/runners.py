@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.procs import free_port
 
-NPROC_LIMIT = 4096  # a container's processes and threads: plenty for gunicorn's workers
+NPROC_LIMIT = 4096  # a container's processes and threads: plenty for the server's workers and their threads
 
 
 class ImageTestFailure(Exception):
@@ -70,7 +70,7 @@ class PodmanContainer:
         self.id = podman("run", "--detach", "--runtime", "runc", *rlimit_flags(), "--publish", publish, image)
         try:
             self.rootfs = Path(podman("mount", self.id))
-            self.master_pid = inspect("container", self.id)["State"]["Pid"]  # PID 1 inside: gunicorn's master
+            self.master_pid = inspect("container", self.id)["State"]["Pid"]  # PID 1 inside: the server's main process
         except ImageTestFailure:
             self.remove()
             raise
@@ -118,7 +118,7 @@ class ChrootedImage:
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(self.command(argv), env=self.env, stdout=log_file,
                                             stderr=subprocess.STDOUT, start_new_session=True)
-        self.master_pid = self.process.pid  # chroot, env and python -m server all exec: gunicorn's master
+        self.master_pid = self.process.pid  # chroot, env and python -m server all exec: the server's main process
 
     def command(self, argv: list[str]) -> list[str]:
         user = self.config.get("User") or "0:0"

@@ -180,7 +180,7 @@ def send_load(url: str, bodies: list[bytes], total: int) -> None:
 
 def ship_new_version(models: Path, staging_dir: Path, url: str, master: int, bodies: list[bytes]) -> dict:
     """docs/deploy.md's way: copy the latest version as the next one into `staging_dir` (on the
-    repository's file system), rename it into place, then HUP gunicorn's master (`systemctl reload`,
+    repository's file system), rename it into place, then HUP the server's main process (`systemctl reload`,
     `docker kill --signal HUP`). Clients upload throughout: none may fail, and the answers must
     move from the old version to the new one."""
     name = "mnist" if (models / "mnist").is_dir() else sorted(p.parent.parent.name for p in models.glob("*/*/model.onnx"))[0]
@@ -261,10 +261,10 @@ def probe(image: Runner, args: argparse.Namespace) -> dict:
     code = image.stop()
     logs = image.logs()
     # A clean stop: every worker drained and exited by itself, none was killed or aborted.
-    unclean = [marker for marker in ("Traceback", "was sent SIG", "terminate called", "WORKER TIMEOUT") if marker in logs]
+    unclean = [marker for marker in ("Traceback", "refused to gracefully stop", "terminate called", "Unexpected exit from worker") if marker in logs]
     if code != 0 or unclean:
         raise ImageTestFailure(f"the server exited with {code}, its log shows {unclean}:\n{logs[-3000:]}")
-    passed("SIGTERM: gunicorn drained its workers and exited 0")
+    passed("SIGTERM: the server drained its workers and exited 0")
     if right < args.min_right:
         raise ImageTestFailure(f"only {right} of {asked} digits right (at least {args.min_right} expected)")
     passed(f"{right} of {asked} real MNIST test digits right (at least {args.min_right} expected)")
@@ -334,7 +334,7 @@ def size_section(report: dict) -> str:
         "",
         "| process | RSS MiB | PSS MiB |",
         "|---|---:|---:|",
-        f"| gunicorn master | {memory['master_rss_mib']} | |",
+        f"| main process | {memory['master_rss_mib']} | |",
         *(f"| worker {i + 1} | {rss} | {pss} |"
           for i, (rss, pss) in enumerate(zip(memory["worker_rss_mib"], memory["worker_pss_mib"]))),
         "",
@@ -343,7 +343,7 @@ def size_section(report: dict) -> str:
         "sets the number (below).",
         "",
         f"Then version {smoke['hup']['to_version']} of `{smoke['hup']['model']}` was renamed into the "
-        f"image's repository and gunicorn sent a HUP while 4 clients kept uploading: "
+        f"image's repository and the main process got a HUP while 4 clients kept uploading: "
         f"{smoke['hup']['answers']} answers, none failed, the last 40 from the new version.",
         SIZE_END,
     ])

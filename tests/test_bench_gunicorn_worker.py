@@ -1,4 +1,4 @@
-"""server/gunicorn_worker.py: a worker with every thread taken leaves new connections to the others, briefly.
+"""bench/gunicorn_worker.py (the benchmarks' gunicorn, the layer before Granian): a worker with every thread taken leaves new connections to the others, briefly.
 
 The spread itself is measured under wrk by bench/spread.py (docs/benchmarks-lean.md); HUP and a
 killed worker under this worker class are tests/test_lifecycle.py's and tests/test_reliability.py's.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from server.gunicorn_worker import BUSY_PAUSE_SECONDS, SpreadingThreadWorker
+from bench.gunicorn_worker import BUSY_PAUSE_SECONDS, SpreadingThreadWorker
 
 
 def worker(threads: int, limit: int = 1000) -> SpreadingThreadWorker:

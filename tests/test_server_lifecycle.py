@@ -1,0 +1,112 @@
+"""server/lifecycle.py's RequestGate on its own: bodies read before a slot, the room for large ones, answers unread bodies get.
+
+The processes themselves (HUP, a killed worker, memory recycling, gRPC hand-over, slow clients)
+are tested against a real `python -m server`: tests/test_lifecycle.py, test_reliability.py,
+test_grpc.py, test_metrics.py, test_slow_clients.py.
+"""
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+from server.lifecycle import DISCARD_BYTES, PREREAD_BYTES, RequestGate
+
+MAX_BODY = 1 << 20
+
+
+class Stream(io.BytesIO):
+    """A WSGI input that counts what was read from it."""
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        self.taken = getattr(self, "taken", 0) + len(data)
+        return data
+
+
+def call(gate: RequestGate, body: bytes, headers: dict | None = None) -> tuple[str, dict, bytes, Stream]:
+    stream = Stream(body)
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/", "wsgi.input": stream, **(headers or {})}
+    if "HTTP_TRANSFER_ENCODING" not in environ:
+        environ["CONTENT_LENGTH"] = str(len(body))
+    answer: dict = {}
+
+    def start_response(status, response_headers, exc_info=None):
+        answer.update(status=status, headers=dict(response_headers))
+
+    chunks = gate(environ, start_response)
+    return answer["status"], answer["headers"], b"".join(chunks), stream
+
+
+def echo(environ, start_response):
+    """An app that answers the length of the body it read."""
+    data = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return iter([str(len(data)).encode()])  # not a list: the gate draws it
+
+
+def test_the_app_gets_the_whole_body_already_read() -> None:
+    gate = RequestGate(echo, threads=1, max_body=MAX_BODY, body_room=2 * MAX_BODY, wait_seconds=0.1)
+    for size in (0, 10, PREREAD_BYTES, PREREAD_BYTES + 1, MAX_BODY):
+        status, _, answer, stream = call(gate, b"x" * size)
+        assert (status, answer, stream.taken) == ("200 OK", str(size).encode(), size)
+    assert gate.room_used == 0
+
+
+def test_a_chunked_body_is_read_to_its_end() -> None:
+    gate = RequestGate(echo, threads=1, max_body=MAX_BODY, body_room=2 * MAX_BODY, wait_seconds=0.1)
+    status, _, answer, _ = call(gate, b"y" * 5000, {"HTTP_TRANSFER_ENCODING": "chunked"})
+    assert (status, answer) == ("200 OK", b"5000")
+
+
+def test_a_large_body_with_no_room_is_read_and_dropped_then_refused_with_retry_after() -> None:
+    gate = RequestGate(echo, threads=4, max_body=MAX_BODY, body_room=MAX_BODY, wait_seconds=0.05)
+    gate.room_used = MAX_BODY - PREREAD_BYTES  # other requests' bodies hold the room
+    status, headers, answer, stream = call(gate, b"z" * (2 * PREREAD_BYTES))
+    assert status.startswith("503") and headers["Retry-After"] == "1" and "no room" in json.loads(answer)["error"]
+    assert stream.taken == 2 * PREREAD_BYTES  # the client, still sending, gets the answer
+    # Small bodies need no room: they still pass.
+    assert call(gate, b"s" * 100)[0] == "200 OK"
+
+
+def test_an_oversized_body_is_left_to_the_app_then_dropped_up_to_a_bound() -> None:
+    def refuse(environ, start_response):
+        start_response("413 REQUEST ENTITY TOO LARGE", [])
+        return [b"too large"]
+
+    gate = RequestGate(refuse, threads=1, max_body=MAX_BODY, body_room=MAX_BODY, wait_seconds=0.05)
+    status, _, _, stream = call(gate, b"o" * (MAX_BODY + 10))
+    assert status.startswith("413") and stream.taken == MAX_BODY + 10 and gate.room_used == 0
+    assert DISCARD_BYTES >= 8 * MAX_BODY
+
+
+def test_at_most_threads_requests_run_the_app_at_once() -> None:
+    inside, most, lock, release = [0], [0], threading.Lock(), threading.Event()
+
+    def slow(environ, start_response):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        release.wait(5)
+        with lock:
+            inside[0] -= 1
+        start_response("200 OK", [])
+        return [b""]
+
+    gate = RequestGate(slow, threads=2, max_body=MAX_BODY, body_room=MAX_BODY, wait_seconds=0.05)
+    callers = [threading.Thread(target=call, args=(gate, b"p")) for _ in range(6)]
+    for caller in callers:
+        caller.start()
+    threading.Event().wait(0.3)
+    release.set()
+    for caller in callers:
+        caller.join()
+    assert most[0] == 2
+
+
+def test_keepalive_requests_closes_about_one_answer_in_that_many() -> None:
+    gate = RequestGate(echo, threads=1, max_body=MAX_BODY, body_room=MAX_BODY, wait_seconds=0.05, keepalive_requests=10)
+    closed = sum(call(gate, b"")[1].get("Connection") == "close" for _ in range(2000))
+    assert 100 <= closed <= 320  # 200 expected
+    never = RequestGate(echo, threads=1, max_body=MAX_BODY, body_room=MAX_BODY, wait_seconds=0.05)
+    assert all("Connection" not in call(never, b"")[1] for _ in range(200))
