@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageDraw
 
-from bench.photo_pages import CLEAN_KINDS, KINDS, PHOTO_KINDS, Sample, encode, make_sample
+from training.photo_pages import CLEAN_KINDS, KINDS, PHOTO_KINDS, TRAINING_SEEDS, Sample, encode, make_sample
 from server.decoding import decode_image
 from server.digit import fit_to_mnist_box, histogram_margin, is_mnist_like, mnist_digit, to_grayscale
 from server.errors import ServingError
@@ -244,7 +244,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=model_path("models", "mnist", 1), help="ONNX digit model")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="MNIST folder (training.data layout)")
     parser.add_argument("--per-kind", type=int, default=1000, help="inputs generated per kind")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated set")
+    parser.add_argument("--seed", type=int, default=0,
+                        help=f"seed of the generated set (0..{TRAINING_SEEDS - 1}: training renders from {TRAINING_SEEDS} up)")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="kinds to evaluate")
     parser.add_argument("--doc", type=Path, default=Path("docs/preprocessing.md"), help="document to update")
     parser.add_argument("--no-doc", action="store_true", help="print the results only")
@@ -253,6 +254,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.per_kind < 1 or args.per_kind > 10000:
         parser.error(f"--per-kind must be 1..10000, got {args.per_kind}")
+    if not 0 <= args.seed < TRAINING_SEEDS:
+        parser.error(f"--seed must be 0..{TRAINING_SEEDS - 1} (training's real-looking share renders from "
+                     f"{TRAINING_SEEDS} up), got {args.seed}")
     for path in (args.model, *args.compare):
         if not path.is_file():
             parser.error(f"no model file at {path}")

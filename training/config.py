@@ -83,6 +83,15 @@ class TrainConfig:
                                   type=parse_teacher, metavar="ONNX")
     distill_weight: float = option(0.5, "share of the distillation loss (the rest is cross-entropy on labels)")
     distill_temperature: float = option(4.0, "temperature softening teacher and student for distillation")
+    real_share: float = option(0.0, "share of every batch drawn from the real-looking pool: MNIST training digits "
+                               "rendered as photos, scans and canvases and passed through the server's preprocessing "
+                               "(training/real_share.py); each epoch keeps its number of steps")
+    real_pool: int = option(8000, "real-looking inputs to render (once, cached under --data-dir; ~0.1 s of CPU each)")
+    real_seed: int = option(0, "seed of the real-looking pool (training's seed space, disjoint from make bench-photos')")
+    render_workers: int = option(default_threads(), "processes rendering the real-looking pool", recipe=False,
+                                 command=False)
+    ema_decay: float = option(0.999, "decay per step of the exponential moving average of the weights, evaluated "
+                              "beside them every epoch (0 = off)")
     calibration_images: int = option(0, "training images held out to fit the softmax temperature folded into "
                                      "the export (0: temperature 1; held-out training digits are easier than the "
                                      "test set, so the fitted temperature over-sharpens, docs/training.md)")
@@ -142,13 +151,18 @@ def parse_config(argv: list[str] | None = None, description: str | None = None) 
     if namespace.fast:
         parser.set_defaults(**FAST_PRESET)
         namespace = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "threads"):
+    for name in ("epochs", "batch_size", "threads", "real_pool", "render_workers"):
         if getattr(namespace, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(namespace, name)}")
     if namespace.validation < 0 or namespace.limit < 0 or namespace.calibration_images < 0:
         parser.error("--validation, --limit and --calibration-images must be >= 0")
     if not 0 <= namespace.distill_weight <= 1 or namespace.distill_temperature <= 0:
         parser.error("--distill-weight must be in [0, 1] and --distill-temperature above 0")
+    if not 0 <= namespace.real_share < 1 or not 0 <= namespace.ema_decay < 1:
+        parser.error("--real-share and --ema-decay must be in [0, 1)")
+    if namespace.real_share and namespace.teacher is not None and namespace.distill_weight:
+        parser.error("--teacher and --real-share together are not supported (the teacher's answers cover the "
+                     "MNIST images only)")
     config = TrainConfig(**vars(namespace))
     if config.out is None:
         config = replace(config, out=Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
