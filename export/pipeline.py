@@ -25,6 +25,9 @@ from training.model import DigitNet, ModelConfig, multiply_adds, parameter_count
 
 log = logging.getLogger(__name__)
 
+WEIGHTS = {"last": "the last epoch's weights",
+           "ema": "the exponential moving average of the weights (BatchNorm statistics too), as trained"}
+
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -113,14 +116,25 @@ def int8_variant(model: onnx.ModelProto, metadata: dict[str, str], calibration: 
     return int8, measurement.describe()
 
 
+def chosen_weights(content: dict, checkpoint: Path, weights: str) -> dict:
+    """The checkpoint as the export reads it: its last weights, or (`ema`) the moving average of
+    them that training evaluated beside them, with that average's own temperature and accuracy."""
+    if weights == "last":
+        return content
+    if "ema_state_dict" not in content:
+        raise ExportError(f"{checkpoint}: no moving average of the weights in it (trained with --ema-decay 0?)")
+    return {**content, "state_dict": content["ema_state_dict"], "temperature": content.get("ema_temperature"),
+            "test_accuracy": content.get("ema_test_accuracy")}
+
+
 def export_checkpoint(checkpoint: Path, name: str, version: int, repo: Path, data_dir: Path = DEFAULT_DATA_DIR,
                       force: bool = False, parity_images: int = PARITY_IMAGES, int8: bool = False,
-                      allow_less_accurate: bool = False) -> ExportResult:
+                      allow_less_accurate: bool = False, weights: str = "last") -> ExportResult:
     """Build, check and write `repo/name/version/model.onnx` and the card; nothing is written on failure."""
     target = model_path(repo, name, version)
     if target.exists() and not force:
         raise ExportError(f"{target} already exists; pass --force to replace it")
-    content = load_checkpoint(checkpoint)
+    content = chosen_weights(load_checkpoint(checkpoint), checkpoint, weights)
     network = model_from_checkpoint(content, checkpoint)
     temperature = float(content.get("temperature") or 1.0)
     ensure_mnist(data_dir)
@@ -131,7 +145,8 @@ def export_checkpoint(checkpoint: Path, name: str, version: int, repo: Path, dat
         refuse_less_accurate_default(repo, name, version, converted.accuracy)
     command = f"python -m export --checkpoint {checkpoint} --name {name} --version {version} --repo {repo}"
     command += (" --int8" if int8 else "") + (" --allow-less-accurate" if allow_less_accurate else "")
-    metadata = {**provenance(content, checkpoint, network, command),
+    command += f" --weights {weights}" if weights != "last" else ""
+    metadata = {**provenance(content, checkpoint, network, command), "weights": WEIGHTS[weights],
                 "temperature": f"{temperature:g}", "test_accuracy": f"{converted.accuracy:.4f}",
                 "test_ece": f"{converted.ece:.4f}", "parity": json.dumps(converted.parity.to_dict()),
                 "opset": str(converted.opset), "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

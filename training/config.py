@@ -86,7 +86,7 @@ class TrainConfig:
     real_share: float = option(0.0, "share of every batch drawn from the real-looking pool: MNIST training digits "
                                "rendered as photos, scans and canvases and passed through the server's preprocessing "
                                "(training/real_share.py); each epoch keeps its number of steps")
-    real_pool: int = option(8000, "real-looking inputs to render (once, cached under --data-dir; ~0.1 s of CPU each)")
+    real_pool: int = option(4000, "real-looking inputs to render (once, cached under --data-dir; ~0.1 s of CPU each)")
     real_seed: int = option(0, "seed of the real-looking pool (training's seed space, disjoint from make bench-photos')")
     render_workers: int = option(default_threads(), "processes rendering the real-looking pool", recipe=False,
                                  command=False)

@@ -132,7 +132,7 @@ def load_pool(mnist: Mnist, count: int, seed: int, data_dir: Path, workers: int 
 def main(argv: list[str] | None = None) -> int:
     """`python -m training.real_share`: render (and cache) a pool ahead of training."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--pool", type=int, default=8000, help="inputs to render")
+    parser.add_argument("--pool", type=int, default=4000, help="inputs to render")
     parser.add_argument("--seed", type=int, default=0, help="the pool's seed (training's seed space)")
     parser.add_argument("--workers", type=int, default=1, help="rendering processes")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="MNIST root; the cache goes under it")
