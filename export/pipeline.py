@@ -16,7 +16,7 @@ from export.onnx_export import PARITY_IMAGES, ExportError, check_structure, conv
 from export.quantize import CALIBRATION_IMAGES, measure, quantize
 from export.triton_config import write_triton_config
 from server.layout import latest_model_file, model_path
-from server.model_config import CONFIG_FILE
+from server.model_config import CONFIG_FILE, ModelConfigError, VersionPolicy, parse_model_config
 from training.atomic import write_atomically
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import recipe, training_command
@@ -85,6 +85,15 @@ def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
     """Replace the file's metadata_props with `metadata` (all values strings)."""
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, {key: str(value) for key, value in metadata.items()})
+
+
+def kept_version_policy(model_dir: Path) -> VersionPolicy:
+    """The version_policy of the folder's config.pbtxt, which a new export keeps (a repository that
+    serves only its latest version stays that way); `all`, as this server serves a folder without one."""
+    try:
+        return parse_model_config((model_dir / CONFIG_FILE).read_text(), model_dir).version_policy
+    except (OSError, ModelConfigError):
+        return VersionPolicy("all")
 
 
 def refuse_less_accurate_default(repo: Path, name: str, version: int, accuracy: float) -> None:
@@ -158,10 +167,11 @@ def export_checkpoint(checkpoint: Path, name: str, version: int, repo: Path, dat
     set_metadata(model, metadata)
     write_atomically(target, model.SerializeToString())
     # Triton's own description of the folder (labels, max_batch_size, batching as this server does).
-    write_triton_config(repo / name, target)
+    write_triton_config(repo / name, target, version_policy=kept_version_policy(repo / name))
     if quantized is not None:
         write_atomically(model_path(repo, f"{name}-int8", version), quantized.SerializeToString())
-        write_triton_config(repo / f"{name}-int8", model_path(repo, f"{name}-int8", version))
+        write_triton_config(repo / f"{name}-int8", model_path(repo, f"{name}-int8", version),
+                            version_policy=kept_version_policy(repo / f"{name}-int8"))
         write_model_card(repo / f"{name}-int8")
     log.info("wrote %s: test accuracy %.4f, ECE %.4f at temperature %g, parity %s", target, converted.accuracy,
              converted.ece, temperature, converted.parity.to_dict())

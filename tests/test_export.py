@@ -236,3 +236,19 @@ def test_weights_ema_exports_the_moving_average_with_its_own_temperature(exporte
                  "--data-dir", str(exported.data_dir), "--weights", "ema"]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "no moving average" in err
+
+
+def test_a_new_export_keeps_the_folders_version_policy(exported: Exported, tmp_path: Path) -> None:
+    from export.triton_config import write_triton_config
+    from server.model_config import VersionPolicy, read_model_config
+
+    repo = tmp_path / "models"
+    (repo / "digits" / "1").mkdir(parents=True)
+    (repo / "digits" / "1" / "model.onnx").write_bytes(exported.result.path.read_bytes())
+    write_triton_config(repo / "digits", repo / "digits" / "1" / "model.onnx", version_policy=VersionPolicy("latest", 1))
+    export_checkpoint(exported.checkpoint, "digits", 2, repo, exported.data_dir, parity_images=16,
+                      allow_less_accurate=True)
+    config = read_model_config(repo / "digits")
+    assert config.version_policy == VersionPolicy("latest", 1) and len(config.labels) == 10
+    export_checkpoint(exported.checkpoint, "fresh", 1, repo, exported.data_dir, parity_images=16)
+    assert read_model_config(repo / "fresh").version_policy.kind == "all"  # no config before: every version serves
