@@ -287,7 +287,8 @@ def real_looking(mnist: Mnist, args: TrainConfig, train_sources: torch.Tensor,
     held-out training images; --limit and --dry-run render a pool no larger than what they train on."""
     if not args.real_share:
         return None, None
-    count = min(args.real_pool, args.limit or args.real_pool, args.batch_size if args.dry_run else args.real_pool)
+    one_batch = max(1, round(args.batch_size * args.real_share))  # all a dry run uses
+    count = min(args.real_pool, args.limit or args.real_pool, one_batch if args.dry_run else args.real_pool)
     pool = load_pool(mnist, count, args.real_seed, args.data_dir, args.render_workers)
     held_out = np.setdiff1d(np.arange(len(mnist.train.labels)), train_sources.cpu().numpy())
     pool = pool.without(held_out)
