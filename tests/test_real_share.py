@@ -96,8 +96,9 @@ def test_every_batch_carries_its_share_and_an_epoch_keeps_its_steps() -> None:
         pixels = trainer.batch(index)
         assert pixels.shape == (32, 1, 28, 28)
     assert trainer.train_labels[1000:].tolist() == pool_labels.tolist()
-    plain = train.Trainer(train.parse_args(["--out", "unused", "--batch-size", "32"]), torch.device("cpu"), model,
-                          images, labels, torch.Generator().manual_seed(0), None, None, pool_images, pool_labels)
+    plain = train.Trainer(train.parse_args(["--out", "unused", "--batch-size", "32", "--real-share", "0"]),
+                          torch.device("cpu"), model, images, labels, torch.Generator().manual_seed(0), None, None,
+                          pool_images, pool_labels)
     assert all(int(b.max()) < 1000 for b in plain.batch_indices())  # --real-share 0: MNIST alone
 
 
