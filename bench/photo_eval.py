@@ -23,7 +23,7 @@ from training.photo_pages import CLEAN_KINDS, KINDS, PHOTO_KINDS, TRAINING_SEEDS
 from server.decoding import decode_image
 from server.digit import fit_to_mnist_box, histogram_margin, is_mnist_like, mnist_digit, to_grayscale
 from server.errors import ServingError
-from server.layout import model_path
+from server.layout import latest_model_file, model_path
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,9 @@ def write_doc(doc: Path, generated: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", type=Path, default=model_path("models", "mnist", 1), help="ONNX digit model")
+    served = latest_model_file(Path("models"), "mnist") or model_path("models", "mnist", 1)
+    parser.add_argument("--model", type=Path, default=served,
+                        help="ONNX digit model (default: the served one, mnist's highest version)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="MNIST folder (training.data layout)")
     parser.add_argument("--per-kind", type=int, default=1000, help="inputs generated per kind")
     parser.add_argument("--seed", type=int, default=0,
