@@ -26,11 +26,11 @@ from onnx import TensorProto, helper, numpy_helper
 from bench.bodies import RequestSpec
 from bench.loadgen import run_wrk, wrk_version
 from bench.procs import ROOT, ServerTree, model_server, send
-from server.layout import model_path
+from server.layout import latest_model_file, model_path
 
 log = logging.getLogger("bench.batching")
 
-COMMITTED_DIGITS = model_path(ROOT / "models", "mnist", 1)
+COMMITTED_DIGITS = latest_model_file(ROOT / "models", "mnist") or model_path(ROOT / "models", "mnist", 1)  # the default
 READY = RequestSpec("ready", "GET", "/v2/health/ready")
 METRICS = RequestSpec("metrics", "GET", "/metrics")
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 MNIST_SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
 
-from server.layout import model_path  # noqa: E402  (standard library only: imports in any environment)
+from server.layout import latest_model_file, model_path  # noqa: E402  (standard library only: imports in any environment)
 
 
 def time_calls(call: Callable[[], object], seconds: float, warmup: int = 5) -> list[float]:
@@ -84,7 +84,8 @@ def measure(runner: Callable[[np.ndarray], object], batches: list[int], seconds:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--engine", choices=("ort", "torch"), default="ort")
-    parser.add_argument("--model", default=str(model_path(ROOT / "models", "mnist", 1)),
+    served = latest_model_file(ROOT / "models", "mnist") or model_path(ROOT / "models", "mnist", 1)
+    parser.add_argument("--model", default=str(served),
                         help="ONNX file (ort engine)")
     parser.add_argument("--checkpoint", default="", help="training checkpoint (torch engine); empty = random weights")
     parser.add_argument("--model-config", default="",

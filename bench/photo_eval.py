@@ -19,11 +19,11 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageDraw
 
-from bench.photo_pages import CLEAN_KINDS, KINDS, PHOTO_KINDS, Sample, encode, make_sample
+from training.photo_pages import CLEAN_KINDS, KINDS, PHOTO_KINDS, TRAINING_SEEDS, Sample, encode, make_sample
 from server.decoding import decode_image
 from server.digit import fit_to_mnist_box, histogram_margin, is_mnist_like, mnist_digit, to_grayscale
 from server.errors import ServingError
-from server.layout import model_path
+from server.layout import latest_model_file, model_path
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def classify(session: ort.InferenceSession, arrays: list[np.ndarray | None]) -> 
 
 
 def evaluate(session, images, labels, kinds, per_kind: int, seed: int,
-             methods: tuple[str, ...] = tuple(METHODS)) -> list[KindResult]:
+             methods: tuple[str, ...] = tuple(METHODS), classify_inputs: bool = True) -> list[KindResult]:
     """Generate `per_kind` inputs of each kind (the same test digits for every kind) and score them."""
     picks = np.random.default_rng(seed).choice(len(images), size=per_kind, replace=False)
     results = []
@@ -87,9 +87,46 @@ def evaluate(session, images, labels, kinds, per_kind: int, seed: int,
         result.samples = [make_sample(kind, images[i], int(labels[i]), seed, n) for n, i in enumerate(picks)]
         for method in methods:
             result.inputs[method] = [preprocess(s, method) for s in result.samples]
-            result.predictions[method] = classify(session, result.inputs[method])
-        scores = "  ".join(f"{m} {100 * result.accuracy(m):.2f}%" for m in methods)
+            if classify_inputs:
+                result.predictions[method] = classify(session, result.inputs[method])
+        scores = "  ".join(f"{m} {100 * result.accuracy(m):.2f}%" for m in methods) if classify_inputs else "rendered"
         log.info("%-10s %s  (%.0f s)", kind, scores, time.perf_counter() - started)
+        results.append(result)
+    return results
+
+
+def robust_inputs_cached(images, labels, kinds, per_kind: int, seed: int, cache_dir: Path) -> list[KindResult]:
+    """evaluate()'s robust inputs and labels without the answers, rendered once and kept in
+    `cache_dir` (named by a hash of the settings and of the renderer's and the preprocessing's source),
+    so that comparing models again costs seconds instead of the renders' minutes."""
+    import hashlib
+    import inspect
+
+    from server import decoding, digit
+    from training import photo_pages
+
+    code = "\n".join(inspect.getsource(module) for module in (photo_pages, decoding, digit))
+    key = hashlib.sha256(repr((sorted(kinds), per_kind, seed, images.tobytes()[:4096], len(images), code)).encode())
+    path = cache_dir / f"photo-eval-{per_kind}-seed{seed}-{key.hexdigest()[:16]}.npz"
+    if path.exists():
+        with np.load(path) as saved:
+            rendered = {kind: (saved[f"{kind}/inputs"], saved[f"{kind}/present"], saved[f"{kind}/labels"])
+                        for kind in kinds}
+    else:
+        rendered = {}
+        for result in evaluate(None, images, labels, kinds, per_kind, seed, ("robust",), classify_inputs=False):
+            present = np.array([a is not None for a in result.inputs["robust"]])
+            stacked = np.stack([a if a is not None else np.zeros((28, 28), np.float32) for a in result.inputs["robust"]])
+            rendered[result.kind] = (stacked, present, np.array([s.label for s in result.samples]))
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **{f"{kind}/{part}": array for kind, arrays in rendered.items()
+                                     for part, array in zip(("inputs", "present", "labels"), arrays)})
+        log.info("cached the rendered inputs in %s", path)
+    results = []
+    for kind in kinds:
+        inputs, present, kind_labels = rendered[kind]
+        result = KindResult(kind, [Sample(kind, int(label), b"", "cached") for label in kind_labels])
+        result.inputs["robust"] = [a if ok else None for a, ok in zip(inputs, present)]
         results.append(result)
     return results
 
@@ -241,18 +278,26 @@ def write_doc(doc: Path, generated: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", type=Path, default=model_path("models", "mnist", 1), help="ONNX digit model")
+    served = latest_model_file(Path("models"), "mnist") or model_path("models", "mnist", 1)
+    parser.add_argument("--model", type=Path, default=served,
+                        help="ONNX digit model (default: the served one, mnist's highest version)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="MNIST folder (training.data layout)")
     parser.add_argument("--per-kind", type=int, default=1000, help="inputs generated per kind")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated set")
+    parser.add_argument("--seed", type=int, default=0,
+                        help=f"seed of the generated set (0..{TRAINING_SEEDS - 1}: training renders from {TRAINING_SEEDS} up)")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="kinds to evaluate")
     parser.add_argument("--doc", type=Path, default=Path("docs/preprocessing.md"), help="document to update")
     parser.add_argument("--no-doc", action="store_true", help="print the results only")
     parser.add_argument("--compare", type=Path, nargs="+", default=[], metavar="ONNX",
                         help="other digit models to score on the same robust inputs, side by side (printed only)")
+    parser.add_argument("--cache", action="store_true",
+                        help="with --compare: keep the rendered inputs under --data-dir and reuse them next time")
     args = parser.parse_args(argv)
     if args.per_kind < 1 or args.per_kind > 10000:
         parser.error(f"--per-kind must be 1..10000, got {args.per_kind}")
+    if not 0 <= args.seed < TRAINING_SEEDS:
+        parser.error(f"--seed must be 0..{TRAINING_SEEDS - 1} (training's real-looking share renders from "
+                     f"{TRAINING_SEEDS} up), got {args.seed}")
     for path in (args.model, *args.compare):
         if not path.is_file():
             parser.error(f"no model file at {path}")
@@ -274,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(args.model), options, providers=["CPUExecutionProvider"])
     methods = ("robust",) if args.compare else tuple(METHODS)
-    results = evaluate(session, test.images, test.labels, args.kinds, args.per_kind, args.seed, methods)
+    if args.compare and args.cache:
+        results = robust_inputs_cached(test.images, test.labels, args.kinds, args.per_kind, args.seed,
+                                       args.data_dir / "photo-eval")
+    else:
+        results = evaluate(session, test.images, test.labels, args.kinds, args.per_kind, args.seed, methods)
     if args.compare:
         paths = [args.model, *args.compare]
         sessions = [session] + [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])

@@ -33,7 +33,7 @@ def version_section(name: str, version: str, path: Path, meta: dict[str, str]) -
     args = json.loads(meta.get("training_args", "{}"))
     parity = json.loads(meta.get("parity", "{}"))
     recipe = ", ".join(f"{key}={args[key]}" for key in ("epochs", "batch_size", "lr", "weight_decay",
-                       "label_smoothing", "rotation", "scale", "shift", "seed") if key in args)
+                       "label_smoothing", "rotation", "scale", "shift", "real_share", "ema_decay", "seed") if key in args)
     lines = [
         f"## Version {version}",
         "",
@@ -60,6 +60,8 @@ def version_section(name: str, version: str, path: Path, meta: dict[str, str]) -
         lines.append(f"- calibration: softmax temperature {meta['temperature']} (fitted on held-out training images, "
                      f"folded into the last layer); expected calibration error on the test set (15 bins) "
                      f"**{percent(meta.get('test_ece'))}**")
+    if meta.get("weights"):
+        lines.append(f"- weights: {meta['weights']}")
     if meta.get("quantization"):
         lines.append(f"- quantized: {meta['quantization']}")
     if meta.get("int8_measurement"):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from export.onnx_export import PARITY_IMAGES, ExportError
-from export.pipeline import export_checkpoint
+from export.pipeline import WEIGHTS, export_checkpoint
 from server.layout import NAME_RULE, valid_name
 from training.checkpoint import CheckpointError
 from training.data import DEFAULT_DATA_DIR, DataError
@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--int8", action="store_true",
                         help="also quantize (int8 QDQ); ship it as <name>-int8 only if faster and <= 0.1 pt less "
                              "accurate, else record the measurement in the model card")
+    parser.add_argument("--weights", choices=tuple(WEIGHTS), default="last",
+                        help="the last epoch's weights, or the moving average of them training kept (--ema-decay)")
     args = parser.parse_args(argv)
     if args.version < 1:
         parser.error(f"--version must be a positive integer, got {args.version}")
@@ -45,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         result = export_checkpoint(args.checkpoint, args.name, args.version, args.repo, args.data_dir,
-                                   args.force, args.parity_images, args.int8, args.allow_less_accurate)
+                                   args.force, args.parity_images, args.int8, args.allow_less_accurate,
+                                   args.weights)
     except (ExportError, CheckpointError, DataError) as error:
         print(f"error: {error} (nothing written)", file=sys.stderr)
         return 1

@@ -17,7 +17,7 @@ from export.onnx_export import PARITY_IMAGES, ExportError, check_structure, conv
 from export.quantize import CALIBRATION_IMAGES, measure, quantize
 from export.triton_config import write_triton_config
 from server.layout import latest_model_file, model_path
-from server.model_config import CONFIG_FILE
+from server.model_config import CONFIG_FILE, ModelConfigError, VersionPolicy, parse_model_config
 from training.atomic import write_atomically
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import recipe, training_command
@@ -25,6 +25,9 @@ from training.data import DEFAULT_DATA_DIR, TEST_CLASS_COUNTS, ensure_mnist, loa
 from training.model import DigitNet, ModelConfig, multiply_adds, parameter_count
 
 log = logging.getLogger(__name__)
+
+WEIGHTS = {"last": "the last epoch's weights",
+           "ema": "the exponential moving average of the weights (BatchNorm statistics too), as trained"}
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,15 @@ def less_accurate_error(name: str, version: int, accuracy: str, current: tuple[s
                        "(make export EXPORT_ARGS=--allow-less-accurate) to export it anyway")
 
 
+def kept_version_policy(model_dir: Path) -> VersionPolicy:
+    """The version_policy of the folder's config.pbtxt, which a new export keeps (a repository that
+    serves only its latest version stays that way); `all`, as this server serves a folder without one."""
+    try:
+        return parse_model_config((model_dir / CONFIG_FILE).read_text(), model_dir).version_policy
+    except (OSError, ModelConfigError):
+        return VersionPolicy("all")
+
+
 def refuse_less_accurate_default(repo: Path, name: str, version: int, accuracy: float) -> None:
     """Raise when this version would become `name`'s default (the highest version) in place of a
     more accurate one: `make train --fast` then `make export` must not quietly demote the model."""
@@ -153,14 +165,25 @@ def int8_variant(model: onnx.ModelProto, metadata: dict[str, str], calibration: 
     return int8, measurement.describe()
 
 
+def chosen_weights(content: dict, checkpoint: Path, weights: str) -> dict:
+    """The checkpoint as the export reads it: its last weights, or (`ema`) the moving average of
+    them that training evaluated beside them, with that average's own temperature and accuracy."""
+    if weights == "last":
+        return content
+    if "ema_state_dict" not in content:
+        raise ExportError(f"{checkpoint}: no moving average of the weights in it (trained with --ema-decay 0?)")
+    return {**content, "state_dict": content["ema_state_dict"], "temperature": content.get("ema_temperature"),
+            "test_accuracy": content.get("ema_test_accuracy")}
+
+
 def export_checkpoint(checkpoint: Path, name: str, version: int, repo: Path, data_dir: Path = DEFAULT_DATA_DIR,
                       force: bool = False, parity_images: int = PARITY_IMAGES, int8: bool = False,
-                      allow_less_accurate: bool = False) -> ExportResult:
+                      allow_less_accurate: bool = False, weights: str = "last") -> ExportResult:
     """Build, check and write `repo/name/version/model.onnx` and the card; nothing is written on failure."""
     target = model_path(repo, name, version)
     if target.exists() and not force:
         raise ExportError(f"{target} already exists; pass --force to replace it")
-    content = load_checkpoint(checkpoint)
+    content = chosen_weights(load_checkpoint(checkpoint), checkpoint, weights)
     if not allow_less_accurate:
         refuse_early(content, repo, name, version)
     network = model_from_checkpoint(content, checkpoint)
@@ -173,7 +196,8 @@ def export_checkpoint(checkpoint: Path, name: str, version: int, repo: Path, dat
         refuse_less_accurate_default(repo, name, version, converted.accuracy)
     command = f"python -m export --checkpoint {checkpoint} --name {name} --version {version} --repo {repo}"
     command += (" --int8" if int8 else "") + (" --allow-less-accurate" if allow_less_accurate else "")
-    metadata = {**provenance(content, checkpoint, network, command),
+    command += f" --weights {weights}" if weights != "last" else ""
+    metadata = {**provenance(content, checkpoint, network, command), "weights": WEIGHTS[weights],
                 "temperature": f"{temperature:g}", "test_accuracy": f"{converted.accuracy:.4f}",
                 "test_ece": f"{converted.ece:.4f}", "parity": json.dumps(converted.parity.to_dict()),
                 "opset": str(converted.opset), "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -185,10 +209,11 @@ def export_checkpoint(checkpoint: Path, name: str, version: int, repo: Path, dat
     set_metadata(model, metadata)
     write_atomically(target, model.SerializeToString())
     # Triton's own description of the folder (labels, max_batch_size, batching as this server does).
-    write_triton_config(repo / name, target)
+    write_triton_config(repo / name, target, version_policy=kept_version_policy(repo / name))
     if quantized is not None:
         write_atomically(model_path(repo, f"{name}-int8", version), quantized.SerializeToString())
-        write_triton_config(repo / f"{name}-int8", model_path(repo, f"{name}-int8", version))
+        write_triton_config(repo / f"{name}-int8", model_path(repo, f"{name}-int8", version),
+                            version_policy=kept_version_policy(repo / f"{name}-int8"))
         write_model_card(repo / f"{name}-int8")
     log.info("wrote %s: test accuracy %.4f, ECE %.4f at temperature %g, parity %s", target, converted.accuracy,
              converted.ece, temperature, converted.parity.to_dict())

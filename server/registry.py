@@ -179,7 +179,6 @@ class ModelRegistry:
             except ModelConfigError:  # refused: whatever served keeps serving
                 versions = {v: m for v, m in current.items() if v in on_disk}
             else:
-                self._forget(name, keep=set(selected))
                 versions = {}
                 for version in selected:
                     path, old = on_disk[version], current.get(version)
@@ -191,6 +190,11 @@ class ModelRegistry:
                         new = self._load_file(name, version, path, kept_serving=bool(current), config=config) or old
                     if new is not None:
                         versions[version] = new
+                if not versions and current:
+                    # Not one version the policy selects loads (a broken file dropped in as the latest):
+                    # what served keeps serving, as on Triton, rather than the model going dark.
+                    versions = {v: m for v, m in current.items() if v in on_disk}
+                self._forget(name, keep=set(selected) | set(versions))
             self._mark_kept_serving({**self.models, name: versions})
             self._switch(name, versions)
             return [f for f in self.failures.values() if f.name == name]

@@ -13,13 +13,14 @@ import pytest
 
 from bench.procs import SERVE_PYTHON, free_port, model_server
 from bench.procs import ServerTree as LiveServer  # noqa: F401  (the type of a running test server)
-from server.layout import model_path
+from server.layout import latest_model_file, model_path
 from tests.onnx_factory import write_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_VENV = ROOT / ".venv-serve"
 COMMITTED_REPOSITORY = ROOT / "models"
-COMMITTED_MNIST = model_path(COMMITTED_REPOSITORY, "mnist", 1)
+# The committed default digit model: mnist's highest version (older ones stay on disk, unserved).
+COMMITTED_MNIST = latest_model_file(COMMITTED_REPOSITORY, "mnist") or model_path(COMMITTED_REPOSITORY, "mnist", 1)
 # The first 200 official MNIST test images and labels (docs/training.md says how it was written).
 MNIST_SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
 # Server logs stay after a run for CI to show; the folder is gitignored.

@@ -139,6 +139,24 @@ def test_a_config_broken_on_reload_keeps_what_served_until_fixed(repo: Path, cap
     assert index_of(registry, "pets")["2"] == ("UNAVAILABLE", "not served: config.pbtxt version_policy latest 1")
 
 
+def test_a_broken_latest_version_leaves_the_one_that_served_serving(repo: Path) -> None:
+    """version_policy latest 1 with a broken file dropped in as the highest version: the load is
+    refused and the version that served keeps serving (as Triton does), not a model gone dark."""
+    rewrite(repo / "pets" / "config.pbtxt", CONFIG.replace("num_versions: 2", "num_versions: 1"))
+    registry = ModelRegistry(repo)
+    registry.load_all()
+    assert list(registry.models["pets"]) == ["3"]
+    serving = registry.get("pets")
+    (repo / "pets" / "4").mkdir()
+    (repo / "pets" / "4" / "model.onnx").write_bytes(b"not an onnx file")
+    failures = registry.load_model("pets")
+    assert [f.version for f in failures] == ["4"] and failures[0].kept_serving
+    assert registry.get("pets") is serving and list(registry.models["pets"]) == ["3"] and registry.ready
+    assert index_of(registry, "pets")["3"] == ("READY", "") and index_of(registry, "pets")["4"][0] == "UNAVAILABLE"
+    shutil.rmtree(repo / "pets" / "4")
+    assert registry.load_model("pets") == [] and list(registry.models["pets"]) == ["3"]
+
+
 def test_removing_the_config_serves_every_version_by_the_files_metadata(repo: Path) -> None:
     registry = ModelRegistry(repo)
     registry.load_all()

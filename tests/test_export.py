@@ -248,3 +248,43 @@ def test_model_names_follow_the_repository_rule(capsys: pytest.CaptureFixture) -
         with pytest.raises(SystemExit):
             parse_args(["--checkpoint", "x.pt", "--name", bad])
         assert NAME_RULE in capsys.readouterr().err
+
+
+def test_weights_ema_exports_the_moving_average_with_its_own_temperature(exported: Exported, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(5)
+    averaged = DigitNet(ModelConfig(stages=((8,), (16,)))).eval()
+    torch.nn.init.normal_(averaged.head[-1].weight, std=3.0)
+    checkpoint = random_checkpoint(tmp_path / "model.pt", temperature=1.0, ema_temperature=2.0,
+                                   ema_state_dict=averaged.state_dict())
+    result = export_checkpoint(checkpoint, "digits", 1, tmp_path / "models", exported.data_dir, parity_images=16,
+                               weights="ema")
+    served = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    images, _ = real_test_sample()
+    pixels = (images[:8, None] / 255).astype(np.float32)
+    with torch.no_grad():
+        expected = torch.softmax(averaged(torch.from_numpy(pixels)) / 2.0, 1).numpy()
+    np.testing.assert_allclose(served.run(["probabilities"], {"input": pixels})[0], expected, atol=1e-5)
+    meta = served.get_modelmeta().custom_metadata_map
+    assert meta["temperature"] == "2" and "moving average" in meta["weights"] and "--weights ema" in meta["reproduce"]
+    plain = random_checkpoint(tmp_path / "plain.pt")  # trained without a moving average
+    assert main(["--checkpoint", str(plain), "--name", "digits", "--version", "2", "--repo", str(tmp_path / "models"),
+                 "--data-dir", str(exported.data_dir), "--weights", "ema"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no moving average" in err
+
+
+def test_a_new_export_keeps_the_folders_version_policy(exported: Exported, tmp_path: Path) -> None:
+    from export.triton_config import write_triton_config
+    from server.model_config import VersionPolicy, read_model_config
+
+    repo = tmp_path / "models"
+    (repo / "digits" / "1").mkdir(parents=True)
+    (repo / "digits" / "1" / "model.onnx").write_bytes(exported.result.path.read_bytes())
+    write_triton_config(repo / "digits", repo / "digits" / "1" / "model.onnx", version_policy=VersionPolicy("latest", 1))
+    export_checkpoint(exported.checkpoint, "digits", 2, repo, exported.data_dir, parity_images=16,
+                      allow_less_accurate=True)
+    config = read_model_config(repo / "digits")
+    assert config.version_policy == VersionPolicy("latest", 1) and len(config.labels) == 10
+    export_checkpoint(exported.checkpoint, "fresh", 1, repo, exported.data_dir, parity_images=16)
+    assert read_model_config(repo / "fresh").version_policy.kind == "all"  # no config before: every version serves

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageFilter
 
-from bench.photo_pages import CLEAN_KINDS, PHOTO_KINDS, make_sample
+from training.photo_pages import CLEAN_KINDS, PHOTO_KINDS, make_sample
 from server.decoding import decode_image, pixels_to_array
 from server.digit import mnist_digit, reduce_large
 from server.errors import InvalidInput, NoDigitFound, ServingError, TooLarge

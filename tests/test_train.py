@@ -28,7 +28,8 @@ from training.model import DigitNet, ModelConfig, multiply_adds
 
 REAL_DIGITS = ROOT / "tests" / "data" / "mnist_test_2000.npz"
 
-TINY = ["--stages", "4:8", "--batch-size", "64", "--threads", "1", "--device", "cpu"]
+# MNIST alone: the real-looking share (tests/test_real_share.py) renders its pool through Pillow.
+TINY = ["--stages", "4:8", "--batch-size", "64", "--threads", "1", "--device", "cpu", "--real-share", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +201,7 @@ def test_bad_arguments_exit_with_a_one_line_message(capsys: pytest.CaptureFixtur
 def test_help_shows_defaults() -> None:
     result = subprocess.run([sys.executable, "-m", "training.train", "--help"], cwd=ROOT, capture_output=True,
                             text=True, env={**os.environ, "COLUMNS": "200"})
-    assert result.returncode == 0 and "(default: 12)" in result.stdout and "--fast" in result.stdout
+    assert result.returncode == 0 and "(default: 30)" in result.stdout and "--fast" in result.stdout
 
 
 def real_digits(shift_labels: int) -> Mnist:
@@ -217,7 +218,7 @@ def test_a_few_seconds_on_real_digits_learns_them_unless_labels_are_misaligned(t
                                                                                 shift_labels: int) -> None:
     args = train.parse_args(["--out", str(tmp_path), "--stages", "8:16:32", "--epochs", "8", "--batch-size", "32",
                              "--lr", "0.1", "--dropout", "0", "--no-augment", "--teacher", "none",
-                             "--calibration-images", "0", "--threads", "1", "--device", "cpu"])
+                             "--calibration-images", "0", "--real-share", "0", "--threads", "1", "--device", "cpu"])
     summary = train.run(args, real_digits(shift_labels))
     assert summary["train_images"] == 1500 and summary["eval_images"] == 500
     if shift_labels:  # the negative control: the same loop learns nothing from mislabelled pairs
@@ -260,7 +261,8 @@ def test_stem_stride_and_separable_blocks_cut_multiply_adds() -> None:
         model = DigitNet(cheaper).eval()
         assert multiply_adds(model) < multiply_adds(plain) / 2
         assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
-    assert multiply_adds(DigitNet(ModelConfig())) == 29_128_448  # version 1's network
+    assert multiply_adds(DigitNet(ModelConfig(stages=((32, 32), (64, 64), (128, 128))))) == 29_128_448  # version 1's
+    assert multiply_adds(DigitNet(ModelConfig())) < 4_000_000  # version 2's lean net, the default
 
 
 def test_frontier_plot_is_drawn_from_the_committed_rows(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from server.model_config import read_model_config
 from tests.conftest import COMMITTED_MNIST, COMMITTED_REPOSITORY, MNIST_SAMPLE, ROOT  # noqa: F401 (re-exported)
 from tests.onnx_factory import write_classifier
 
@@ -148,9 +149,14 @@ def committed_model_files(root: Path = ROOT) -> list[Path]:
 
 
 def committed_digit_models(root: Path = ROOT) -> list[tuple[str, str, Path]]:
-    """(name, version, path) of every committed model whose preprocessing preset is `mnist-digit`."""
+    """(name, version, path) of every committed model version that serves (its folder's config.pbtxt
+    version_policy says which) and whose preprocessing preset is `mnist-digit`."""
     found = []
     for path in committed_model_files(root):
+        config = read_model_config(path.parent.parent)
+        on_disk = [p.name for p in path.parent.parent.iterdir() if p.name.isdigit()]
+        if config is not None and int(path.parent.name) not in config.version_policy.select(on_disk):
+            continue
         metadata = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
         if metadata.get("preprocessing") == "mnist-digit":
             found.append((path.parent.parent.name, path.parent.name, path))

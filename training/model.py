@@ -18,7 +18,7 @@ class ModelConfig:
     `stem_stride` 2 makes the first convolution halve the image (every later map is 4x smaller);
     `separable` makes every convolution but the first depthwise 3x3 + pointwise 1x1 (MobileNet's)."""
 
-    stages: tuple[tuple[int, ...], ...] = ((32, 32), (64, 64), (128, 128))
+    stages: tuple[tuple[int, ...], ...] = ((16,), (32,), (64,), (128, 128))  # version 2's lean net
     dropout: float = 0.1
     num_classes: int = 10
     image_size: int = 28

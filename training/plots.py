@@ -93,7 +93,7 @@ def plot_frontier(rows: list[dict], path: Path, budget_ratio: float = 0.25) -> N
     """Test accuracy against µs per image at batch 1 (docs/training-frontier.json's rows): one point
     per seed, the mean marked, and the cost budget as a line at `budget_ratio` × version 1's time."""
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    markers = {"full": "o", "chosen": "*", "screen": "x", "session2": "D", "session3": "s"}
+    markers = {"full": "o", "chosen": "*", "screen": "x", "session2": "D", "session3": "s", "session4": "P"}
     reference = next((row["us_batch1"] for row in rows if row.get("ratio_batch1") == 1.0), None)
     for row in rows:
         accuracies = [100 * a for a in row["test_accuracy"]]
@@ -106,6 +106,7 @@ def plot_frontier(rows: list[dict], path: Path, budget_ratio: float = 0.25) -> N
         ax.axvline(budget_ratio * reference, color="tab:red", linestyle="--",
                    label=f"{budget_ratio:g} × version 1's time (issue 20's budget)")
     ax.axhline(99.70, color="tab:green", linestyle=":", label="99.70 % (issue 20's target)")
+    ax.axhline(99.65, color="tab:purple", linestyle=":", label="99.65 % (issue 27's bar: shipped model and mean)")
     ax.set_ylim(top=max(99.75, ax.get_ylim()[1]))
     ax.set(xscale="log", xlabel="µs per image, onnxruntime, 1 thread, batch 1 (log scale)",
            ylabel="test accuracy (%): seeds, and their mean in black", title="Accuracy against cost")

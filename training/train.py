@@ -1,4 +1,6 @@
-"""Train the digit CNN on MNIST (CPU or GPU): batched on-tensor augmentation, one-cycle SGD,\ndistillation from a teacher ONNX model, and a softmax temperature fitted on held-out images."""
+"""Train the digit CNN on MNIST (CPU or GPU): batched on-tensor augmentation, one-cycle SGD, a share
+of real-looking inputs as the server preprocesses them, distillation from a teacher ONNX model, an
+exponential moving average of the weights, and a softmax temperature fitted on held-out images."""
 from __future__ import annotations
 
 import json
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from training import plots
@@ -22,6 +25,7 @@ from training.config import TrainConfig, parse_config
 from training.data import DataError, Mnist, dataset_sha256, ensure_mnist, load_mnist
 from training.distill import OnnxTeacher, TeacherError, distillation_loss
 from training.model import DigitNet, ModelConfig, multiply_adds, parameter_count
+from training.real_share import load_pool
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +120,28 @@ class Trainer:
     generator: torch.Generator
     amp_dtype: torch.dtype | None
     teacher: OnnxTeacher | None = None
+    real_images: torch.Tensor | None = None  # the real-looking pool (uint8 [P, 28, 28]) and its labels
+    real_labels: torch.Tensor | None = None
     optimizer: torch.optim.Optimizer = field(init=False)
     scheduler: torch.optim.lr_scheduler.LRScheduler = field(init=False)
 
     def __post_init__(self) -> None:
-        steps = self.args.epochs * math.ceil(len(self.train_labels) / self.args.batch_size)
+        # The pool sits after the MNIST images, so a batch's index picks from both.
+        self.mnist_count = len(self.train_labels)
+        self.real_count = 0 if self.real_images is None or not self.args.real_share else len(self.real_labels)
+        if self.real_count:
+            self.train_images = torch.cat([self.train_images, self.real_images])
+            self.train_labels = torch.cat([self.train_labels, self.real_labels])
+        steps = self.args.epochs * math.ceil(self.mnist_count / self.args.batch_size)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.args.lr, momentum=0.9,
                                          nesterov=True, weight_decay=self.args.weight_decay)
         # OneCycleLR divides by zero below 8 steps; tiny runs (tests) just stop early in the cycle.
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, max_lr=self.args.lr, total_steps=max(steps, 8), pct_start=0.25)
         self.forward = torch.compile(self.model) if self.args.compile else self.model
+        # The moving average of the weights (BatchNorm's statistics too), evaluated beside them.
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.args.ema_decay), use_buffers=True)
+                    if self.args.ema_decay else None)
         # The teacher's answers for the un-augmented images, computed once: running version 1 (8x the
         # student's multiply-adds) on every augmented batch made each epoch 3x slower on a CPU.
         self.teacher_log_probs = None
@@ -137,6 +152,20 @@ class Trainer:
                 for start in range(0, len(self.train_labels), EVAL_BATCH)])
             log.info("teacher %s: soft targets for %d training images in %.1fs", self.teacher.path,
                      len(self.train_labels), time.perf_counter() - started)
+
+    def batch_indices(self) -> tuple[torch.Tensor, ...]:
+        """Each step's images: a shuffled pass over MNIST or, with --real-share, that share of every
+        batch drawn from the real-looking pool and the rest from a shuffled MNIST (same steps)."""
+        order = torch.randperm(self.mnist_count, generator=self.generator, device=self.device)
+        real = round(self.args.real_share * self.args.batch_size) if self.real_count else 0
+        if not real:
+            return order.split(self.args.batch_size)
+        steps, mnist = math.ceil(self.mnist_count / self.args.batch_size), self.args.batch_size - real
+        batches = order[:steps * mnist].split(mnist)
+        draws = torch.cat([torch.randperm(self.real_count, generator=self.generator, device=self.device)
+                           for _ in range(math.ceil(len(batches) * real / self.real_count))])
+        pool = (self.mnist_count + draws[:len(batches) * real]).split(real)
+        return tuple(torch.cat(pair) for pair in zip(batches, pool))
 
     def batch(self, index: torch.Tensor) -> torch.Tensor:
         """Training inputs for `index`, augmented unless --no-augment."""
@@ -157,8 +186,7 @@ class Trainer:
     def epoch(self, number: int) -> tuple[float, float, int]:
         """One pass over the shuffled training images; mean loss, accuracy, images seen."""
         self.model.train()
-        order = torch.randperm(len(self.train_labels), generator=self.generator, device=self.device)
-        batches = order.split(self.args.batch_size)
+        batches = self.batch_indices()
         if self.args.dry_run:
             batches = batches[:1]
         loss_sum = torch.zeros((), device=self.device)
@@ -177,6 +205,8 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             loss_sum += loss.detach() * len(index)
             correct += (logits.argmax(1) == labels).sum()
             if step % 20 == 0:
@@ -226,20 +256,31 @@ def calibrate(model: DigitNet, images: torch.Tensor, labels: torch.Tensor) -> fl
     return fit_temperature(predict_logits(model, images).cpu().numpy(), labels.cpu().numpy())
 
 
+def held_out_fit(model: DigitNet, data: dict[str, torch.Tensor], prefix: str = "") -> tuple[float, dict]:
+    """The fitted temperature, and the held-out calibration images' loss and accuracy at it (what a
+    rule choosing among runs may look at without the test set); no fields without held-out images."""
+    temperature = calibrate(model, data["calibration_images"], data["calibration_labels"])
+    if not len(data["calibration_labels"]):
+        return temperature, {}
+    result = evaluate(model, data["calibration_images"], data["calibration_labels"], temperature)
+    return temperature, {f"{prefix}calibration_loss": result.loss, f"{prefix}calibration_accuracy": result.accuracy}
+
+
 def split_data(mnist: Mnist, args: TrainConfig, device: torch.device) -> dict[str, torch.Tensor]:
     """Training tensors, the held-out calibration images and the evaluation set (validation or test)."""
     images, labels = torch.from_numpy(mnist.train.images), torch.from_numpy(mnist.train.labels)
+    sources = torch.arange(len(labels))  # each kept image's index in MNIST's training set
     eval_images, eval_labels = torch.from_numpy(mnist.test.images), torch.from_numpy(mnist.test.labels)
     if args.validation:
         # A fixed split (seed 0, not --seed) so every candidate recipe sees the same held-out images.
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
         held, kept = order[:args.validation], order[args.validation:]
         eval_images, eval_labels = images[held], labels[held]
-        images, labels = images[kept], labels[kept]
+        images, labels, sources = images[kept], labels[kept], sources[kept]
     calibration = torch.randperm(len(labels), generator=torch.Generator().manual_seed(CALIBRATION_SPLIT_SEED))
     held, kept = calibration[:args.calibration_images], calibration[args.calibration_images:].sort().values
     calibration_images, calibration_labels = images[held], labels[held]
-    images, labels = images[kept], labels[kept]
+    images, labels, sources = images[kept], labels[kept], sources[kept]
     if args.limit:
         images, labels = images[:args.limit], labels[:args.limit]
     eval_limit = args.batch_size if args.dry_run else args.limit
@@ -248,8 +289,39 @@ def split_data(mnist: Mnist, args: TrainConfig, device: torch.device) -> dict[st
         calibration_images, calibration_labels = calibration_images[:eval_limit], calibration_labels[:eval_limit]
     tensors = {"train_images": images, "train_labels": labels, "eval_images": eval_images,
                "eval_labels": eval_labels, "calibration_images": calibration_images,
-               "calibration_labels": calibration_labels}
+               "calibration_labels": calibration_labels, "train_sources": sources}
     return {name: tensor.to(device) for name, tensor in tensors.items()}
+
+
+def real_looking(mnist: Mnist, args: TrainConfig, train_sources: torch.Tensor,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+    """The real-looking pool's images and labels (None without --real-share), less any drawn from
+    held-out training images; --limit and --dry-run render a pool no larger than what they train on."""
+    if not args.real_share:
+        return None, None
+    one_batch = max(1, round(args.batch_size * args.real_share))  # all a dry run uses
+    count = min(args.real_pool, args.limit or args.real_pool, one_batch if args.dry_run else args.real_pool)
+    pool = load_pool(mnist, count, args.real_seed, args.data_dir, args.render_workers)
+    held_out = np.setdiff1d(np.arange(len(mnist.train.labels)), train_sources.cpu().numpy())
+    pool = pool.without(held_out)
+    return torch.from_numpy(pool.images).to(device), torch.from_numpy(pool.labels).to(device)
+
+
+def evaluate_ema(trainer: Trainer, data: dict[str, torch.Tensor]) -> dict:
+    """The moving average's evaluation at its own fitted temperature: a metrics row's fields, a
+    log fragment and the checkpoint's fields (its weights too); empty without --ema-decay."""
+    if trainer.ema is None:
+        return {}
+    averaged = trainer.ema.module
+    temperature, held_out = held_out_fit(averaged, data, "ema_")
+    result = evaluate(averaged, data["eval_images"], data["eval_labels"], temperature)
+    eval_name = "validation" if trainer.args.validation else "test"
+    return {"row": {"ema_eval_loss": result.loss, "ema_eval_accuracy": result.accuracy, "ema_eval_ece": result.ece,
+                    "ema_temperature": temperature, **held_out},
+            "text": f" | EMA acc {result.accuracy:.4f} ECE {result.ece:.4f} (T {temperature:.3f})",
+            "checkpoint": {"ema_state_dict": {k: v.detach().cpu() for k, v in averaged.state_dict().items()},
+                           "ema_temperature": temperature, f"ema_{eval_name}_accuracy": result.accuracy,
+                           f"ema_{eval_name}_ece": result.ece}}
 
 
 def first_epoch_reaching(epochs: list[dict], threshold: float) -> dict | None:
@@ -294,15 +366,19 @@ def run(args: TrainConfig, mnist: Mnist | None = None) -> dict:
     macs = multiply_adds(model)
     model = model.to(device).to(memory_format=torch.channels_last)
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    trainer = Trainer(args, device, model, data["train_images"], data["train_labels"], generator, amp_dtype, teacher)
+    real_images, real_labels = real_looking(mnist, args, data["train_sources"], device)
+    trainer = Trainer(args, device, model, data["train_images"], data["train_labels"], generator, amp_dtype, teacher,
+                      real_images, real_labels)
     eval_name = "validation" if args.validation else "test"
     summary = {"device": str(device), "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
                "threads": args.threads, "parameters": parameter_count(model), "multiply_adds": macs,
                "train_images": len(data["train_labels"]), "calibration_images": len(data["calibration_labels"]),
+               "real_looking_images": trainer.real_count,
                "teacher": str(args.teacher) if teacher else None, "eval_set": eval_name,
                "eval_images": len(data["eval_labels"]), "torch_version": torch.__version__}
-    log.info("training %s parameters (%.1f M multiply-adds an image) on %d images, %s, %s, %d threads%s; "
-             "evaluating on %d %s images", summary["parameters"], macs / 1e6, summary["train_images"], device,
+    log.info("training %s parameters (%.1f M multiply-adds an image) on %d images (+%d real-looking, %.0f %% of "
+             "each batch), %s, %s, %d threads%s; evaluating on %d %s images", summary["parameters"], macs / 1e6,
+             summary["train_images"], trainer.real_count, 100 * args.real_share if trainer.real_count else 0, device,
              summary["precision"], args.threads, f", distilling from {args.teacher}" if teacher else "",
              summary["eval_images"], eval_name)
     epochs: list[dict] = []
@@ -312,19 +388,22 @@ def run(args: TrainConfig, mnist: Mnist | None = None) -> dict:
             epoch_start = time.perf_counter()
             train_loss, train_accuracy, seen = trainer.epoch(number)
             train_s = time.perf_counter() - epoch_start
-            temperature = calibrate(model, data["calibration_images"], data["calibration_labels"])
+            temperature, held_out = held_out_fit(model, data)
             result = evaluate(model, data["eval_images"], data["eval_labels"], temperature)
+            averaged = evaluate_ema(trainer, data)
             epochs.append({"epoch": number, "train_loss": train_loss, "train_accuracy": train_accuracy,
                            "eval_loss": result.loss, "eval_accuracy": result.accuracy, "eval_ece": result.ece,
-                           "temperature": temperature, "train_s": round(train_s, 2),
+                           "temperature": temperature, **held_out, **averaged.get("row", {}),
+                           "train_s": round(train_s, 2),
                            "epoch_s": round(time.perf_counter() - epoch_start, 2),
                            "elapsed_s": round(time.perf_counter() - started, 2),
                            "train_images_per_s": round(seen / train_s, 1)})
-            log.info("epoch %d/%d: train loss %.4f acc %.4f | %s loss %.4f acc %.4f ECE %.4f (T %.3f) | %.1fs, "
+            log.info("epoch %d/%d: train loss %.4f acc %.4f | %s loss %.4f acc %.4f ECE %.4f (T %.3f)%s | %.1fs, "
                      "%.0f img/s", number, args.epochs, train_loss, train_accuracy, eval_name, result.loss,
-                     result.accuracy, result.ece, temperature, epochs[-1]["epoch_s"],
+                     result.accuracy, result.ece, temperature, averaged.get("text", ""), epochs[-1]["epoch_s"],
                      epochs[-1]["train_images_per_s"])
-            accuracy = {"test_accuracy": None, f"{eval_name}_accuracy": result.accuracy, f"{eval_name}_ece": result.ece}
+            accuracy = {"test_accuracy": None, f"{eval_name}_accuracy": result.accuracy, f"{eval_name}_ece": result.ece,
+                        **averaged.get("checkpoint", {})}
             args.out.mkdir(parents=True, exist_ok=True)  # only now: a run stopped sooner leaves no empty folder
             save_checkpoint(args.out / "model.pt", model, args=args.to_dict(), epoch=number,
                             data_sha256=mnist.file_sha256, dataset_sha256=dataset_sha256(mnist),
@@ -340,6 +419,9 @@ def run(args: TrainConfig, mnist: Mnist | None = None) -> dict:
         raise
     summary.update(total_s=round(time.perf_counter() - started, 2), final_accuracy=epochs[-1]["eval_accuracy"],
                    final_ece=epochs[-1]["eval_ece"], temperature=epochs[-1]["temperature"])
+    if trainer.ema is not None:
+        summary.update(final_ema_accuracy=epochs[-1]["ema_eval_accuracy"], final_ema_ece=epochs[-1]["ema_eval_ece"],
+                       ema_temperature=epochs[-1]["ema_temperature"])
     write_metrics(args.out / "metrics.json", summary, epochs)
     write_plots(args.out, epochs, data, model, result)
     return summary

@@ -1,10 +1,10 @@
 """`make triton-test`: the real Triton and this server side by side, one client script against both.
 
 Runs in `.venv-triton` (nvidia-pytriton's `tritonserver` 2.51, tritonclient[http,grpc],
-onnxruntime). It copies the committed `models/` into a scratch folder, writes `config.pbtxt` and
-`labels.txt` for `mnist` there with `export/triton_config.py` (so Triton serves its labels and
-every version, as this server does) and leaves `mnist-int8` without one (Triton's auto-complete),
-lays out a backend folder (the wheel's Python backend files, copied, plus the STAND-IN onnxruntime
+onnxruntime). It checks that every committed model folder carries the `config.pbtxt` and
+`labels.txt` that `export/triton_config.py` writes, copies the committed `models/` as it is into a
+scratch folder (so Triton serves the committed folders themselves: their labels, batch limits and
+version policies), lays out a backend folder (the wheel's Python backend files, copied, plus the STAND-IN onnxruntime
 backend tests/triton/standin_onnxruntime/model.py, since the wheel has no C++ onnxruntime
 backend), starts `tritonserver` in explicit model-control mode and this server (gunicorn, from
 `.venv-serve`) on the same folder on free 127.0.0.1 ports, and asks both the same questions with
@@ -26,7 +26,6 @@ SIGTERM then SIGKILL).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -53,7 +52,7 @@ from tritonclient.utils import InferenceServerException
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from bench.triton_server import find_install, layout_backends, triton_argv, triton_env  # noqa: E402
-from server.model_config import (ModelConfigError, VersionPolicy, model_config_class,  # noqa: E402
+from server.model_config import (ModelConfigError, model_config_class,  # noqa: E402
                                  parse_model_config)  # (a pure module: protobuf only)
 from tests.onnx_factory import write_simple, write_simple_identity  # noqa: E402
 from tests.triton_examples import EXAMPLES  # noqa: E402
@@ -64,48 +63,27 @@ LOG_DIR = ROOT / "tests" / "artifacts" / "logs"
 GRPC_SKIP = "not asked over gRPC by this script yet (tests/test_grpc.py checks its gRPC with tritonclient.grpc)"
 
 # check -> why the two servers answer differently. docs/models.md shows the same table.
-_OVER_BATCH = ("mnist-int8 has no config.pbtxt: Triton's auto-complete gives it max_batch_size 4 and refuses a "
-               "request of more rows (400 'batch-size must be <= 4'); this server, with no config.pbtxt to say so, "
-               "runs any number of rows. With a config.pbtxt (mnist, max_batch_size 64) both refuse 65 rows with "
-               "the same message")
-_NO_LABELS = ("mnist-int8 has no config.pbtxt: Triton takes labels only from a config's label_filename and "
-              "ignores the ONNX file's metadata_props, where this server finds them. "
-              "export/triton_config.py writes labels.txt + config.pbtxt (mnist answers the same)")
-_VERSION_POLICY = ("mnist-int8 has no config.pbtxt, so Triton applies its default version_policy "
-                   "(latest 1) and unloads version 1 when 2 arrives; this server serves every version on disk. "
-                   "With version_policy all (mnist) both answer the same")
 KNOWN_DIFFERENCES: dict[str, str] = {
     "server.metadata": "Triton lists the extensions it implements beyond the five this server speaks "
                        "(binary_tensor_data, classification, model_repository, statistics, model_configuration): "
                        "shared memory, trace, logging, sequence, schedule_policy, parameters, unload_dependents",
-    "model.config[mnist-int8]": "mnist-int8 has no config.pbtxt: Triton's auto-complete gives it max_batch_size 4, "
-                                "dynamic batching, dims without the batch axis and version_policy latest 1; this "
-                                "server answers what it serves: max_batch_size 0 (no row limit), the batch axis in "
-                                "dims, version_policy all. With a config.pbtxt (mnist) both answer the file",
-    "infer.over_largest_batch[mnist-int8]": _OVER_BATCH,
-    "classification.top3.binary[mnist-int8]": _NO_LABELS,
-    "classification.top3.json[mnist-int8]": _NO_LABELS,
     "repository.load_unknown_model": "loading a model that is not in the repository: Triton 500 'failed to poll "
                                       "from model repository', this server 404 'no model ... expected "
                                       "nope/<version>/model.onnx' (the client's mistake, so a 4xx)",
+    "repository.index": "this server's index lists every version on disk, those its config.pbtxt version_policy "
+                        "leaves out as UNAVAILABLE with the reason ('not served: config.pbtxt version_policy latest "
+                        "1'); Triton's lists only the versions it has loaded at some time, so mnist 1 (kept on disk "
+                        "for a rollback, not served) is missing there",
+    "repository.index_after_new_version": "as repository.index: both serve the new version only and show the one it "
+                                          "replaced as UNAVAILABLE; this server also lists mnist 1, never loaded",
     "repository.unload": "an unloaded model's infer: Triton 404 'has no available versions', this server 503 "
                          "saying how to load it; readiness and index state (UNAVAILABLE) agree",
-    "repository.broken_version": "both refuse the load (400) and keep versions 1 and 2 serving, but Triton "
+    "repository.broken_version": "both refuse the load (400) and keep the versions that served serving, but Triton "
                                 "(--strict-readiness, its default) then reports the server not ready; this server "
                                 "stays ready while every model has a serving version (docs/models.md, step 2), so "
                                 "a load balancer does not pull a box that still answers",
-    "repository.new_version[mnist-int8]": _VERSION_POLICY,
-    "repository.index_after_new_version": _VERSION_POLICY + " (Triton's index shows mnist-int8 1 UNAVAILABLE)",
 }
-
-
-def _triton_module(name: str):
-    """export/triton_config.py loaded by path: `import export` would import torch, absent here."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "export" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+MODELS = ("mnist", "mnist-int8")
 
 
 # ---------------------------------------------------------------- processes
@@ -268,6 +246,11 @@ def infer_answer(target: Target, model: str, array: np.ndarray, version: str = "
     return outcome(call)
 
 
+def version_or_error(answer: dict) -> Any:
+    """The version that answered, or the error (as compared: its status)."""
+    return answer.get("model_version", answer)
+
+
 def _typed_input(target: Target, name: str, array: np.ndarray, datatype: str):
     lib = grpcclient if target.grpc else httpclient
     tensor = lib.InferInput(name, list(array.shape), datatype)
@@ -362,8 +345,32 @@ def digits(count: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return (images[index].astype(np.float32) / 255.0)[:, None], labels[index]
 
 
+def latest_versions(repo: Path) -> dict[str, int]:
+    """Each model's highest version on disk: the one both servers serve by default."""
+    return {model: max(int(d.name) for d in (repo / model).iterdir() if d.name.isdigit()) for model in MODELS}
+
+
+def committed_configs(run: Run, models: Path) -> None:
+    """Every committed model folder carries config.pbtxt and labels.txt, and they read back."""
+    for folder in sorted(d for d in models.iterdir() if d.is_dir()):
+        check = f"repository.committed_config[{folder.name}]"
+        if not (folder / "config.pbtxt").is_file() or not (folder / "labels.txt").is_file():
+            run.record(False, check, f"{folder} lacks config.pbtxt or labels.txt (make export writes both)")
+            continue
+        try:
+            config = parse_model_config((folder / "config.pbtxt").read_text(), folder)
+        except ModelConfigError as error:
+            run.record(False, check, str(error))
+            continue
+        run.record(config.max_batch_size > 4 and len(config.labels or ()) == 10, check,
+                   f"max_batch_size {config.max_batch_size}, {len(config.labels or ())} labels, "
+                   f"version_policy {config.version_policy.kind}")
+
+
 def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None:
     both = (th, sv)
+    latest = latest_versions(repo)
+    default, int8_default = str(latest["mnist"]), str(latest["mnist-int8"])
 
     def ask(call: Callable[[Target], Any]) -> tuple[Any, Any]:
         return tuple(outcome(lambda t=t: call(t)) for t in both)
@@ -376,7 +383,7 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
         "health.live": lambda t: t.client.is_server_live(),
         "health.ready": lambda t: t.client.is_server_ready(),
         "health.model_ready": lambda t: {m: t.client.is_model_ready(m) for m in ("mnist", "mnist-int8", "nope")},
-        "health.version_ready": lambda t: {v: t.client.is_model_ready("mnist", v) for v in ("1", "9")},
+        "health.version_ready": lambda t: {v: t.client.is_model_ready("mnist", v) for v in ("1", default, "9")},
     }.items():
         triton, server = ask(call)
         run.compare(check, triton, server, expect=lambda a: a not in (False, {}))
@@ -395,16 +402,16 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
                "server.metadata.needed_extensions", f"both list {sorted(needed)}")
 
     # --- model metadata and configuration
-    for model in ("mnist", "mnist-int8"):
+    for model in MODELS:
         check = f"model.metadata[{model}]"
         triton, server = ask(lambda t: t.json_call("get_model_metadata", model))
         run.compare(check, triton, server)
         ask_grpc(check, triton, lambda t: t.json_call("get_model_metadata", model))
 
     check = "model.metadata.named_version"
-    triton, server = ask(lambda t: t.json_call("get_model_metadata", "mnist", "1"))
-    run.compare(check, triton, server, expect=lambda a: a.get("versions") == ["1"] or a.get("versions") == [1])
-    ask_grpc(check, triton, lambda t: t.json_call("get_model_metadata", "mnist", "1"))
+    triton, server = ask(lambda t: t.json_call("get_model_metadata", "mnist", default))
+    run.compare(check, triton, server, expect=lambda a: a.get("versions") in ([default], [int(default)]))
+    ask_grpc(check, triton, lambda t: t.json_call("get_model_metadata", "mnist", default))
 
     def config_summary(t: Target, model: str) -> dict:
         config = t.json_call("get_model_config", model)
@@ -416,23 +423,22 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
                 "output": [(o["name"], o["data_type"], o["dims"], o.get("label_filename", ""))
                            for o in config.get("output", [])]}
     configs = {}
-    for model in ("mnist", "mnist-int8"):
+    for model in MODELS:
         check = f"model.config[{model}]"
         triton, server = ask(lambda t: config_summary(t, model))
         configs[model] = triton
         run.compare(check, triton, server, expect=lambda a: "error" not in a)
         ask_grpc(check, triton, lambda t: config_summary(t, model))
-    for model in ("mnist", "mnist-int8"):
+    for model in MODELS:
         run.record(*_reads_tritons_config(th, repo, model))
-    run.record(configs["mnist"].get("max_batch_size") == 64 and not configs["mnist"].get("dynamic_batching")
-               and configs["mnist-int8"].get("max_batch_size") == 4 and configs["mnist-int8"].get("dynamic_batching"),
-               "model.config.auto_complete",
-               f"written config: max_batch_size 64, no dynamic batching; auto-complete (stand-in backend): "
-               f"max_batch_size 4 + dynamic batching, as the C++ backend fills it; got {short(configs)}")
+    run.record(all(configs[m].get("max_batch_size") == 64 and not configs[m].get("dynamic_batching")
+                   and configs[m]["output"][0][3] == "labels.txt" for m in MODELS),
+               "model.config.committed", f"the committed config.pbtxt, as Triton serves it: max_batch_size 64, no "
+                                         f"dynamic batching, labels.txt; got {short(configs)}")
 
     # --- inference
     one, one_label = digits(1)
-    session = ort.InferenceSession(str(repo / "mnist" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(repo / "mnist" / default / "model.onnx"), providers=["CPUExecutionProvider"])
     for binary in (True, False):
         kind = "binary" if binary else "json"
         check = f"infer.batch1.{kind}"
@@ -444,7 +450,7 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
         if binary:
             ask_grpc(check, triton, lambda t: infer_answer(t, "mnist", one))
 
-    for model in ("mnist", "mnist-int8"):
+    for model in MODELS:  # 64 rows: the committed config.pbtxt, well above Triton's auto-completed 4
         largest = configs[model].get("max_batch_size", 0)
         batch, labels = digits(largest, offset=7)
         check = f"infer.largest_batch[{model}]"
@@ -457,8 +463,8 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
         triton, server = ask(lambda t: infer_answer(t, model, over))
         run.compare(check, triton, server, expect=lambda a: "error" in a)
 
-    # Requests arriving together (Triton's dynamic batcher joins them for mnist-int8): each gets its own rows.
-    int8 = ort.InferenceSession(str(repo / "mnist-int8" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    # Requests arriving together: each gets its own rows.
+    int8 = ort.InferenceSession(str(repo / "mnist-int8" / int8_default / "model.onnx"), providers=["CPUExecutionProvider"])
 
     def concurrent_rows(t: Target) -> dict:
         client = httpclient.InferenceServerClient(t.url, concurrency=16)
@@ -475,12 +481,12 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
     run.compare("infer.concurrent_requests_keep_their_rows", triton, server, expect=lambda a: a.get("wrong") == [])
     stats = th.client.get_inference_statistics("mnist-int8")["model_stats"][0].get("batch_stats", [])
     print(f"note: Triton ran mnist-int8 at batch sizes {sorted(int(b['batch_size']) for b in stats)} "
-          "(its dynamic batcher joins requests that arrive together)")
+          "(no dynamic batching in the committed config.pbtxt: each request as it came)")
 
     check = "infer.named_version"
-    triton, server = ask(lambda t: infer_answer(t, "mnist", one, version="1", binary=False))
-    run.compare(check, triton, server, expect=lambda a: a.get("model_version") == "1")
-    ask_grpc(check, triton, lambda t: infer_answer(t, "mnist", one, version="1"))
+    triton, server = ask(lambda t: infer_answer(t, "mnist", one, version=default, binary=False))
+    run.compare(check, triton, server, expect=lambda a: a.get("model_version") == default)
+    ask_grpc(check, triton, lambda t: infer_answer(t, "mnist", one, version=default))
 
     for check, call in {
         "infer.unknown_version": lambda t: infer_answer(t, "mnist", one, version="9"),
@@ -499,7 +505,7 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
     three, three_labels = digits(3, offset=20)
     for binary in (True, False):
         check = f"classification.top3.{'binary' if binary else 'json'}"
-        for model in ("mnist", "mnist-int8"):
+        for model in MODELS:
             triton, server = ask(lambda t: infer_answer(t, model, three, binary=binary, class_count=3))
             run.compare(f"{check}[{model}]", triton, server,
                         expect=lambda a: "output" in a and [row[0][1] for row in a["output"]["values"]]
@@ -539,7 +545,7 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
         return {"ready": t.client.is_model_ready("mnist-int8"),
                 "infer": infer_answer(t, "mnist-int8", one)["model_version"]}
     triton, server = ask(load_then_ask)
-    run.compare("repository.load", triton, server, expect=lambda a: a == {"ready": True, "infer": "1"})
+    run.compare("repository.load", triton, server, expect=lambda a: a == {"ready": True, "infer": int8_default})
     ask_grpc("repository.unload+load", {"ready": False, "ready_after_load": True},
              lambda t: {"ready": (t.client.unload_model("mnist-int8"),
                                   _settle(lambda: not t.client.is_model_ready("mnist-int8")),
@@ -548,25 +554,27 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
                                              t.client.is_model_ready("mnist-int8"))[-1]})
 
     # A new version dropped in the way docs/models.md says: written beside, renamed into place.
-    for model in ("mnist", "mnist-int8"):
+    for model in MODELS:
         staging = repo.parent / "staging" / model
         staging.mkdir(parents=True)
-        shutil.copy2(repo / model / "1" / "model.onnx", staging / "model.onnx")
-        staging.rename(repo / model / "2")
+        shutil.copy2(repo / model / str(latest[model]) / "model.onnx", staging / "model.onnx")
+        staging.rename(repo / model / str(latest[model] + 1))
 
     def new_version(t: Target, model: str) -> dict:
-        before = t.client.is_model_ready(model, "2")
+        old, new = str(latest[model]), str(latest[model] + 1)
+        before = t.client.is_model_ready(model, new)
         t.client.load_model(model)
         return {"ready_before_load": before,
                 "versions": t.json_call("get_model_metadata", model)["versions"],
-                "ready": {v: t.client.is_model_ready(model, v) for v in ("1", "2")},
-                "default_version": outcome(lambda: infer_answer(t, model, one)["model_version"]),
-                "v1_answers": outcome(lambda: infer_answer(t, model, one, version="1").get("model_version", "error"))}
-    for model in ("mnist", "mnist-int8"):
+                "ready": {v: t.client.is_model_ready(model, v) for v in (old, new)},
+                "default_version": version_or_error(infer_answer(t, model, one)),
+                "previous_answers": outcome(lambda: infer_answer(t, model, one, version=old).get("model_version",
+                                                                                              "error"))}
+    for model in MODELS:
         check = f"repository.new_version[{model}]"
         triton, server = ask(lambda t: new_version(t, model))
-        run.compare(check, triton, server, expect=lambda a: a.get("ready", {}).get("2") is True
-                    and a.get("default_version") == "2")
+        run.compare(check, triton, server, expect=lambda a: a.get("ready", {}).get(str(latest[model] + 1)) is True
+                    and a.get("default_version") == str(latest[model] + 1))
     triton, server = ask(index)
     run.compare("repository.index_after_new_version", triton, server)
     ask_grpc("repository.index_after_new_version", triton, index)
@@ -575,18 +583,19 @@ def run_checks(run: Run, repo: Path, th: Target, sv: Target, tg: Target) -> None
     staging = repo.parent / "staging" / "broken"
     staging.mkdir(parents=True)
     (staging / "model.onnx").write_bytes(b"not an onnx file")
-    staging.rename(repo / "mnist" / "3")
+    broken = str(latest["mnist"] + 2)
+    staging.rename(repo / "mnist" / broken)
 
     def broken_version(t: Target) -> dict:
         load = outcome(lambda: t.client.load_model("mnist") or "loaded")
         return {"load": {"error": load["error"]} if isinstance(load, dict) else load,
-                "ready": {v: t.client.is_model_ready("mnist", v) for v in ("1", "2", "3")},
-                "default_version": outcome(lambda: infer_answer(t, "mnist", one)["model_version"]),
+                "ready": {v: t.client.is_model_ready("mnist", v) for v in (default, str(latest["mnist"] + 1), broken)},
+                "default_version": version_or_error(infer_answer(t, "mnist", one)),
                 "server_ready": t.client.is_server_ready()}
     triton, server = ask(broken_version)
     run.compare("repository.broken_version", triton, server,
-                expect=lambda a: isinstance(a.get("load"), dict) and a["ready"]["3"] is False)
-    shutil.rmtree(repo / "mnist" / "3")
+                expect=lambda a: isinstance(a.get("load"), dict) and a["ready"][broken] is False)
+    shutil.rmtree(repo / "mnist" / broken)
 
 
 def run_examples(run: Run, triton: tuple[str, str], server: tuple[str, str]) -> None:
@@ -670,16 +679,13 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (CI's timeout) ends the run as a failure through `finally`, which stops both servers.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        committed_configs(run, ROOT / "models")
         repo = scratch / "models"
         shutil.copytree(ROOT / "models", repo)
         # The models Triton's example clients expect, for both servers (run_examples).
         write_simple(repo)
         write_simple(repo, "simple_string", strings=True)
         write_simple_identity(repo)
-        written = _triton_module("triton_config").write_triton_config(
-            repo / "mnist", repo / "mnist" / "1" / "model.onnx", version_policy=VersionPolicy("all"))
-        print(f"wrote {repo / 'mnist' / 'config.pbtxt'}: max_batch_size {written.max_batch_size}, "
-              f"labels {len(written.labels or ())}, version_policy {written.version_policy.kind}")
         backends = layout_backends(scratch / "backends", find_install(Path(sys.prefix)))
         triton, http_port, grpc_port, triton_s = start_triton(repo, backends)
         processes.append(triton)

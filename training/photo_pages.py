@@ -5,6 +5,10 @@ Photos are RGB JPEG bytes of a 640x480 (or 480x640) frame: paper with its tint a
 squared lines (slightly tilted), the digit in pen or pencil from a tenth to a third of the frame,
 specks, a light gradient or a cast shadow, the table beyond the paper's edge, blur, sensor noise
 and JPEG quality 40-90. Scans and canvases are clean PNGs, as a scanner or a drawing page makes.
+
+`make bench-photos` (bench/photo_eval.py) renders MNIST *test* digits with seeds below
+TRAINING_SEEDS; training's real-looking share (training/real_share.py) renders MNIST *training*
+digits with seeds from TRAINING_SEEDS up, so the two never draw the same input.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ from PIL import Image, ImageFilter
 PHOTO_KINDS = ("plain", "ruled", "squared", "gradient", "shadow", "paper-edge")
 CLEAN_KINDS = ("scan", "canvas")
 KINDS = PHOTO_KINDS + CLEAN_KINDS + ("mnist",)
+# Evaluation seeds are below this, training's pool seeds from it up: disjoint random streams.
+TRAINING_SEEDS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -29,15 +35,17 @@ class Sample:
     note: str
 
 
-def make_sample(kind: str, digit: np.ndarray, label: int, seed: int, index: int) -> Sample:
-    """The `index`-th input of `kind` showing `digit` (uint8 28x28, white on black)."""
+def make_sample(kind: str, digit: np.ndarray, label: int, seed: int, index: int, stroke: int = 0) -> Sample:
+    """The `index`-th input of `kind` showing `digit` (uint8 28x28, white on black); `stroke`
+    thickens (> 0) or thins (< 0) a canvas's pen by that many pixels a side (training draws other
+    widths; the evaluation keeps the digit's own)."""
     rng = np.random.default_rng([seed, KINDS.index(kind), index])
     if kind == "mnist":
         return Sample(kind, label, encode(Image.fromarray(digit), "PNG"), "MNIST's own 28x28")
     if kind == "scan":
         return _scan(digit, label, rng)
     if kind == "canvas":
-        return _canvas(digit, label, rng)
+        return _canvas(digit, label, rng, stroke)
     return _photo(kind, digit, label, rng)
 
 
@@ -72,9 +80,11 @@ def _scan(digit: np.ndarray, label: int, rng: np.random.Generator) -> Sample:
     return Sample("scan", label, encode(image, "PNG"), f"{side}px, digit {fraction:.0%}")
 
 
-def _canvas(digit: np.ndarray, label: int, rng: np.random.Generator) -> Sample:
+def _canvas(digit: np.ndarray, label: int, rng: np.random.Generator, stroke: int = 0) -> Sample:
     fraction = rng.uniform(0.55, 0.85)
     alpha = digit_alpha(digit, round(280 * fraction), rng, pen=True)
+    if stroke:
+        alpha = restroke(alpha, stroke)
     style = ("black-on-white", "white-on-black", "transparent")[int(rng.integers(3))]
     coverage = np.zeros((280, 280, 1), dtype=np.float32)
     _place(coverage, alpha, np.array([255.0]), rng, centred=True)
@@ -87,6 +97,22 @@ def _canvas(digit: np.ndarray, label: int, rng: np.random.Generator) -> Sample:
         ink = coverage if style == "white-on-black" else 1 - coverage
         image = Image.fromarray(np.round(ink * 255).astype(np.uint8)).convert("RGB")
     return Sample("canvas", label, encode(image, "PNG"), f"{style}, digit {fraction:.0%}")
+
+
+def restroke(alpha: np.ndarray, pixels: int) -> np.ndarray:
+    """The ink coverage with every stroke grown (pixels > 0) or shrunk (< 0) by `pixels` a side,
+    as a thicker or thinner brush would draw it; the result keeps some ink."""
+    size = 2 * abs(pixels) + 1
+    image = Image.fromarray(np.round(alpha * 255).astype(np.uint8))
+    # Grow into a margin, so a thicker stroke is not cut at the crop's edge.
+    if pixels > 0:
+        framed = Image.new("L", (image.width + 2 * pixels, image.height + 2 * pixels))
+        framed.paste(image, (pixels, pixels))
+        image = framed.filter(ImageFilter.MaxFilter(size))
+    else:
+        image = image.filter(ImageFilter.MinFilter(size))
+    result = np.asarray(image, dtype=np.float32) / 255
+    return result if result.max() > 0.5 else alpha
 
 
 def _place(page: np.ndarray, alpha: np.ndarray, ink: np.ndarray, rng: np.random.Generator,
