@@ -31,6 +31,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -306,18 +307,46 @@ def _server_class():
         """Granian's server, plus an age per worker (and its gRPC marker) and the clean-up after each
         worker's exit.
 
-        Each worker listens on its own SO_REUSEPORT socket (Granian's way on Linux), so the kernel
-        spreads new connections evenly over the workers (bench/spread.py; one socket shared by all
-        let the busiest worker accept most of them). A worker that stops closes its socket:
-        connections still in its accept queue then go to another worker with
-        net.ipv4.tcp_migrate_req=1 (Linux 5.14+), and are reset without it (docs/deploy.md)."""
+        Each worker slot listens on its own SO_REUSEPORT socket, so the kernel spreads new
+        connections evenly over the workers (bench/spread.py; one socket shared by all let the
+        busiest worker accept most of them). Granian lets each worker make its socket on Linux,
+        and a worker that dies takes it along: the connections in its accept queue are reset
+        (unless net.ipv4.tcp_migrate_req=1). Here the main process makes the slot's socket and
+        keeps it open; every worker in that slot (the first, its replacement, its successor on a
+        HUP) inherits it, so queued connections wait for the next one instead (docs/deploy.md)."""
 
         def __init__(self, *args, sync_dir: Path, grpc: bool, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self.sync_dir, self.grpc = sync_dir, grpc
             self.ages = itertools.count(1)
+            self.spec: Any = None
+            self.listeners: dict[int, tuple[Any, socket.socket]] = {}
+
+        def _init_shared_socket(self) -> None:
+            super()._init_shared_socket()
+            # Left set only on Linux over TCP (Granian's per-worker sockets); elsewhere Granian made
+            # one socket here, which every worker inherits, and that stays.
+            self.spec, self._ssp = self._ssp, None
+
+        def _listener(self, idx: int) -> tuple[Any, socket.socket]:
+            """Slot `idx`'s listening socket, made (bound with SO_REUSEPORT, listening) on first use."""
+            if idx not in self.listeners:
+                holder = self.spec.build()
+                sock = socket.socket(fileno=holder.get_fd())
+                sock.listen(self.backlog)  # from now: connections queue for whichever worker holds the slot
+                sock.set_inheritable(True)
+                self.listeners[idx] = (holder, sock)
+            return self.listeners[idx]
+
+        def _drop_shared_socket(self) -> None:
+            super()._drop_shared_socket()
+            for _, sock in self.listeners.values():
+                sock.close()  # the workers, told to stop next, close their copies as they go
+            self.listeners.clear()
 
         def _spawn_worker(self, idx, target, callback_loader):
+            if self.spec is not None:
+                self._shd, self._sso = self._listener(idx)  # what Granian hands the worker it forks
             age = next(self.ages)
             if self.grpc:
                 from .grpc import handoff
