@@ -344,6 +344,15 @@ def _server_class():
                 sock.close()  # the workers, told to stop next, close their copies as they go
             self.listeners.clear()
 
+        def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+            if os.getpid() != self.pid:
+                # A worker forks with this handler and keeps it while it loads the app, until Granian
+                # sets its own: there it would only flag this process's copy of the server, and a
+                # worker told to stop while booting would be killed GRACEFUL_SECONDS later. It has
+                # taken no HTTP request yet, so it stops now (_serve_worker drains gRPC if started).
+                raise SystemExit(0)
+            super().signal_handler_interrupt(*args, **kwargs)
+
         def _spawn_worker(self, idx, target, callback_loader):
             if self.spec is not None:
                 self._shd, self._sso = self._listener(idx)  # what Granian hands the worker it forks
