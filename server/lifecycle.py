@@ -7,9 +7,12 @@ Everything the server does at a worker's start and end lives here:
 
 - main process, once: temporary folders for metrics and model sync (removed at exit, unless the
   operator named them), the libraries imported and `gc.freeze()`d before the first fork;
+- main process, per worker slot: its listening socket, kept open for every worker in that slot in
+  turn, so that connections queued for one that dies wait for the next (`Server`);
 - main process, per worker: an age (unique for its life) and its gRPC marker `booting` before it
   forks; when it has exited, for whatever reason, its marker and its live metrics go;
 - worker, at start: the app, the gRPC server over its models (marker `serving`);
+- worker, told to stop while it loads the app: it exits at once (it holds no request yet);
 - worker, at its end (HUP, TERM, a recycle): HTTP stops taking requests and finishes those it
   holds (Granian), then gRPC waits for a successor to listen and sees its calls off (marker
   `stopping`, server/grpc/handoff.py);
@@ -341,7 +344,7 @@ def _server_class():
         def _drop_shared_socket(self) -> None:
             super()._drop_shared_socket()
             for _, sock in self.listeners.values():
-                sock.close()  # the workers, told to stop next, close their copies as they go
+                sock.close()  # the workers (told to stop next) hold their copies until they exit
             self.listeners.clear()
 
         def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
