@@ -7,9 +7,12 @@ Everything the server does at a worker's start and end lives here:
 
 - main process, once: temporary folders for metrics and model sync (removed at exit, unless the
   operator named them), the libraries imported and `gc.freeze()`d before the first fork;
+- main process, per worker slot: its listening socket, kept open for every worker in that slot in
+  turn, so that connections queued for one that dies wait for the next (`Server`);
 - main process, per worker: an age (unique for its life) and its gRPC marker `booting` before it
   forks; when it has exited, for whatever reason, its marker and its live metrics go;
 - worker, at start: the app, the gRPC server over its models (marker `serving`);
+- worker, told to stop while it loads the app: it exits at once (it holds no request yet);
 - worker, at its end (HUP, TERM, a recycle): HTTP stops taking requests and finishes those it
   holds (Granian), then gRPC waits for a successor to listen and sees its calls off (marker
   `stopping`, server/grpc/handoff.py);
@@ -31,6 +34,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -306,18 +310,55 @@ def _server_class():
         """Granian's server, plus an age per worker (and its gRPC marker) and the clean-up after each
         worker's exit.
 
-        Each worker listens on its own SO_REUSEPORT socket (Granian's way on Linux), so the kernel
-        spreads new connections evenly over the workers (bench/spread.py; one socket shared by all
-        let the busiest worker accept most of them). A worker that stops closes its socket:
-        connections still in its accept queue then go to another worker with
-        net.ipv4.tcp_migrate_req=1 (Linux 5.14+), and are reset without it (docs/deploy.md)."""
+        Each worker slot listens on its own SO_REUSEPORT socket, so the kernel spreads new
+        connections evenly over the workers (bench/spread.py; one socket shared by all let the
+        busiest worker accept most of them). Granian lets each worker make its socket on Linux,
+        and a worker that dies takes it along: the connections in its accept queue are reset
+        (unless net.ipv4.tcp_migrate_req=1). Here the main process makes the slot's socket and
+        keeps it open; every worker in that slot (the first, its replacement, its successor on a
+        HUP) inherits it, so queued connections wait for the next one instead (docs/deploy.md)."""
 
         def __init__(self, *args, sync_dir: Path, grpc: bool, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self.sync_dir, self.grpc = sync_dir, grpc
             self.ages = itertools.count(1)
+            self.spec: Any = None
+            self.listeners: dict[int, tuple[Any, socket.socket]] = {}
+
+        def _init_shared_socket(self) -> None:
+            super()._init_shared_socket()
+            # Left set only on Linux over TCP (Granian's per-worker sockets); elsewhere Granian made
+            # one socket here, which every worker inherits, and that stays.
+            self.spec, self._ssp = self._ssp, None
+
+        def _listener(self, idx: int) -> tuple[Any, socket.socket]:
+            """Slot `idx`'s listening socket, made (bound with SO_REUSEPORT, listening) on first use."""
+            if idx not in self.listeners:
+                holder = self.spec.build()
+                sock = socket.socket(fileno=holder.get_fd())
+                sock.listen(self.backlog)  # from now: connections queue for whichever worker holds the slot
+                sock.set_inheritable(True)
+                self.listeners[idx] = (holder, sock)
+            return self.listeners[idx]
+
+        def _drop_shared_socket(self) -> None:
+            super()._drop_shared_socket()
+            for _, sock in self.listeners.values():
+                sock.close()  # the workers (told to stop next) hold their copies until they exit
+            self.listeners.clear()
+
+        def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+            if os.getpid() != self.pid:
+                # A worker forks with this handler and keeps it while it loads the app, until Granian
+                # sets its own: there it would only flag this process's copy of the server, and a
+                # worker told to stop while booting would be killed GRACEFUL_SECONDS later. It has
+                # taken no HTTP request yet, so it stops now (_serve_worker drains gRPC if started).
+                raise SystemExit(0)
+            super().signal_handler_interrupt(*args, **kwargs)
 
         def _spawn_worker(self, idx, target, callback_loader):
+            if self.spec is not None:
+                self._shd, self._sso = self._listener(idx)  # what Granian hands the worker it forks
             age = next(self.ages)
             if self.grpc:
                 from .grpc import handoff

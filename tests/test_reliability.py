@@ -94,6 +94,18 @@ def test_killed_worker_is_replaced_and_only_its_requests_are_lost(live_server_fa
     assert requests.get(server.url + "/v2/health/ready", timeout=5).status_code == 200
 
 
+def test_a_worker_told_to_stop_while_it_boots_stops_at_once(live_server_factory, random_repository: Path) -> None:
+    """The server stopped right after a killed worker's replacement forked: the replacement, still
+    loading the app, stops on the TERM instead of ignoring it until it is killed 20 s later."""
+    server = live_server_factory(random_repository, WORKERS=2)
+    assert wait_until(lambda: len(server.workers()) == 2)
+    workers = server.workers()
+    os.kill(workers[0], signal.SIGKILL)
+    assert wait_until(lambda: set(server.workers()) - set(workers)), server.log()[-3000:]
+    server.stop()
+    assert "refused to gracefully stop" not in server.log(), server.log()[-3000:]
+
+
 @pytest.mark.slow
 def test_a_worker_over_its_memory_ceiling_is_replaced_and_no_request_is_lost(live_server_factory, random_repository: Path) -> None:
     """WORKER_MAX_RSS below an idle worker's size: the main process replaces a worker at its first
