@@ -103,8 +103,9 @@ def restart(server: LiveServer, events: list[dict], clock) -> LiveServer:
 
 
 def rehearse(folder: Path, repository: Path = COMMITTED_REPOSITORY, equal: bool = False, settle_s: float = 2.0,
-             clients: int = CLIENTS, rate: float = RATE_PER_CLIENT) -> dict:
-    """The rehearsal; returns its figures ("failed" must be 0)."""
+             clients: int = CLIENTS, rate: float = RATE_PER_CLIENT, least_requests: int = 100) -> dict:
+    """The rehearsal; returns its figures ("failed" must be 0). The load runs `settle_s` after the
+    restarts and until `least_requests` have been answered, however quickly the instances restart."""
     specs = bodies.server_requests("mnist", "input", "probabilities")
     cert, key = self_signed_certificate(folder)
     ports = [(free_port(), free_port()) for _ in range(2)]
@@ -132,6 +133,7 @@ def rehearse(folder: Path, repository: Path = COMMITTED_REPOSITORY, equal: bool 
                 raise RuntimeError(f"nginx sent nothing to {back.name} within 30 s of its restart")
             events.append({"at_s": clock(), "event": f"{back.name} answering through nginx"})
         time.sleep(settle_s)
+        wait_until(lambda: len(load.answers) >= least_requests, timeout=60)
         load.__exit__(None, None, None)
         served = {server.name: requests_served(server) for server in servers}
     statuses = Counter(str(answer[2]) for answer in load.answers)
