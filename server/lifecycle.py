@@ -38,6 +38,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -60,6 +61,12 @@ GRACEFUL_SECONDS = 20
 # A new worker gets this long to load its models before the old one in its slot is told to stop on
 # a HUP (Granian's respawn interval); meanwhile the old one keeps serving.
 RESPAWN_SECONDS = 3.5
+# <MODEL_SYNC_DIR>/retiring/<age>: the main process marks a worker it is about to replace gracefully
+# (HUP, lifetime, memory ceiling); the worker then answers every request with `Connection: close`,
+# so its keep-alive clients reconnect while it still serves, instead of sending a request on a
+# connection it closes as it stops (the client would get no answer).
+RETIRING = "retiring"
+RETIRING_POLL_SECONDS = 0.1
 # A Python thread Granian started for a request ends after this long idle (its least): each holds
 # its stack's touched pages and allocator caches, some MiB a worker after a burst.
 IDLE_THREAD_SECONDS = 5
@@ -160,6 +167,7 @@ def forget_worker(sync_dir: Path, pid: int, age: int) -> None:
     from .grpc import handoff
 
     handoff.forget(sync_dir, age)
+    (sync_dir / RETIRING / str(age)).unlink(missing_ok=True)
     multiprocess.mark_process_dead(pid)
 
 
@@ -188,8 +196,18 @@ def load_worker(target: Callable[[], Any], settings: Mapping[str, Any], sync_dir
     # Room for bodies waiting for a slot: those the memory budget lets run at once (LARGE_REQUESTS)
     # and the one it lets wait, at the largest size.
     room = (settings["LARGE_REQUESTS"] + 1) * settings["MAX_CONTENT_LENGTH"]
-    return RequestGate(app, settings["THREADS"], settings["MAX_CONTENT_LENGTH"], room, settings["MEMORY_WAIT_SECONDS"],
+    gate = RequestGate(app, settings["THREADS"], settings["MAX_CONTENT_LENGTH"], room, settings["MEMORY_WAIT_SECONDS"],
                        settings["KEEPALIVE_REQUESTS"])
+    threading.Thread(target=_close_when_retiring, args=(gate, sync_dir / RETIRING / str(age)), daemon=True,
+                     name="retiring-watch").start()
+    return gate
+
+
+def _close_when_retiring(gate: "RequestGate", marker: Path) -> None:
+    """In a worker: once the main process marks it for replacement, every answer closes its connection."""
+    while not marker.exists():
+        time.sleep(RETIRING_POLL_SECONDS)
+    gate.retiring = True
 
 
 def stop_worker(sync_dir: Path) -> None:
@@ -232,6 +250,7 @@ class RequestGate:
         self.room_used = 0
         self.room_changed = threading.Condition()
         self.close_chance = 1 / keepalive_requests if keepalive_requests else 0.0
+        self.retiring = False  # set once the main process is about to replace this worker
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         stream = environ["wsgi.input"]
@@ -247,7 +266,7 @@ class RequestGate:
         try:
             if 0 < length <= self.max_body + 1:
                 environ["wsgi.input"] = io.BytesIO(stream.read(length))
-            if self.close_chance and random.random() < self.close_chance:
+            if self.retiring or (self.close_chance and random.random() < self.close_chance):
                 start_response = partial(_closing, start_response)
             with self.slots:
                 answer = self.app(environ, start_response)
@@ -322,6 +341,7 @@ def _server_class():
             super().__init__(*args, **kwargs)
             self.sync_dir, self.grpc = sync_dir, grpc
             self.ages = itertools.count(1)
+            self.slot_ages: dict[int, int] = {}  # the age of each slot's newest worker
             self.spec: Any = None
             self.listeners: dict[int, tuple[Any, socket.socket]] = {}
 
@@ -356,10 +376,21 @@ def _server_class():
                 raise SystemExit(0)
             super().signal_handler_interrupt(*args, **kwargs)
 
+        def _respawn_workers(self, workers, spawn_target, target_loader, delay: float = 0) -> None:
+            """Mark the live workers about to be replaced (RETIRING) first: their keep-alive clients
+            move on while they still answer."""
+            retiring = self.sync_dir / RETIRING
+            retiring.mkdir(exist_ok=True)
+            for idx in workers:
+                if idx < len(self.wrks) and self.wrks[idx].is_alive() and idx in self.slot_ages:
+                    (retiring / str(self.slot_ages[idx])).touch()
+            super()._respawn_workers(workers, spawn_target, target_loader, delay)
+
         def _spawn_worker(self, idx, target, callback_loader):
             if self.spec is not None:
                 self._shd, self._sso = self._listener(idx)  # what Granian hands the worker it forks
             age = next(self.ages)
+            self.slot_ages[idx] = age
             if self.grpc:
                 from .grpc import handoff
 
