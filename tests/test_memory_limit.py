@@ -239,7 +239,8 @@ def test_largest_requests_under_1_gib_and_one_cpu() -> None:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"memory-limit-{port}.log"
     env = {k: v for k, v in os.environ.items() if k not in SERVER_SETTINGS}
-    env.update({"HOST": "127.0.0.1", "PORT": str(port), "MODEL_REPOSITORY": str(ROOT / "models")})
+    # A gRPC port of its own: the default 8001 may be another server's, and a taken port stops the start.
+    env.update({"HOST": "127.0.0.1", "PORT": str(port), "GRPC_PORT": str(free_port()), "MODEL_REPOSITORY": str(ROOT / "models")})
     python = SERVE_VENV / "bin" / "python"
     server = None
     try:
