@@ -200,8 +200,9 @@ GUNICORN_PYTHON = ROOT / ".venv-bench-gunicorn" / "bin" / "python"
 def wsgi_app(name: str, target: str, probe: RequestSpec, env: dict[str, str] | None = None,
              python: Path = SERVE_PYTHON) -> ServerTree:
     """A WSGI app (`module:name`) under the server's own launcher (`python -m server.lifecycle`,
-    Granian with server/lifecycle.py), not yet started: how the benchmarks run other apps beside the server."""
-    return ServerTree(name, [str(python), "-m", "server.lifecycle", target], probe, env=env or {})
+    Granian with server/lifecycle.py), not yet started: how the benchmarks run other apps beside the server.
+    No gRPC (GRPC_PORT=0): the launcher would claim its port for an app that serves none."""
+    return ServerTree(name, [str(python), "-m", "server.lifecycle", target], probe, env={"GRPC_PORT": "0", **(env or {})})
 
 
 def gunicorn_app(name: str, target: str, probe: RequestSpec, env: dict[str, str] | None = None,
@@ -214,9 +215,12 @@ def gunicorn_app(name: str, target: str, probe: RequestSpec, env: dict[str, str]
 
 def model_server(repository: Path, *, name: str = "server", probe: RequestSpec = LIVE, env: dict[str, str] | None = None,
                  python: Path = SERVE_PYTHON, **options) -> ServerTree:
-    """This project's server (`python -m server`, as `make serve` runs it: Granian) on `repository`, not yet started."""
-    return ServerTree(name, [str(python), "-m", "server"], probe, env={"MODEL_REPOSITORY": str(repository), **(env or {})},
-                    **options)
+    """This project's server (`python -m server`, as `make serve` runs it: Granian) on `repository`, not yet started.
+
+    gRPC on a free port unless `env` names one: a server refuses to start on a taken GRPC_PORT, and
+    the default 8001 may be another server's."""
+    return ServerTree(name, [str(python), "-m", "server"], probe,
+                      env={"MODEL_REPOSITORY": str(repository), "GRPC_PORT": str(free_port()), **(env or {})}, **options)
 
 
 def wait_idle(server: ServerTree, workers: int, settle: float = 1.0, timeout: float = 60.0) -> list[dict[str, int]]:

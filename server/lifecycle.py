@@ -5,8 +5,10 @@ workers share and forks them; each worker builds the Flask app
 (`server:create_app`), starts its gRPC server and serves HTTP from Granian's Rust runtime.
 Everything the server does at a worker's start and end lives here:
 
-- main process, once: temporary folders for metrics and model sync (removed at exit, unless the
-  operator named them), the libraries imported and `gc.freeze()`d before the first fork;
+- main process, once: its ports claimed (a port another program or server holds stops the start
+  with one line, `claim_ports`), temporary folders for metrics and model sync (removed at exit,
+  also on a TERM while it starts, unless the operator named them), the libraries imported and
+  `gc.freeze()`d before the first fork;
 - main process, per worker slot: its listening socket, kept open for every worker in that slot in
   turn, so that connections queued for one that dies wait for the next (`Server`);
 - main process, per worker: an age (unique for its life) and its gRPC marker `booting` before it
@@ -34,6 +36,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -137,6 +140,65 @@ class SharedFolders:
     def remove_own(self) -> None:
         for folder in self.own:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+class PortTaken(RuntimeError):
+    """A port the server needs is held by another program, or by another server."""
+
+
+def claim_ports(settings: Mapping[str, Any]) -> list[socket.socket]:
+    """Check that nothing else holds HOST:PORT and HOST:GRPC_PORT, and hold them for this server's workers.
+
+    Our listening sockets set SO_REUSEPORT (HTTP: one per worker slot, `Server`; gRPC: one per
+    worker, server/grpc/server.py), and any process of the same user may join such a port: a
+    second server would silently share it, and answer for another repository. So each port is
+    first bound by a socket without SO_REUSEPORT, which fails while anything else is bound there;
+    then this process holds it, bound but not listening (no connection goes to it), with
+    SO_REUSEPORT and without SO_REUSEADDR: our workers' sockets join it (they set SO_REUSEPORT), and
+    another server's check fails on it as long as this process lives, also while no worker of ours
+    listens (the first ones loading their models, a reload's hand-over). Raises PortTaken."""
+    held: list[socket.socket] = []
+    try:
+        for setting, transport in (("PORT", "HTTP"), ("GRPC_PORT", "gRPC")):
+            if settings[setting]:
+                held.append(_claim(settings["HOST"], settings[setting], setting, transport))
+    except BaseException:
+        for sock in held:
+            sock.close()
+        raise
+    return held
+
+
+def _claim(host: str, port: int, setting: str, transport: str) -> socket.socket:
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            # SO_REUSEADDR: connections of an earlier run still in TIME_WAIT do not make the port taken.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+        holder = socket.socket(family, kind, proto)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            holder.bind(address)
+        except OSError:
+            # Only connections in TIME_WAIT from a program that did not set SO_REUSEPORT stand in the
+            # way (the probe bound): hold with SO_REUSEADDR, which our listening workers still guard.
+            holder.close()
+            holder = socket.socket(family, kind, proto)
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            holder.bind(address)
+    except OSError as err:
+        off = " (0 = off)" if setting == "GRPC_PORT" else ""
+        raise PortTaken(f"cannot listen for {transport} on {shown} ({err.strerror or err}); "
+                        f"free the port or set {setting}{off}") from None
+    return holder
+
+
+def _stop_starting(signum: int, frame: Any) -> None:
+    """TERM or INT before Granian handles them: end the start, through serve()'s clean-up."""
+    raise SystemExit(0)
 
 
 def _own_temp_dir(variable: str, prefix: str) -> tuple[Path, bool]:
@@ -436,8 +498,31 @@ def exec_with_allocator_settings(argv: list[str]) -> None:
 
 
 def serve(settings: Mapping[str, Any], target: str = "server:create_app", factory: bool = True) -> int:
-    """Run the server in this process (the main process) until TERM or INT; HUP replaces the workers."""
+    """Run the server in this process (the main process) until TERM or INT; HUP replaces the workers.
+
+    Returns 1 at once, with one line on stderr, when a port is taken (claim_ports)."""
+    try:
+        held = claim_ports(settings)
+    except PortTaken as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for stop in (signal.SIGTERM, signal.SIGINT):  # until Granian sets its own handlers
+        signal.signal(stop, _stop_starting)
+    # A stop arriving while the folders are made waits until both exist, so both go.
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     folders = SharedFolders()
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+        return _serve(settings, target, factory, folders)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    finally:
+        folders.remove_own()
+        for sock in held:
+            sock.close()
+
+
+def _serve(settings: Mapping[str, Any], target: str, factory: bool, folders: SharedFolders) -> int:
     quiet_log_records()
     logging.config.dictConfig(log_config(settings["LOG_LEVEL"]))  # before Granian's own set-up
     log.info("%s", config.describe_box(settings))
@@ -470,13 +555,8 @@ def serve(settings: Mapping[str, Any], target: str = "server:create_app", factor
     # Granian warns that MAX_CONNECTIONS Python threads may start: they do, one per request in
     # flight, by design (RequestGate lets THREADS of them into the app), so the warning says nothing.
     logging.getLogger("_granian").addFilter(lambda record: "Python threads" not in record.getMessage())
-    try:
-        server.serve(spawn_target=_serve_worker, target_loader=partial(_app_loader, target, factory, settings),
-                     wrap_loader=False)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    finally:
-        folders.remove_own()
+    server.serve(spawn_target=_serve_worker, target_loader=partial(_app_loader, target, factory, settings),
+                 wrap_loader=False)
     return 0
 
 

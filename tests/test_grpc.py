@@ -604,6 +604,29 @@ def test_a_taken_grpc_port_stops_the_server_with_one_clear_line(repo):
     assert "cannot listen for gRPC on 127.0.0.1:" in str(raised.value) and "GRPC_PORT" in str(raised.value)
 
 
+def test_a_second_server_on_the_same_grpc_port_stops_and_the_first_keeps_it(repo, live_server_factory, tmp_path):
+    """Our workers' gRPC sockets set SO_REUSEPORT, which any process of the same user may join: a
+    second server (another PORT, the same GRPC_PORT) must refuse to start, not share the port."""
+    first = live_server_factory(repo)
+    port = grpc_port(first)
+    try:
+        second = start_server(repo, {"GRPC_PORT": port, "TMPDIR": tmp_path})
+    except RuntimeError as refused:
+        log = str(refused)
+    else:
+        second.stop()
+        pytest.fail(f"a second server started on the first's gRPC port {port}")
+    assert "exited with 1" in log, log
+    assert f"error: cannot listen for gRPC on 127.0.0.1:{port} (" in log and "GRPC_PORT" in log, log
+    assert "Traceback" not in log and "Spawning worker" not in log, log
+    assert not list(tmp_path.glob("mnist-serve-*"))  # a failed start leaves no folder behind
+    connection = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
+    try:
+        assert connection.is_model_ready("mnist")  # the first server still answers there
+    finally:
+        connection.close()
+
+
 # ----------------------------------------------------------------------------- the benchmark's load generator
 
 @pytest.mark.slow

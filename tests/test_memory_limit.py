@@ -242,7 +242,8 @@ def test_largest_requests_under_1_gib_and_one_cpu(tmp_path: Path) -> None:
     # The committed models, mnist taking as many rows as the body limit holds (its config.pbtxt's 64
     # would refuse the largest v2 bodies with a cheap 400 before they cost anything).
     repository = repository_without_row_limit(tmp_path)
-    env.update({"HOST": "127.0.0.1", "PORT": str(port), "MODEL_REPOSITORY": str(repository)})
+    # A gRPC port of its own: the default 8001 may be another server's, and a taken port stops the start.
+    env.update({"HOST": "127.0.0.1", "PORT": str(port), "GRPC_PORT": str(free_port()), "MODEL_REPOSITORY": str(repository)})
     python = SERVE_VENV / "bin" / "python"
     server = None
     try:

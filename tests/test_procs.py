@@ -51,8 +51,9 @@ def test_stop_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
     assert wait_until(lambda: not alive(child), timeout=10), f"child {child} outlived stop()"
 
 
-def test_stop_ends_workers_whose_master_died(random_repository: Path) -> None:
-    server = start_server(random_repository, {"WORKERS": 2})
+def test_stop_ends_workers_whose_master_died(random_repository: Path, tmp_path: Path) -> None:
+    # A private TMPDIR: the killed master cannot remove its temporary folders, which stay in tmp_path.
+    server = start_server(random_repository, {"WORKERS": 2, "TMPDIR": tmp_path})
     try:
         assert wait_until(lambda: len(children(server.process.pid)) == 2)
         workers = children(server.process.pid)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -12,8 +14,9 @@ import schemathesis
 from schemathesis import checks
 from hypothesis import HealthCheck, given, settings
 
+from bench.procs import free_port, model_server
 from bench.recovery import DIGIT_PIXELS, Load
-from tests.conftest import wait_until
+from tests.conftest import LOG_DIR, TEST_SETTINGS, wait_until
 from tests.onnx_factory import write_classifier
 
 
@@ -122,3 +125,67 @@ def test_a_worker_over_its_memory_ceiling_is_replaced_and_no_request_is_lost(liv
     lost = [t for t, ok in load.results if not ok]
     print(f"lost {len(lost)} of {len(load.results)} requests")
     assert lost == [] and len(load.results) > 100
+
+
+# --------------------------------------------------------------------------- one owner per port, no litter
+
+def litter(folder: Path) -> list[str]:
+    """The server's temporary folders left in `folder` (the private TMPDIR a test gave a server)."""
+    return sorted(path.name for path in folder.glob("mnist-serve-*"))
+
+
+@pytest.mark.parametrize("setting", ["PORT", "GRPC_PORT"])
+def test_a_port_another_program_holds_stops_the_start_with_one_line_and_no_folders(random_repository: Path, tmp_path: Path,
+                                                                                   setting: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = model_server(random_repository, name=f"taken-{setting}-{port}", log_dir=LOG_DIR,
+                              env={**TEST_SETTINGS, "GRPC_PORT": str(free_port()), setting: str(port), "TMPDIR": str(tmp_path)},
+                              **({"port": port} if setting == "PORT" else {}))
+        server.start()
+        try:
+            assert server.process.wait(timeout=60) == 1
+        finally:
+            server.stop()
+    transport = "HTTP" if setting == "PORT" else "gRPC"
+    errors = [line for line in server.log().splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot listen for {transport} on 127.0.0.1:{port} ("), errors
+    assert f"set {setting}" in errors[0] and "Traceback" not in server.log(), server.log()[-3000:]
+    assert litter(tmp_path) == []
+
+
+def test_a_second_server_on_the_same_http_port_stops_and_leaves_the_first_alone(live_server_factory, random_repository: Path,
+                                                                                  tmp_path: Path) -> None:
+    """Granian's per-worker sockets set SO_REUSEPORT, which any process of the same user may join:
+    a second server on the same PORT (another GRPC_PORT) must refuse to start, not share the port."""
+    first = live_server_factory(random_repository)
+    second = model_server(random_repository, name=f"second-{first.port}", port=first.port, log_dir=LOG_DIR,
+                          env={**TEST_SETTINGS, "GRPC_PORT": str(free_port()), "TMPDIR": str(tmp_path)})
+    second.start()
+    try:
+        status = second.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        status = None  # it joined the port and serves beside the first
+    finally:
+        second.stop()
+    assert status == 1, second.log()[-3000:]
+    assert f"error: cannot listen for HTTP on 127.0.0.1:{first.port} (" in second.log(), second.log()[-3000:]
+    assert litter(tmp_path) == []
+    assert requests.get(first.url + "/v2/health/ready", timeout=5).status_code == 200
+
+
+def test_a_server_stopped_while_it_starts_leaves_no_folders(random_repository: Path, tmp_path: Path) -> None:
+    """TERM as soon as the main process made its temporary folders, before Granian took over the
+    signals (what a launcher does to a start it gives up on): the folders still go."""
+    server = model_server(random_repository, name=f"stopped-early-{free_port()}", log_dir=LOG_DIR,
+                          env={**TEST_SETTINGS, "GRPC_PORT": str(free_port()), "TMPDIR": str(tmp_path)})
+    server.start()
+    try:
+        assert wait_until(lambda: litter(tmp_path) or server.process.poll() is not None), server.log()[-3000:]
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=60)
+    finally:
+        server.stop()
+    assert litter(tmp_path) == [], server.log()[-3000:]

@@ -32,7 +32,8 @@ def start(registry: ModelRegistry, sync: ModelSync, memory: MemoryBudget, settin
     Messages over MAX_CONTENT_LENGTH are refused as HTTP bodies are, and inference holds the
     worker's `memory` budget as over HTTP (one budget per worker for both). SO_REUSEPORT lets every
     worker (and, during a reload, the old and the new ones) listen on the same port; the kernel
-    spreads connections among them.
+    spreads connections among them. The main process holds the port for them (server/lifecycle.py,
+    `claim_ports`): another server started on it stops at once, and never joins.
     """
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings["THREADS"], thread_name_prefix="grpc"),

@@ -112,7 +112,8 @@ class ChrootedImage:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.env = dict(item.split("=", 1) for item in self.config.get("Env") or [])
-        self.env.update(HOST="127.0.0.1", PORT=str(port))  # no network namespace here: loopback only
+        # No network namespace here: loopback only, and ports of its own (a taken port stops the start).
+        self.env.update(HOST="127.0.0.1", PORT=str(port), GRPC_PORT=str(free_port()))
         argv = (self.config.get("Entrypoint") or []) + (self.config.get("Cmd") or [])
         self.log_path = Path("/tmp") / f"image-test-{os.getpid()}.log"
         with open(self.log_path, "wb") as log_file:
