@@ -325,8 +325,9 @@ def size_section(report: dict) -> str:
         f"slimmest big server's image ({slimmest} GB); the aim was 0.1.",
         "",
         f"The same run started the image by {smoke['started_by']} ({smoke['workers']} workers x "
-        f"{smoke['threads']} threads, its defaults; each worker serves every model in the image: "
-        f"{', '.join(report['contents']['models'])}), which answered "
+        f"{smoke['threads']} threads, its defaults; the model files in the image: "
+        f"{', '.join(report['contents']['models'])}, each worker serving the versions its folder's "
+        f"config.pbtxt selects), which answered "
         f"{smoke['digits_right']} of {smoke['digits_asked']} real MNIST test digits right, was ready "
         f"{smoke['ready_seconds']} s after start, and then served {smoke['load_requests']} PNG uploads "
         f"from 4 clients. Memory after that, as `ps` reports it (VmRSS) and as PSS (shared pages "
