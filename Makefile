@@ -45,7 +45,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(SERVE_VENV)/.stamp: requirements-serve.txt
-	@echo "make: installing $(SERVE_VENV) from requirements-serve.txt (about 200 MB, under a minute)"
+	@echo "make: installing $(SERVE_VENV) from requirements-serve.txt (about 250 MB, under a minute)"
 	rm -rf $(SERVE_VENV)
 	$(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/pip install $(PIP_FLAGS) -r requirements-serve.txt
