@@ -15,6 +15,7 @@ from schemathesis import checks
 from hypothesis import HealthCheck, given, settings
 
 from bench.procs import free_port, model_server
+from server import lifecycle
 from bench.recovery import DIGIT_PIXELS, Load
 from tests.conftest import LOG_DIR, TEST_SETTINGS, wait_until
 from tests.onnx_factory import write_classifier
@@ -125,6 +126,24 @@ def test_a_worker_over_its_memory_ceiling_is_replaced_and_no_request_is_lost(liv
     lost = [t for t, ok in load.results if not ok]
     print(f"lost {len(lost)} of {len(load.results)} requests")
     assert lost == [] and len(load.results) > 100
+
+
+def test_a_worker_marked_for_replacement_closes_each_connection_after_its_answer(live_server_factory, random_repository: Path,
+                                                                                tmp_path: Path) -> None:
+    """What the main process does before a graceful replacement (HUP, lifetime, memory ceiling): it
+    marks the worker (RETIRING), which then answers `Connection: close`, so keep-alive clients
+    reconnect while it still serves instead of sending on a connection it closes as it stops."""
+    sync_dir = tmp_path / "sync"
+    server = live_server_factory(random_repository, WORKERS=1, KEEPALIVE_REQUESTS=0, MODEL_SYNC_DIR=str(sync_dir))
+
+    def closes() -> bool:
+        return requests.get(server.url + "/v2/health/ready", timeout=10).headers.get("Connection", "").lower() == "close"
+
+    assert not any(closes() for _ in range(20)), "an unmarked worker keeps its connections open"
+    (sync_dir / lifecycle.RETIRING).mkdir(exist_ok=True)
+    (sync_dir / lifecycle.RETIRING / "1").touch()  # the first worker's age
+    assert wait_until(closes, timeout=10)
+    assert all(closes() for _ in range(20))
 
 
 # --------------------------------------------------------------------------- one owner per port, no litter
