@@ -22,6 +22,8 @@ LUA_SCRIPT = Path(__file__).with_name("wrk_request.lua")
 class ClientThreads:
     """`clients` threads each running `client()` until `stop` is set; a context manager starts and ends them."""
 
+    join_seconds = 15.0  # how long leaving waits for each thread (a request in flight ends first)
+
     def __init__(self, clients: int) -> None:
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(clients)]
@@ -37,7 +39,7 @@ class ClientThreads:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         for thread in self.threads:
-            thread.join(timeout=15)
+            thread.join(timeout=self.join_seconds)
 
 
 def wrk_version() -> str:

@@ -14,13 +14,13 @@ tests/test_rolling_restart.py runs it; docs/deploy.md quotes a run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -29,6 +29,7 @@ from pathlib import Path
 import requests
 
 from bench import bodies
+from bench.loadgen import ClientThreads
 from bench.procs import SERVE_PYTHON, free_port, model_server
 from tests.conftest import COMMITTED_REPOSITORY, LOG_DIR, LiveServer, wait_until
 from tests.nginx import nginx_config, running_nginx, self_signed_certificate
@@ -39,22 +40,25 @@ CLIENTS, RATE_PER_CLIENT = 4, 3.0
 INSTANCE_SETTINGS = {"WORKERS": "1", "THREADS": "4", "LOG_LEVEL": "info"}
 
 
-class Load:
+class Load(ClientThreads):
     """`clients` threads, each sending the next of `specs` `rate` times a second through `base`, until stopped."""
+
+    join_seconds = 60.0  # a request in flight has 30 s
 
     def __init__(self, base: str, cert: Path, specs: list[bodies.RequestSpec], clients: int = CLIENTS,
                  rate: float = RATE_PER_CLIENT, limit_s: float = 300.0) -> None:
         self.base, self.cert, self.specs, self.rate, self.limit_s = base, str(cert), specs, rate, limit_s
         self.answers: list[tuple[float, str, int | str]] = []  # (seconds since start, kind, status or error)
-        self.stopped = threading.Event()
-        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
+        self.offsets = itertools.count()  # each client thread takes the next: its place in the rotation
+        super().__init__(clients)
 
-    def _client(self, offset: int) -> None:
+    def client(self) -> None:
+        offset = next(self.offsets)
         start = time.monotonic()
         with requests.Session() as session:
             for i in range(offset, 10**9):
                 due = start + (i - offset) / self.rate + offset / (self.rate * len(self.threads))
-                if self.stopped.wait(max(0.0, due - time.monotonic())) or time.monotonic() - start > self.limit_s:
+                if self.stop.wait(max(0.0, due - time.monotonic())) or time.monotonic() - start > self.limit_s:
                     return
                 spec = self.specs[i % len(self.specs)]
                 try:
@@ -64,16 +68,6 @@ class Load:
                 except requests.RequestException as error:
                     outcome = type(error).__name__
                 self.answers.append((time.monotonic() - start, spec.name, outcome))
-
-    def __enter__(self) -> "Load":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopped.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
 
     def failures(self) -> list[tuple[float, str, int | str]]:
         return [answer for answer in self.answers if answer[2] != 200]
