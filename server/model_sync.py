@@ -54,11 +54,14 @@ class ModelSync:
         return self.directory is not None or self.poll_seconds > 0
 
     def start(self) -> None:
-        """Join the workers (the announcing ones wait for this one from now on) and start the watcher
-        thread (a daemon: it ends with the worker)."""
+        """Join the workers (the announcing ones wait for this one from now on), apply what was announced
+        before, and start the watcher thread (a daemon: it ends with the worker)."""
         if self.needed and self._thread is None:
             if self.directory is not None:
-                self._acknowledge(0)  # nothing applied yet: the first check applies every announcement
+                # Join first, then catch up here rather than in the watcher's first look: an announcement
+                # made before joining was not waited for, and this worker serves as soon as start() returns.
+                self._acknowledge(0)
+                self.check()
             self._thread = threading.Thread(target=self._watch, name="model-sync", daemon=True)
             self._thread.start()
 

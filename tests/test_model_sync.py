@@ -145,3 +145,21 @@ def test_a_real_worker_reports_what_it_could_not_apply(repository: Path, tmp_pat
     worker.check()
     entry = json.loads((sync_dir / model_sync.WORKERS_FOLDER / str(os.getpid())).read_text())
     assert entry["generation"] == 1 and "no model 'nothing-here'" in entry["problems"]["nothing-here"], entry
+
+
+def test_a_worker_that_joins_after_a_load_serves_it_once_started(repository: Path, tmp_path: Path) -> None:
+    """A worker that was still booting when a load was announced was not waited for: it applies the load
+    before it serves anything (CI once saw a fresh gRPC connection answer 'not ready' right after a load)."""
+    from server.registry import ModelRegistry
+
+    sync_dir = tmp_path / "sync"
+    booting = ModelRegistry(str(repository))
+    booting.load_all()  # read the repository before the new model was there
+    write_classifier(repository / "letters" / "1" / "model.onnx", labels=list("abcdefghij"))
+    announcing = ModelRegistry(str(repository))
+    announcing.load_model("letters")
+    model_sync.ModelSync(announcing, sync_dir).announce("letters", "load")
+    assert "letters" not in booting.models
+    late = model_sync.ModelSync(booting, sync_dir)
+    late.start()
+    assert booting.get("letters").name == "letters"
