@@ -158,25 +158,25 @@ $(BENCH_TOOLS_VENV)/.stamp: bench/requirements-tools.txt
 BENCH_KSERVE_VENV := .venv-bench-kserve
 BENCH_MLSERVER_VENV := .venv-bench-mlserver
 
-$(BENCH_KSERVE_VENV)/.stamp: bench/peers/requirements-kserve.txt
+$(BENCH_KSERVE_VENV)/.stamp: bench/peer_apps/requirements-kserve.txt
 	rm -rf $(BENCH_KSERVE_VENV)
 	$(PYTHON) -m venv $(BENCH_KSERVE_VENV)
-	$(BENCH_KSERVE_VENV)/bin/pip install $(PIP_FLAGS) -r bench/peers/requirements-kserve.txt
+	$(BENCH_KSERVE_VENV)/bin/pip install $(PIP_FLAGS) -r bench/peer_apps/requirements-kserve.txt
 	touch $@
 
-$(BENCH_MLSERVER_VENV)/.stamp: bench/peers/requirements-mlserver.txt
+$(BENCH_MLSERVER_VENV)/.stamp: bench/peer_apps/requirements-mlserver.txt
 	rm -rf $(BENCH_MLSERVER_VENV)
 	$(PYTHON) -m venv $(BENCH_MLSERVER_VENV)
-	$(BENCH_MLSERVER_VENV)/bin/pip install $(PIP_FLAGS) -r bench/peers/requirements-mlserver.txt
+	$(BENCH_MLSERVER_VENV)/bin/pip install $(PIP_FLAGS) -r bench/peer_apps/requirements-mlserver.txt
 	touch $@
 
 # gunicorn, the layer before Granian, for the A/B of the HTTP layer only.
 BENCH_GUNICORN_VENV := .venv-bench-gunicorn
 
-$(BENCH_GUNICORN_VENV)/.stamp: bench/peers/requirements-gunicorn.txt requirements-serve.txt
+$(BENCH_GUNICORN_VENV)/.stamp: bench/peer_apps/requirements-gunicorn.txt requirements-serve.txt
 	rm -rf $(BENCH_GUNICORN_VENV)
 	$(PYTHON) -m venv $(BENCH_GUNICORN_VENV)
-	$(BENCH_GUNICORN_VENV)/bin/pip install $(PIP_FLAGS) -r bench/peers/requirements-gunicorn.txt
+	$(BENCH_GUNICORN_VENV)/bin/pip install $(PIP_FLAGS) -r bench/peer_apps/requirements-gunicorn.txt
 	touch $@
 
 bench-http-layer: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_GUNICORN_VENV)/.stamp ## gunicorn against Granian under the same Flask apps: CPU per request, memory, cold start

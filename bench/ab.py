@@ -17,14 +17,12 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from harness import bodies
+from harness.loadgen import run_wrk
+from harness.procs import model_server, wait_idle
+from server.config import BY_NAME
 
-from bench import bodies  # noqa: E402
-from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import model_server, wait_idle  # noqa: E402
-from server.config import BY_NAME  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 REQUESTS = ("predict_png", "predict_pixels", "v2_infer_binary", "v2_infer_json")
 

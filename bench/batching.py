@@ -23,9 +23,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from bench.bodies import RequestSpec
-from bench.loadgen import run_wrk, wrk_version
-from bench.procs import ROOT, ServerTree, model_server, send
+from harness.bodies import RequestSpec
+from harness.loadgen import run_wrk, wrk_version
+from harness.procs import ROOT, ServerTree, model_server, send
 from server.layout import latest_model_file, model_path
 
 log = logging.getLogger("bench.batching")

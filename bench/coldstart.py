@@ -14,13 +14,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from harness import bodies
+from bench.ab import extract, short_hash
+from harness.procs import memory_kib, model_server, send, wait_idle
 
-from bench import bodies  # noqa: E402
-from bench.ab import extract, short_hash  # noqa: E402
-from bench.procs import memory_kib, model_server, send, wait_idle  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -6,7 +6,7 @@ had no gRPC in its A/B), every request kind the server is measured with (/predic
 v2 binary and JSON) under wrk (32 connections). Per layer: server CPU per request (main process +
 workers), requests/s, cold start (start to the first 200), RSS and PSS of the main process and of
 each idle worker. gunicorn runs from .venv-bench-gunicorn (the serving packages plus gunicorn,
-bench/peers/requirements-gunicorn.txt); Granian is the serving environment's own.
+bench/peer_apps/requirements-gunicorn.txt); Granian is the serving environment's own.
 """
 from __future__ import annotations
 
@@ -18,14 +18,12 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from harness import bodies
+from harness.loadgen import run_wrk
+from harness.procs import GUNICORN_PYTHON, SERVE_PYTHON, ServerTree, gunicorn_app, memory_kib, model_server, wait_idle, wsgi_app
+from server.layout import latest_model_file
 
-from bench import bodies  # noqa: E402
-from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import GUNICORN_PYTHON, SERVE_PYTHON, ServerTree, gunicorn_app, memory_kib, model_server, wait_idle, wsgi_app  # noqa: E402
-from server.layout import latest_model_file  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 WORKERS = 2
 LAYERS = ("gunicorn", "granian")

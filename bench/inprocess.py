@@ -16,11 +16,10 @@ from typing import Callable
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-MNIST_SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
+from server.layout import latest_model_file, model_path
 
-from server.layout import latest_model_file, model_path  # noqa: E402  (standard library only: imports in any environment)
+ROOT = Path(__file__).resolve().parents[1]
+MNIST_SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
 
 
 def time_calls(call: Callable[[], object], seconds: float, warmup: int = 5) -> list[float]:

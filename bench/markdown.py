@@ -70,7 +70,7 @@ def method(r: dict) -> str:
   answering a constant JSON to `GET /`. **Baseline**: `bench/torch_app.py`, the same CNN
   (`training/model.py`) run by PyTorch inside a Flask app of the same design (same preprocessing from
   `server/digit.py`, same JSON answer, one log line per request), from `.venv-bench-torch`.
-- Load: `wrk` with one thread and `bench/wrk_request.lua` (the body of each request read from a
+- Load: `wrk` with one thread and `harness/wrk_request.lua` (the body of each request read from a
   file), {m.get('tries', 1)} tries of {m['seconds']:g} s at each of {', '.join(map(str, m['concurrency']))} keep-alive
   connections, after a {m['warmup']:g} s unrecorded warm-up per endpoint. Each row is the try with the
   most requests/s; the others' req/s are shown beside it, and errors count every try. wrk opens its

@@ -1,8 +1,8 @@
 """This server beside the servers its users would pick instead, on the same model.onnx and the same v2 requests.
 
-Peers, each from its own virtual environment (`make bench` builds them from bench/peers/requirements-*.txt):
-- KServe's ModelServer (bench/peers/kserve_model.py, `--workers 2`: KServe's uvicorn workers, one per core);
-- Seldon MLServer (bench/peers/mlserver_model.py, `parallel_workers: 2`, one inference process per core;
+Peers, each from its own virtual environment (`make bench` builds them from bench/peer_apps/requirements-*.txt):
+- KServe's ModelServer (bench/peer_apps/kserve_model.py, `--workers 2`: KServe's uvicorn workers, one per core);
+- Seldon MLServer (bench/peer_apps/mlserver_model.py, `parallel_workers: 2`, one inference process per core;
   its REST side has no binary tensor extension, so it runs v2 JSON only).
 This server runs as `make serve` does, with WORKERS=2 so every server has two processes on the model.
 wrk sends the same v2 infer request (JSON, and Triton's binary extension where the peer takes it)
@@ -20,16 +20,14 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from harness import bodies
+from harness.loadgen import run_wrk
+from harness.procs import ServerTree, model_server
+from server.layout import model_path
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from bench import bodies  # noqa: E402
-from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import ServerTree, model_server  # noqa: E402
-from server.layout import model_path  # noqa: E402
-
-PEERS_DIR = ROOT / "bench" / "peers"
+PEERS_DIR = ROOT / "bench" / "peer_apps"
 KSERVE_PYTHON = ROOT / ".venv-bench-kserve" / "bin" / "python"
 MLSERVER_BIN = ROOT / ".venv-bench-mlserver" / "bin" / "mlserver"
 WORKERS = 2

@@ -14,15 +14,14 @@ import sys
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench import torch_app
+from harness import bodies
+from harness.loadgen import run_wrk
+from harness.procs import ServerTree, model_server, wait_idle
+from server.config import BY_NAME
+from server.layout import latest_model_file
 
-from bench import bodies, torch_app  # noqa: E402
-from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import ServerTree, model_server, wait_idle  # noqa: E402
-from server.config import BY_NAME  # noqa: E402
-from server.layout import latest_model_file  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PY_SPY = ROOT / ".venv-bench-tools" / "bin" / "py-spy"
 REQUESTS = ("predict_png", "predict_pixels", "v2_infer_binary", "v2_infer_json")

@@ -14,46 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-import requests
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.loadgen import ClientThreads  # noqa: E402
-from bench.procs import ServerTree, children, model_server  # noqa: E402
-
-DIGIT_PIXELS = [[1.0 if 9 <= col <= 18 and 5 <= row <= 22 else 0.0 for col in range(28)] for row in range(28)]
-
-
-class Load(ClientThreads):
-    """Client threads, each sending one request per fresh connection, recording when each ended."""
-
-    def __init__(self, url: str, clients: int) -> None:
-        super().__init__(clients)
-        self.url = url
-        self.results: list[tuple[float, bool]] = []
-
-    def client(self) -> None:
-        while not self.stop.is_set():
-            try:
-                ok = requests.post(self.url, json={"pixels": DIGIT_PIXELS}, timeout=10).status_code == 200
-            except requests.RequestException:
-                ok = False
-            self.results.append((time.monotonic(), ok))
-
-    def answered(self, since: float = 0.0) -> int:
-        """Successful answers that ended at or after `since` (monotonic time)."""
-        return sum(1 for t, ok in list(self.results) if ok and t >= since)
-
-    def rate(self, start: float, end: float) -> float:
-        return sum(1 for t, ok in list(self.results) if start <= t < end and ok) / (end - start)
+from harness.loadgen import PredictLoad
+from harness.procs import ROOT, ServerTree, children, model_server
 
 
 def measure(server: ServerTree, clients: int = 8, before_s: float = 3.0, after_s: float = 7.0) -> dict:
     """Kill one of `server`'s workers after `before_s` of load; the rate around it, per second."""
     workers = server.workers()
-    with Load(server.url + "/predict", clients=clients) as load:
+    with PredictLoad(server.url + "/predict", clients=clients) as load:
         time.sleep(before_s)
         killed_at = time.monotonic()
         os.kill(workers[0], signal.SIGKILL)

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         lifecycle.quiet_log_records()
         lifecycle.preload_libraries()
 
-    from bench import bodies
+    from harness import bodies
     from server.app import create_app
 
     from server.model import OnnxModel

@@ -21,15 +21,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench import footprint, profile, recovery, report, soak, torch_app
+from harness import bodies
+from harness.loadgen import run_wrk, send_many, wrk_version
+from harness.procs import ServerTree, memory_kib, model_server, send, wait_idle, wsgi_app
+from server.config import BY_NAME
+from server.layout import latest_model_file, model_path as model_path_of
 
-from bench import bodies, footprint, profile, recovery, report, soak, torch_app  # noqa: E402
-from bench.loadgen import run_wrk, send_many, wrk_version  # noqa: E402
-from bench.procs import ServerTree, memory_kib, model_server, send, wait_idle, wsgi_app  # noqa: E402
-from server.config import BY_NAME  # noqa: E402
-from server.layout import latest_model_file, model_path as model_path_of  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("bench")
 

@@ -14,14 +14,12 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from harness import bodies
+from harness.loadgen import run_wrk
+from harness.procs import ServerTree, model_server, wait_idle
+from server.config import BY_NAME
 
-from bench import bodies  # noqa: E402  (after the path set-up, so `python bench/soak.py` works)
-from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import ServerTree, model_server, wait_idle  # noqa: E402
-from server.config import BY_NAME  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MAX_RSS_GROWTH = 0.10
 

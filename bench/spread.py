@@ -18,14 +18,12 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from harness import bodies
+from bench.ab import extract, short_hash
+from harness.loadgen import run_wrk
+from harness.procs import cpu_seconds, model_server, wait_idle
 
-from bench import bodies  # noqa: E402
-from bench.ab import extract, short_hash  # noqa: E402
-from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import cpu_seconds, model_server, wait_idle  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def connections_by_pid(port: int) -> dict[int, int]:

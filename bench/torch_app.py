@@ -142,7 +142,7 @@ def served_model_config(model_file: Path) -> str:
 
 def gunicorn(probe, checkpoint: str, model_config: str):
     """This app under gunicorn from .venv-bench-torch, as bench/run.py and bench/profile.py start it."""
-    from bench.procs import ServerTree
+    from harness.procs import ServerTree
 
     return ServerTree("torch", [str(ROOT / ".venv-bench-torch" / "bin" / "python"), "-m", "bench.torch_app"], probe,
                     env={"TORCH_CHECKPOINT": checkpoint, "TORCH_MODEL_CONFIG": model_config})

@@ -28,16 +28,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from harness import bodies
+from harness.loadgen import run_wrk
+from harness.procs import ServerTree, free_port, memory_kib, send, wait_idle
+from harness.triton_server import TRITON_VENV, find_install, layout_backends, triton_argv, triton_env
+from server.config import BY_NAME
+from server.layout import latest_model_file
 
-from bench import bodies  # noqa: E402
-from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import ServerTree, free_port, memory_kib, send, wait_idle  # noqa: E402
-from bench.triton_server import TRITON_VENV, find_install, layout_backends, triton_argv, triton_env  # noqa: E402
-from server.config import BY_NAME  # noqa: E402
-from server.layout import latest_model_file  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("bench.triton_peer")
 

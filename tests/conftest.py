@@ -11,8 +11,8 @@ from typing import Callable
 
 import pytest
 
-from bench.procs import SERVE_PYTHON, free_port, model_server
-from bench.procs import ServerTree as LiveServer  # noqa: F401  (the type of a running test server)
+from harness.procs import SERVE_PYTHON, free_port, model_server
+from harness.procs import ServerTree as LiveServer  # noqa: F401  (the type of a running test server)
 from server.layout import latest_model_file, model_path
 from tests.onnx_factory import write_classifier
 
@@ -79,7 +79,7 @@ def client(app):
     return app.test_client()
 
 
-# One launcher for benchmarks and tests (bench/procs.py); tests use it with these settings unless told.
+# One launcher for benchmarks and tests (harness/procs.py); tests use it with these settings unless told.
 TEST_SETTINGS = {"WORKERS": "1", "THREADS": "4", "LOG_LEVEL": "info"}
 START_TIMEOUT_S = 60.0
 

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import requests
 
-from bench.procs import free_port, signal_group
+from harness.procs import free_port, signal_group
 from tests.conftest import ROOT, wait_until
 
 SITE = ROOT / "deploy/nginx/mnist-serve.conf"

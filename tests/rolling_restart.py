@@ -28,9 +28,9 @@ from pathlib import Path
 
 import requests
 
-from bench import bodies
-from bench.loadgen import ClientThreads
-from bench.procs import SERVE_PYTHON, free_port, model_server
+from harness import bodies
+from harness.loadgen import ClientThreads
+from harness.procs import SERVE_PYTHON, free_port, model_server
 from tests.conftest import COMMITTED_REPOSITORY, LOG_DIR, LiveServer, wait_until
 from tests.nginx import nginx_config, running_nginx, self_signed_certificate
 

@@ -163,15 +163,3 @@ def test_batched_answers_over_http_match_onnxruntime(tmp_path, live_server_facto
     for request, answer in zip(inputs, answers):
         got = np.array(answer["outputs"][0]["data"], np.float32).reshape(-1, 10)
         np.testing.assert_allclose(got, reference.run(request)["probabilities"], rtol=1e-5, atol=1e-6)
-
-
-def test_the_benchmark_model_is_resnet18_sized(tmp_path) -> None:
-    from bench.batching import write_resnet18
-
-    path = write_resnet18(tmp_path / "resnet18" / "1" / "model.onnx")
-    parameters = sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer)
-    assert 11.0e6 < parameters < 12.5e6  # torchvision's ResNet-18: 11.7 M
-    model = loaded(path)
-    images = np.random.default_rng(0).random((2, 3, 224, 224), dtype=np.float32)
-    probabilities = model.run({"input": images})["probabilities"]
-    assert probabilities.shape == (2, 1000) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)

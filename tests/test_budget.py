@@ -284,7 +284,7 @@ BODY_KINDS = ("v2 JSON at the body limit", "v2 binary at the body limit", "JSON 
 def test_body_reservations_cover_what_a_live_worker_really_peaks_at() -> None:
     """The largest JSON and binary bodies, sent to a real worker: its peak RSS over idle stays within what
     server/budget.py reserved for them (bench/memory.py measures every kind the same way)."""
-    from bench.memory import measure
+    from harness.memory import measure
     from tests.conftest import COMMITTED_REPOSITORY
 
     results = measure(COMMITTED_REPOSITORY, kinds=BODY_KINDS)

@@ -23,7 +23,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from bench.loadgen import ClientThreads
+from harness.loadgen import ClientThreads
 from server.grpc.service import STATUS_CODES, peer_host, status_code
 from tests.conftest import LiveServer, start_server, wait_until
 from tests.onnx_factory import write_classifier
@@ -631,11 +631,11 @@ def test_a_second_server_on_the_same_grpc_port_stops_and_the_first_keeps_it(repo
 
 @pytest.mark.slow
 def test_the_benchmark_load_reaches_both_transports(served):
-    """bench/grpc_http.py's streams get answers from both transports (a short run, not a measurement).
+    """harness/streams.py (bench/grpc_http.py's load) gets answers from both transports (a short run, not a measurement).
 
     Each stream sends at least 3 requests whatever the time: on a loaded machine a stream may start
     after its half second is over (it once sent none)."""
-    from bench.grpc_http import load
+    from harness.streams import load
 
     server, port = served
     for transport, target in (("http", server.port), ("grpc", port)):

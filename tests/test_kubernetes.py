@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import requests
 
-from bench.bodies import RequestSpec
-from bench.procs import SERVE_PYTHON, free_port
+from harness.bodies import RequestSpec
+from harness.procs import SERVE_PYTHON, free_port
 from server import box
 from tests.conftest import COMMITTED_REPOSITORY, LOG_DIR, MNIST_SAMPLE, ROOT, START_TIMEOUT_S, LiveServer
 from tests.image.smoke import digit_bodies

@@ -21,8 +21,8 @@ from tritonclient.utils import InferenceServerException
 from server import create_app
 from server.model_sync import ModelSync
 from server.registry import ModelRegistry
-from bench.loadgen import ClientThreads
-from bench.procs import free_port, model_server
+from harness.loadgen import ClientThreads
+from harness.procs import free_port, model_server
 from tests.conftest import LOG_DIR, ROOT, TEST_SETTINGS, wait_until
 from tests.onnx_factory import write_classifier
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.bodies import RequestSpec
-from bench.memory import largest_requests, normal_requests, repository_without_row_limit
-from bench.procs import children
+from harness.bodies import RequestSpec
+from harness.memory import largest_requests, normal_requests, repository_without_row_limit
+from harness.procs import children
 from server.box import cgroup_paths
 from tests.conftest import LOG_DIR, ROOT, SERVE_VENV, free_port
 

@@ -1,4 +1,4 @@
-"""The one launcher of real servers (bench/procs.py) that tests and benchmarks share: it leaves nothing running."""
+"""The one launcher of real servers (harness/procs.py) that tests and benchmarks share: it leaves nothing running."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench.procs import ServerTree, children, free_port
+from harness.procs import ServerTree, children, free_port
 from tests.conftest import start_server, wait_until
 
 # A process that ignores SIGTERM and starts a child that ignores it too, then says so.

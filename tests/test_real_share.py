@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from bench import photo_eval
 from server.classifier import ImageClassifier
 from server.registry import ModelRegistry
 from tests.conftest import COMMITTED_REPOSITORY
@@ -52,15 +51,6 @@ def test_the_pool_is_the_servers_own_preprocessing_of_rendered_training_digits(p
         served = classifier.prepare([sample.data], max_pixels=real_share.MAX_PIXELS)[0][0]
         np.testing.assert_array_equal(pool.images[n], np.round(served * 255).astype(np.uint8), err_msg=name)
         assert pool.images[n].max() > 200 and pool.images[n][:2].max() < 128, name  # a centred digit, white on black
-
-
-def test_renders_for_training_never_meet_the_evaluations_inputs(capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        photo_eval.parse_args(["--seed", str(TRAINING_SEEDS)])
-    assert exit_info.value.code == 2 and "training's real-looking share" in capsys.readouterr().err
-    digit = real_digits(0).train.images[0]
-    training = make_sample("ruled", digit, 7, TRAINING_SEEDS + 0, 0).data
-    assert training != make_sample("ruled", digit, 7, 0, 0).data
 
 
 def test_canvas_strokes_of_other_widths() -> None:

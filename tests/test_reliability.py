@@ -14,9 +14,9 @@ import schemathesis
 from schemathesis import checks
 from hypothesis import HealthCheck, given, settings
 
-from bench.procs import free_port, model_server
+from harness.procs import free_port, model_server
 from server import lifecycle
-from bench.recovery import DIGIT_PIXELS, Load
+from harness.loadgen import DIGIT_PIXELS, PredictLoad
 from tests.conftest import LOG_DIR, TEST_SETTINGS, wait_until
 from tests.onnx_factory import write_classifier
 
@@ -76,7 +76,7 @@ def test_killed_worker_is_replaced_and_only_its_requests_are_lost(live_server_fa
     assert wait_until(lambda: len(server.workers()) == 2)
     workers = server.workers()
     clients = 8
-    with Load(server.url + "/predict", clients=clients) as load:
+    with PredictLoad(server.url + "/predict", clients=clients) as load:
         assert wait_until(lambda: load.answered() >= 50)  # under load before the kill
         killed_at = time.monotonic()
         os.kill(workers[0], signal.SIGKILL)
@@ -117,7 +117,7 @@ def test_a_worker_over_its_memory_ceiling_is_replaced_and_no_request_is_lost(liv
     server = live_server_factory(random_repository, WORKERS=2, THREADS=4, WORKER_MAX_RSS=40)
     assert wait_until(lambda: len(server.workers()) == 2)
     first = set(server.workers())
-    with Load(server.url + "/predict", clients=4) as load:
+    with PredictLoad(server.url + "/predict", clients=4) as load:
         assert wait_until(lambda: "RSS over threshold, gracefully respawning" in server.log(), timeout=60), server.log()[-3000:]
         assert wait_until(lambda: "Stopped old worker" in server.log(), timeout=60), server.log()[-3000:]
         replaced_at = time.monotonic()

@@ -220,10 +220,11 @@ def pytest_without_torchvision(*args: str) -> subprocess.CompletedProcess:
 def test_without_torchvision_every_test_file_is_collected() -> None:
     """`make test TORCH=cpu`, CI-sized: PyTorch's CPU build has no torchvision, and every test file
     must still be collected (a module-level import of it stopped the whole run)."""
-    out = pytest_without_torchvision("--collect-only", "-q", "tests")
+    out = pytest_without_torchvision("--collect-only", "-q", "tests", "bench/tests")
     assert out.returncode == 0 and "error" not in out.stdout.splitlines()[-1], out.stdout[-3000:] + out.stderr[-3000:]
     collected = {line.split("::")[0] for line in out.stdout.splitlines() if "::" in line}
-    assert collected == {str(path.relative_to(ROOT)) for path in (ROOT / "tests").glob("test_*.py")}
+    assert collected == {str(path.relative_to(ROOT)) for folder in ("tests", "bench/tests")
+                         for path in (ROOT / folder).glob("test_*.py")}
 
 
 def test_without_torchvision_its_reference_tests_skip_saying_why_and_the_rest_run() -> None:

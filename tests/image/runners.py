@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.procs import free_port
+from harness.procs import free_port
 
 NPROC_LIMIT = 4096  # a container's processes and threads: plenty for the server's workers and their threads
 

@@ -51,7 +51,7 @@ from tritonclient.utils import InferenceServerException
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from bench.triton_server import find_install, layout_backends, triton_argv, triton_env  # noqa: E402
+from harness.triton_server import find_install, layout_backends, triton_argv, triton_env  # noqa: E402
 from server.model_config import (ModelConfigError, model_config_class,  # noqa: E402
                                  parse_model_config)  # (a pure module: protobuf only)
 from tests.onnx_factory import write_simple, write_simple_identity  # noqa: E402

@@ -1,4 +1,4 @@
-"""Drive wrk with one fixed request and read its summary, with the CPU time wrk itself used."""
+"""Load loops: wrk with one fixed request (its summary, with the CPU time wrk itself used), client threads, a count of requests."""
 from __future__ import annotations
 
 import http.client
@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bench.bodies import RequestSpec
+import requests
+
+from harness.bodies import RequestSpec
 
 LUA_SCRIPT = Path(__file__).with_name("wrk_request.lua")
 
@@ -40,6 +42,34 @@ class ClientThreads:
         self.stop.set()
         for thread in self.threads:
             thread.join(timeout=self.join_seconds)
+
+
+# A digit-like block of ink: /predict's JSON pixels.
+DIGIT_PIXELS = [[1.0 if 9 <= col <= 18 and 5 <= row <= 22 else 0.0 for col in range(28)] for row in range(28)]
+
+
+class PredictLoad(ClientThreads):
+    """Client threads, each posting a digit's pixels to `url` over a fresh connection per request, recording when each ended."""
+
+    def __init__(self, url: str, clients: int) -> None:
+        super().__init__(clients)
+        self.url = url
+        self.results: list[tuple[float, bool]] = []
+
+    def client(self) -> None:
+        while not self.stop.is_set():
+            try:
+                ok = requests.post(self.url, json={"pixels": DIGIT_PIXELS}, timeout=10).status_code == 200
+            except requests.RequestException:
+                ok = False
+            self.results.append((time.monotonic(), ok))
+
+    def answered(self, since: float = 0.0) -> int:
+        """Successful answers that ended at or after `since` (monotonic time)."""
+        return sum(1 for t, ok in list(self.results) if ok and t >= since)
+
+    def rate(self, start: float, end: float) -> float:
+        return sum(1 for t, ok in list(self.results) if start <= t < end and ok) / (end - start)
 
 
 def wrk_version() -> str:

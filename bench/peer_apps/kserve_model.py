@@ -1,6 +1,6 @@
 """The served ONNX file behind KServe's ModelServer, written as KServe's custom-model docs show.
 
-Run with the KServe peer venv: `python bench/peers/kserve_model.py --model_dir models/mnist/1
+Run with the KServe peer venv: `python bench/peer_apps/kserve_model.py --model_dir models/mnist/1
 --model_name mnist --http_port 8080 --workers 2`. KServe starts its workers with multiprocessing's
 "spawn" and pickles the model into each one: an onnxruntime session cannot travel that way, so it
 is dropped when pickled and built again in each worker, after the fork.

@@ -14,8 +14,9 @@ import pytest
 import requests
 from PIL import Image
 
-from bench import bodies, footprint, soak
-from bench.loadgen import run_wrk, send_many
+from bench import footprint, soak
+from harness import bodies
+from harness.loadgen import run_wrk, send_many
 from tests.conftest import COMMITTED_MNIST, ROOT
 
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (system-packages.txt)")
@@ -140,8 +141,8 @@ def test_environment_size_skips_pycache(tmp_path):
 def test_bounded_soak_loses_nothing_and_measures_memory(random_repository):
     """The soak's machinery and its lossless serving; its memory goal is `make bench`'s to judge."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "soak.py"), "--repository", str(random_repository),
-         "--seconds", "4", "--warmup", "2"], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "bench.soak", "--repository", str(random_repository),
+         "--seconds", "4", "--warmup", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     result = json.loads(done.stdout)
     assert result["load"]["requests"] > 100

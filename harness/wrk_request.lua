@@ -1,6 +1,6 @@
 -- One fixed request for wrk, described by environment variables so one script serves every
 -- endpoint: WRK_METHOD, WRK_BODY_FILE (raw body bytes), WRK_HEADERS ("Name: value" per line).
--- done() prints the summary as one JSON line that bench/loadgen.py parses.
+-- done() prints the summary as one JSON line that harness/loadgen.py parses.
 wrk.method = os.getenv("WRK_METHOD") or "GET"
 
 local body_file = os.getenv("WRK_BODY_FILE")

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.bodies import RequestSpec
+from harness.bodies import RequestSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""What the tests and the benchmarks both use: starting real servers, request bodies, load loops."""
