@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import onnxruntime as ort
 from google.protobuf import text_format
 
-from server.model import V2_DATATYPES, TensorSpec, labels_from_metadata
+from server.tensor_types import V2_DATATYPES, TensorSpec, labels_from_metadata
 from training.atomic import write_atomically
 from server.model_config import (CONFIG_FILE, ONNX_PLATFORM, ModelConfigError, TritonModelConfig, VersionPolicy,
                                  datatype_number, model_config_class, parse_model_config)

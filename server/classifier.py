@@ -20,7 +20,8 @@ from .budget import MemoryBudget, PixelBudget, image_bytes, run_in_chunks
 from .config import CHUNK_ROWS
 from .decoding import is_rotated, load_image, open_image, pixels_to_array
 from .errors import InvalidInput, ModelNotFound, Overloaded, ServingError
-from .model import NUMPY_DTYPES, OnnxModel, TensorSpec
+from .model import OnnxModel
+from .tensor_types import NUMPY_DTYPES, TensorSpec
 from .presets import PRESETS, ImageInput, image_input
 from .registry import ModelRegistry, latest
 

@@ -1,7 +1,6 @@
 """One loaded ONNX model: its tensors and metadata read from the graph, and `predict()`."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import struct
@@ -15,76 +14,15 @@ import onnxruntime as ort
 
 from .batching import Batcher, BatchPolicy
 from .model_config import ModelConfigError, TritonModelConfig, WarmupSample, completed_config, graph_mismatches
+from .tensor_types import NUMPY_DTYPES, V2_DATATYPES, TensorSpec, labels_from_metadata
 
 log = logging.getLogger(__name__)
-
-# ONNX element types as the Open Inference Protocol (v2) names them.
-V2_DATATYPES: dict[str, str] = {
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(float16)": "FP16",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(bool)": "BOOL",
-    "tensor(string)": "BYTES",
-}
-NUMPY_DTYPES: dict[str, np.dtype] = {
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "FP16": np.dtype(np.float16),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "BOOL": np.dtype(np.bool_),
-    "BYTES": np.dtype(np.object_),
-}
-
-
-def labels_from_metadata(metadata: dict[str, str]) -> list[str] | None:
-    """Class labels from the `labels` metadata key (a JSON list, or comma-separated), when present."""
-    raw = metadata.get("labels")
-    if not raw:
-        return None
-    try:
-        labels = json.loads(raw)
-    except ValueError:
-        labels = [part.strip() for part in raw.split(",")]
-    return [str(label) for label in labels] if isinstance(labels, list) else None
-
 
 # What to do about skl2onnx's default ZipMap output (a list of {class: probability} maps).
 ZIPMAP_HINT = (
     " (a scikit-learn classifier's ZipMap: convert it with skl2onnx's options={id(model): {'zipmap': False}} "
     "to get the probabilities as a tensor)"
 )
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A graph input or output: name, v2 datatype and shape (-1 for a dynamic axis)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    @classmethod
-    def from_node(cls, node: ort.NodeArg) -> "TensorSpec":
-        shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
-        return cls(node.name, V2_DATATYPES.get(node.type, node.type), shape)
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
 def split_carriable(nodes: list[ort.NodeArg]) -> tuple[tuple[TensorSpec, ...], dict[str, str]]:

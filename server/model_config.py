@@ -18,11 +18,12 @@ from typing import Any, Iterable, Mapping
 
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory, text_format
 
+from .layout import MODEL_FILE
+
 CONFIG_FILE = "config.pbtxt"
 DESCRIPTOR_SET = Path(__file__).parent / "proto" / "model_config.binpb"
 ONNX_PLATFORM = "onnxruntime_onnx"
 ONNX_BACKEND = "onnxruntime"
-DEFAULT_MODEL_FILENAME = "model.onnx"
 # Top-level fields this server acts on; any other field set in a file is reported as ignored.
 UNDERSTOOD = frozenset({
     "name", "platform", "backend", "max_batch_size", "version_policy", "input", "output",
@@ -116,7 +117,7 @@ class TritonModelConfig:
     inputs: tuple[ConfigTensor, ...]
     outputs: tuple[ConfigTensor, ...]
     dynamic_batching: DynamicBatching | None = None
-    default_model_filename: str = DEFAULT_MODEL_FILENAME
+    default_model_filename: str = MODEL_FILE
     ignored: tuple[str, ...] = field(default=())
     # `parameters { key: ... value { string_value: ... } }`: read like the ONNX file's metadata_props.
     parameters: tuple[tuple[str, str], ...] = ()
@@ -208,7 +209,7 @@ def completed_config(config: TritonModelConfig | None, name: str, inputs: Iterab
     message.name = name
     message.platform = message.platform or ONNX_PLATFORM
     message.backend = message.backend or ONNX_BACKEND
-    message.default_model_filename = message.default_model_filename or DEFAULT_MODEL_FILENAME
+    message.default_model_filename = message.default_model_filename or MODEL_FILE
     if not message.HasField("version_policy"):
         if config is None:  # without a file every version on disk serves here (Triton would serve latest 1)
             message.version_policy.all.SetInParent()
@@ -276,9 +277,9 @@ def _from_message(message, model_dir: Path | None, source: str) -> TritonModelCo
         what = message.platform or message.backend
         raise ModelConfigError(f"{source}: platform/backend {what!r} is not ONNX: this server runs only "
                                f"{ONNX_PLATFORM!r} models")
-    if message.default_model_filename not in ("", DEFAULT_MODEL_FILENAME):
+    if message.default_model_filename not in ("", MODEL_FILE):
         raise ModelConfigError(f"{source}: default_model_filename {message.default_model_filename!r}: "
-                               f"this server reads only {DEFAULT_MODEL_FILENAME}")
+                               f"this server reads only {MODEL_FILE}")
     if message.max_batch_size < 0:
         raise ModelConfigError(f"{source}: max_batch_size must be 0 or more, got {message.max_batch_size}")
     set_fields = {f.name for f, _ in message.ListFields()}
@@ -312,7 +313,7 @@ def _from_message(message, model_dir: Path | None, source: str) -> TritonModelCo
         inputs=inputs,
         outputs=outputs,
         dynamic_batching=batching,
-        default_model_filename=message.default_model_filename or DEFAULT_MODEL_FILENAME,
+        default_model_filename=message.default_model_filename or MODEL_FILE,
         ignored=tuple(sorted(set(ignored))),
     )
 

@@ -16,13 +16,13 @@ from .budget import run_in_chunks
 from .config import CHUNK_ROWS
 from .errors import InvalidInput, ModelNotReady
 from .model import OnnxModel
+from .model_config import ONNX_PLATFORM
 from .registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "mnist-serve"
 SERVER_VERSION = "0.1.0"
-PLATFORM = "onnxruntime_onnx"
 # Extensions as Triton names them; `model_repository` is added where its calls are served.
 EXTENSIONS = ("binary_tensor_data", "classification", "statistics", "model_configuration")
 # onnxruntime's own errors for inputs it refuses at run time (they are not RuntimeError subclasses).
@@ -44,7 +44,7 @@ def model_metadata(registry: ModelRegistry, name: str, version: str | None = Non
     return {
         "name": model.name,
         "versions": versions,
-        "platform": PLATFORM,
+        "platform": ONNX_PLATFORM,
         "inputs": [spec.as_dict() for spec in model.inputs],
         "outputs": [spec.as_dict() for spec in model.outputs],
     }

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import jsonio
 from .errors import InvalidInput, TooLarge, UnsupportedFormat
-from .model import NUMPY_DTYPES, TensorSpec
+from .tensor_types import NUMPY_DTYPES, TensorSpec
 
 INT_TYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 BYTES_LENGTH = struct.Struct("<I")

@@ -34,7 +34,7 @@ from server.errors import ServingError
 from server.grpc import messages
 from server.grpc import schema as pb
 from server.grpc.service import parse
-from server.model import TensorSpec
+from server.tensor_types import TensorSpec
 from server.model_config import ModelConfigError, parse_model_config
 from tests.onnx_factory import write_classifier
 

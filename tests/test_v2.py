@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from server import create_app, tensors
 from server.errors import ServingError
-from server.model import TensorSpec
+from server.tensor_types import TensorSpec
 from tests.conftest import LiveServer
 from tests.v2_repository import (
     COMMITTED_MNIST, COMMITTED_REPOSITORY, DIGIT_LABELS, NUMPY_TYPES, OTHER, V2_ONNX_TYPES, binary_request,

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from .. import metrics, protocol, tensors
 from ..model_config import config_json
 from ..budget import tensor_body_bytes
-from ..protocol import PLATFORM
+from ..model_config import ONNX_PLATFORM as PLATFORM
 from .context import get_memory_budget, get_registry
 from .openapi import MODEL_NAME_PARAMETER, MODEL_VERSION_PARAMETER, error_responses
 
