@@ -164,3 +164,24 @@ def test_pip_extras_are_quoted_for_every_shell(document: str) -> None:
     text = (ROOT / document).read_text()
     unquoted = [line for line in re.findall(r"pip install [^`\n]*", text) if re.search(r"(?<!['\"])\b[\w.-]+\[[\w,]+\]", line)]
     assert unquoted == [], unquoted
+
+
+# --------------------------------------------------------------------------- reference apart from records
+
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs" / "results").glob("*.md"))]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_relative_link_of_a_document_names_a_file_that_exists(document) -> None:
+    """Records moved to docs/results/ (and the reference left in docs/) still find each other."""
+    text = re.sub(r"```.*?```", "", document.read_text(), flags=re.DOTALL)
+    targets = [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:|#", t)]
+    missing = [t for t in targets if not (document.parent / t.split("#")[0]).exists()]
+    assert missing == [], missing
+
+
+def test_every_record_is_linked_from_a_reference_document() -> None:
+    """docs/results/ holds dated runs; each is reachable from the reference document that quotes its figures."""
+    reference = " ".join(path.read_text() for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+    records = sorted((ROOT / "docs" / "results").glob("*.md"))
+    assert records and [r.name for r in records if f"results/{r.name}" not in reference] == []

@@ -268,7 +268,7 @@ def test_stem_stride_and_separable_blocks_cut_multiply_adds() -> None:
 def test_frontier_plot_is_drawn_from_the_committed_rows(tmp_path: Path) -> None:
     from training import plots
 
-    frontier = Path(__file__).resolve().parents[1] / "docs" / "training-frontier.json"
+    frontier = Path(__file__).resolve().parents[1] / "docs" / "results" / "training-frontier.json"
     assert plots.main([str(frontier), str(tmp_path / "frontier.png")]) == 0
     assert (tmp_path / "frontier.png").read_bytes().startswith(b"\x89PNG")
     (tmp_path / "broken.json").write_text("{}")

@@ -27,7 +27,7 @@ FAST_PRESET: dict[str, Any] = {"epochs": 2, "batch_size": 256, "lr": 0.2, "stage
 def default_threads() -> int:
     """The CPUs this process may use: on a quiet 2-core machine 2 threads trained 1.8x faster than
     1. When other jobs keep every core busy, OpenMP threads wait on each other at each barrier and
-    `--threads 1` is faster (3-10x, docs/training.md)."""
+    `--threads 1` is faster (3-10x, docs/results/training-2026-11-27-version-1.md)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -83,7 +83,7 @@ class TrainConfig:
     dropout: float = option(ModelConfig.dropout, "dropout before the classifier", recipe=False)
     teacher: Path | None = option(None, "ONNX model (probabilities output) to distil from, run by "
                                   "onnxruntime once over the un-augmented training images; 'none' trains on the "
-                                  "labels alone (the default: distilling from version 1 did not help, docs/training.md)",
+                                  "labels alone (the default: distilling from version 1 did not help, docs/results/training-2026-11-30-lean-candidate.md)",
                                   type=parse_teacher, metavar="ONNX")
     distill_weight: float = option(0.5, "share of the distillation loss (the rest is cross-entropy on labels)")
     distill_temperature: float = option(4.0, "temperature softening teacher and student for distillation")

@@ -90,7 +90,7 @@ def plot_reliability(labels: np.ndarray, probabilities: dict[str, np.ndarray], p
 
 
 def plot_frontier(rows: list[dict], path: Path, budget_ratio: float = 0.25) -> None:
-    """Test accuracy against µs per image at batch 1 (docs/training-frontier.json's rows): one point
+    """Test accuracy against µs per image at batch 1 (docs/results/training-frontier.json's rows): one point
     per seed, the mean marked, and the cost budget as a line at `budget_ratio` × version 1's time."""
     fig, ax = plt.subplots(figsize=(9, 5.5))
     markers = {"full": "o", "chosen": "*", "screen": "x", "session2": "D", "session3": "s", "session4": "P"}
@@ -118,13 +118,13 @@ def plot_frontier(rows: list[dict], path: Path, budget_ratio: float = 0.25) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m training.plots FRONTIER_JSON PNG`: draw the frontier plot of docs/training.md."""
+    """`python -m training.plots FRONTIER_JSON PNG`: draw the frontier plot of docs/results/training-2026-11-30-lean-candidate.md."""
     import argparse
     import json
 
     parser = argparse.ArgumentParser(prog="python -m training.plots", description=main.__doc__)
-    parser.add_argument("frontier", type=Path, help="docs/training-frontier.json")
-    parser.add_argument("png", type=Path, help="where the plot goes, e.g. docs/training-frontier.png")
+    parser.add_argument("frontier", type=Path, help="docs/results/training-frontier.json")
+    parser.add_argument("png", type=Path, help="where the plot goes, e.g. docs/results/training-frontier.png")
     args = parser.parse_args(argv)
     try:
         rows = json.loads(args.frontier.read_text())["rows"]
