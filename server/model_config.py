@@ -12,6 +12,7 @@ registers in protobuf's default pool cannot clash with it in one process.
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -172,9 +173,16 @@ def parse_model_config(text: str, model_dir: Path | None = None, source: str = C
     """
     message = model_config_class()()
     try:
-        text_format.Parse(text, message)
+        # Python's protobuf only warns on a string's invalid escape ("\\m") where Triton's parser
+        # refuses the file: refuse it too, rather than serve what a warning left of the string.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            text_format.Parse(text, message)
     except text_format.ParseError as error:
         raise ModelConfigError(f"{source}: not a valid model configuration: {error}") from None
+    except DeprecationWarning as warning:
+        raise ModelConfigError(f"{source}: not a valid model configuration: a string has an invalid escape "
+                               f"sequence ({warning})") from None
     return _from_message(message, model_dir, source)
 
 

@@ -103,6 +103,7 @@ def test_over_http_labels_row_limit_and_policy(repo: Path) -> None:
     (CONFIG.replace('name: "input"', 'name: "pixels"'), "model.onnx: input 'pixels' is not in the graph (it has input)"),
     (CONFIG.replace("dims: [ 3 ]", "dims: [ 10 ]"), "output 'probabilities' has dims [10] in the file, [3] in the graph"),
     (CONFIG.replace("pets.txt", "missing.txt"), "label_filename 'missing.txt' does not exist"),
+    (CONFIG.replace("pets.txt", "pets\\m.txt"), "a string has an invalid escape sequence"),  # Triton refuses it too
 ])
 def test_a_bad_config_refuses_the_model_and_the_rest_serve(repo: Path, caplog, text: str, reason: str) -> None:
     caplog.set_level(logging.INFO, logger="server")
