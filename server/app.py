@@ -11,6 +11,7 @@ from .api import api_page, context, errors, health, hooks, images, model_reposit
 from .api import metrics as metrics_api
 from .budget import MemoryBudget
 from .model_sync import ModelSync
+from .protocol import InferLimits
 from .registry import ModelRegistry
 
 
@@ -36,6 +37,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Large work (decoded images, big tensor bodies) holds this worker's share of the box's memory.
     app.extensions["memory_budget"] = MemoryBudget(
         settings.memory_budget(app.config), app.config["MEMORY_WAIT_SECONDS"], app.config["LARGE_REQUESTS"])
+    # v2 inference's limits, read from the settings here rather than key by key in each request.
+    app.extensions["infer_limits"] = InferLimits.from_settings(app.config, app.extensions["memory_budget"])
 
     errors.register_error_handlers(app)
     app.before_request(hooks.start_request)
