@@ -21,6 +21,8 @@ from .model import NUMPY_DTYPES, TensorSpec
 
 INT_TYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 BYTES_LENGTH = struct.Struct("<I")
+# The v2 datatype of each numpy type (the first name listed where two share one).
+DATATYPES = {dtype: name for name, dtype in reversed(NUMPY_DTYPES.items())}
 # No real tensor has a side this long; numpy cannot even shape an empty array past 2**63.
 MAX_DIMENSION = 2**31 - 1
 
@@ -264,10 +266,10 @@ def datatype_of(array: np.ndarray) -> str:
     """The v2 datatype name of an output array."""
     if array.dtype.kind in "OUS":
         return "BYTES"
-    for name, dtype in NUMPY_DTYPES.items():
-        if dtype == array.dtype:
-            return name
-    raise ValueError(f"no v2 datatype for numpy dtype {array.dtype}")
+    name = DATATYPES.get(array.dtype)
+    if name is None:
+        raise ValueError(f"no v2 datatype for numpy dtype {array.dtype}")
+    return name
 
 
 def top_classes(array: np.ndarray, top: int, labels: Sequence[str] | None) -> np.ndarray:
@@ -299,6 +301,7 @@ def encode_outputs(
     bytes follow the JSON in the same order, as the binary tensor data extension lays them out.
     """
     entries, chunks = [], []
+    finite = True  # no NaN or infinity among the values written in JSON
     for name, array, binary in outputs:
         datatype = datatype_of(array)
         entry = {"name": name, "datatype": datatype, "shape": list(array.shape)}
@@ -308,8 +311,9 @@ def encode_outputs(
             chunks.append(raw)
         else:
             entry["data"] = to_json(array, datatype)
+            finite = finite and (array.dtype.kind != "f" or bool(np.isfinite(array).all()))
         entries.append(entry)
-    text = json.dumps({**header, "outputs": entries}, separators=(",", ":")).encode()
+    text = jsonio.dumps({**header, "outputs": entries}, finite)
     if not chunks:
         return text, None
     return text + b"".join(chunks), len(text)

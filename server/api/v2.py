@@ -87,8 +87,8 @@ def _response(payload: bytes, header_length: int | None) -> Response:
     response = Response(
         tensors.compress(payload, encoding),
         content_type="application/json" if header_length is None else "application/octet-stream",
+        headers={"Vary": "Accept-Encoding"},
     )
-    response.vary.add("Accept-Encoding")
     if encoding:
         response.headers["Content-Encoding"] = encoding
     if header_length is not None:  # the JSON's length before compression, as tritonclient reads it
