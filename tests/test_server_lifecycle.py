@@ -104,6 +104,48 @@ def test_at_most_threads_requests_run_the_app_at_once() -> None:
     assert most[0] == 2
 
 
+def test_a_small_request_is_answered_while_large_ones_hold_every_large_slot() -> None:
+    """Requests with bodies over PREREAD_BYTES have a lane of their own: however long they hold the app
+    (a page that takes seconds to decode), one small by its headers (a digit PNG) never waits for them.
+    Large ones beyond their lane wait for it with their bodies unread, holding none of the room."""
+    release, entered = threading.Event(), threading.Semaphore(0)
+
+    def app(environ, start_response):
+        if int(environ["CONTENT_LENGTH"]) > PREREAD_BYTES:  # the large ones run until released
+            entered.release()
+            release.wait(30)
+        start_response("200 OK", [])
+        return [b"done"]
+
+    size = PREREAD_BYTES + 1
+    gate = RequestGate(app, threads=2, max_body=MAX_BODY, body_room=8 * MAX_BODY, wait_seconds=0.05, large_threads=2)
+    bodies = [Stream(b"L" * size) for _ in range(5)]
+    environs = [{"REQUEST_METHOD": "POST", "PATH_INFO": "/", "CONTENT_LENGTH": str(size), "wsgi.input": body}
+                for body in bodies]
+    large = [threading.Thread(target=gate, args=(environ, lambda *args: None)) for environ in environs]
+    try:
+        for caller in large:
+            caller.start()
+        for _ in range(2):  # every large slot is held; the other 3 large requests wait for one
+            assert entered.acquire(timeout=10)
+        assert not entered.acquire(timeout=0.2)
+        answered = []
+        small = [threading.Thread(target=lambda: answered.append(call(gate, b"s" * 100)[0])) for _ in range(4)]
+        for caller in small:
+            caller.start()
+        for caller in small:
+            caller.join(timeout=10)
+        assert answered == ["200 OK"] * 4
+        assert all(caller.is_alive() for caller in large)  # still running or waiting: the small ones did not wait
+        assert sorted(getattr(body, "taken", 0) for body in bodies) == [0, 0, 0, size, size]
+        assert gate.room_used == 2 * size
+    finally:
+        release.set()
+        for caller in large:
+            caller.join()
+    assert all(body.taken == size for body in bodies) and gate.room_used == 0
+
+
 def test_keepalive_requests_closes_about_one_answer_in_that_many() -> None:
     gate = RequestGate(echo, threads=1, max_body=MAX_BODY, body_room=MAX_BODY, wait_seconds=0.05, keepalive_requests=10)
     closed = sum(call(gate, b"")[1].get("Connection") == "close" for _ in range(2000))
