@@ -323,9 +323,10 @@ class RequestGate:
     in a lane of their own, `large_threads` at once, so that however long large work takes, the
     small requests never wait for a slot it holds, only for the CPU (docs/memory.md). A large
     request waits for its lane to have a free slot, holding nothing but its connection; then its
-    body holds its declared size in a room of `body_room` bytes while the request lasts: one that
-    does not fit within `wait_seconds` (slow bodies being read hold it) is read and dropped, then
-    refused (503, Retry-After). Bodies over `max_body` are left to the app, which refuses them at
+    body holds its declared size in a room of `body_room` bytes while the request lasts. One that
+    does not fit waits for requests to end; only when bodies still arriving hold the room past
+    `wait_seconds` (slow clients, who may never finish) is it read and dropped, then refused (503,
+    Retry-After), so that no request the app would refuse for good (413) gets a 503 first. Bodies over `max_body` are left to the app, which refuses them at
     once (413; in the small lane, as they are never read); those are then read and dropped (up to
     DISCARD_BYTES), as are refused ones, so their clients get the answer.
 
@@ -340,6 +341,7 @@ class RequestGate:
         self.lane, self.large_lane = Lane(threads), Lane(large_threads or threads)
         self.max_body, self.body_room, self.wait_seconds = max_body, body_room, wait_seconds
         self.room_used = 0
+        self.room_reading = 0  # of room_used: bodies still arriving
         self.room_changed = threading.Condition()
         self.close_chance = 1 / keepalive_requests if keepalive_requests else 0.0
         self.retiring = False  # set once the main process is about to replace this worker
@@ -359,7 +361,11 @@ class RequestGate:
             return _refuse(start_response, f"no room for a {length}-byte body in this worker now; retry shortly")
         try:
             if 0 < length <= self.max_body + 1:
-                environ["wsgi.input"] = io.BytesIO(stream.read(length))
+                try:
+                    environ["wsgi.input"] = io.BytesIO(stream.read(length))
+                finally:
+                    if held:
+                        self._done_reading(held)
             if self.retiring or (self.close_chance and random.random() < self.close_chance):
                 start_response = partial(_closing, start_response)
             with self.large_lane if held else self.lane:
@@ -383,11 +389,24 @@ class RequestGate:
                     self.room_changed.notify_all()
 
     def _take_room(self, size: int) -> bool:
+        """Hold `size` bytes of the room. False once `wait_seconds` have passed while bodies still
+        arriving hold it (slow clients: they may never finish); while bodies already read hold it
+        (their requests are running or next in the large lane), wait on: they make room when they end."""
+        deadline = time.monotonic() + self.wait_seconds
         with self.room_changed:
-            if not self.room_changed.wait_for(lambda: self.room_used + size <= self.body_room, self.wait_seconds):
-                return False
+            while self.room_used + size > self.body_room:
+                left = deadline - time.monotonic()
+                if left <= 0 and self.room_reading + size > self.body_room:
+                    return False
+                self.room_changed.wait(left if left > 0 else None)
             self.room_used += size
+            self.room_reading += size
             return True
+
+    def _done_reading(self, size: int) -> None:
+        with self.room_changed:
+            self.room_reading -= size
+            self.room_changed.notify_all()
 
 
 def _discard(stream: Any, length: int) -> None:

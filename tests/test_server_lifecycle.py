@@ -61,12 +61,31 @@ def test_a_chunked_body_is_read_to_its_end() -> None:
 
 def test_a_large_body_with_no_room_is_read_and_dropped_then_refused_with_retry_after() -> None:
     gate = RequestGate(echo, threads=4, max_body=MAX_BODY, body_room=MAX_BODY, wait_seconds=0.05)
-    gate.room_used = MAX_BODY - PREREAD_BYTES  # other requests' bodies hold the room
+    gate.room_used = gate.room_reading = MAX_BODY - PREREAD_BYTES  # slow bodies, still arriving, hold the room
     status, headers, answer, stream = call(gate, b"z" * (2 * PREREAD_BYTES))
     assert status.startswith("503") and headers["Retry-After"] == "1" and "no room" in json.loads(answer)["error"]
     assert stream.taken == 2 * PREREAD_BYTES  # the client, still sending, gets the answer
     # Small bodies need no room: they still pass.
     assert call(gate, b"s" * 100)[0] == "200 OK"
+
+
+def test_a_large_body_waits_past_wait_seconds_while_bodies_already_read_hold_the_room() -> None:
+    """Room held by requests that are running (or next in the large lane) comes back: waiting on is
+    never refused with 503, so a request that can never be served still reaches the app's 413."""
+    gate = RequestGate(echo, threads=4, max_body=MAX_BODY, body_room=MAX_BODY, wait_seconds=0.05)
+    gate.room_used = MAX_BODY - PREREAD_BYTES  # bodies read, their requests in the app
+    answer: list = []
+    caller = threading.Thread(target=lambda: answer.append(call(gate, b"w" * (2 * PREREAD_BYTES))))
+    caller.start()
+    caller.join(timeout=0.5)  # ten times wait_seconds
+    assert caller.is_alive() and answer == []  # still waiting, not refused
+    with gate.room_changed:  # those requests end
+        gate.room_used = 0
+        gate.room_changed.notify_all()
+    caller.join(timeout=10)
+    (status, _, body, stream), = answer
+    assert (status, body, stream.taken) == ("200 OK", str(2 * PREREAD_BYTES).encode(), 2 * PREREAD_BYTES)
+    assert gate.room_used == gate.room_reading == 0
 
 
 def test_an_oversized_body_is_left_to_the_app_then_dropped_up_to_a_bound() -> None:
