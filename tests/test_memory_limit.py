@@ -46,7 +46,7 @@ CGROUP = Path("/sys/fs/cgroup")
 # Settings left at their defaults, as `make serve` does, whatever the caller's shell says.
 SERVER_SETTINGS = ("WORKERS", "THREADS", "ORT_THREADS", "API_TOKEN", "LOG_LEVEL", "MAX_CONTENT_LENGTH",
                    "MAX_IMAGE_PIXELS", "MAX_IMAGES_PER_REQUEST", "MAX_REQUEST_PIXELS", "MEMORY_BUDGET",
-                   "MEMORY_WAIT_SECONDS", "LARGE_REQUESTS", "INFER_CHUNK_ROWS", "MAX_BATCH_SIZE")
+                   "MEMORY_WAIT_SECONDS", "LARGE_REQUESTS", "INFER_CHUNK_ROWS", "MAX_BATCH_SIZE", "REQUEST_CPU_SECONDS")
 # After the load each worker's anonymous memory must be back within this of its idle figure: what
 # stays is onnxruntime's arena at the size of one INFER_CHUNK_ROWS run (~10 MiB; 64-row runs left
 # ~30 MiB and failed here) and the allocators' slack.
