@@ -24,8 +24,20 @@ from harness.memory import ROOT, measure, repository_without_row_limit
 log = logging.getLogger(__name__)
 
 
-def markdown(results: dict) -> str:
-    """docs/memory.md: the table of peaks beside the idle RSS."""
+# docs/memory.md's section on `make memory-test` (the normal requests' latency under the mix): written
+# from that test's runs, not by this module, and kept when this module writes the file again.
+KEPT_SECTION = ("<!-- memory-test:begin -->", "<!-- memory-test:end -->")
+
+
+def kept_section(text: str) -> str:
+    """The KEPT_SECTION of an earlier docs/memory.md, markers included ("" when it has none)."""
+    begin, end = KEPT_SECTION
+    start, stop = text.find(begin), text.find(end)
+    return text[start:stop + len(end)] + "\n" if 0 <= start < stop else ""
+
+
+def markdown(results: dict, kept: str = "") -> str:
+    """docs/memory.md: the table of peaks beside the idle RSS (then `kept`, an earlier file's KEPT_SECTION)."""
     idle = results["idle_kib"] / 1024
     lines = [
         "# Peak memory of a worker, by request kind",
@@ -63,9 +75,9 @@ def markdown(results: dict) -> str:
                          f"{row['after_kib'] / 1024:.0f} |")
     lines += ["", f"Date: {results.get('date', '?')}; machine: {results.get('machine', '?')}.", "",
               "All these kinds at once, beside normal requests, in a 1 GiB / 1 CPU cgroup: `make memory-test`;",
-              "its figures, the normal requests' p50 and p99 latency under the mix among them, are in",
-              "[deploy.md](deploy.md#memory-under-the-largest-requests).", ""]
-    return "\n".join(lines)
+              "its memory figures are in [deploy.md](deploy.md#memory-under-the-largest-requests), the normal",
+              "requests' latency under the mix below.", ""]
+    return "\n".join(lines) + ("\n" + kept if kept else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     results["env"] = env
     if not args.dry_run:
         (args.out / "memory.json").write_text(json.dumps(results, indent=1) + "\n")
-        (args.out / "memory.md").write_text(markdown(results))
+        earlier = args.out / "memory.md"
+        (args.out / "memory.md").write_text(markdown(results, kept_section(earlier.read_text()) if earlier.exists() else ""))
         log.info("wrote %s", args.out / "memory.md")
     return 0
 

@@ -6,7 +6,7 @@ Every request the limits allow must fit the box at once with the others (docs/se
   image, a big v2 body being parsed and run). A request that does not fit waits a little for
   others to finish, then is refused with `Overloaded` (503 and Retry-After), never allocated.
 - `PixelBudget`: the decoded pixels of one request's images, summed, bound its CPU time and the
-  memory it passes through.
+  memory it passes through; `CpuBudget` bounds that CPU time itself, checked between images.
 - `run_in_chunks`: a large batch runs through onnxruntime a bounded number of rows at a time, so
   its activations (and onnxruntime's arena, which keeps its peak) stay the size of one chunk.
 Plain Python: no web framework.
@@ -168,6 +168,23 @@ class PixelBudget:
                 f"{self.limit} per request (MAX_REQUEST_PIXELS): send fewer or smaller images"
             )
         self.used += pixels
+
+
+class CpuBudget:
+    """The CPU time one request may spend decoding and preparing its images, counted on its own thread."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started = time.thread_time()  # this thread's CPU only: other requests' work does not count
+
+    def check(self, done: int, count: int) -> None:
+        """Raise TooLarge before the next image when the `done` images so far took more than the limit."""
+        used = time.thread_time() - self.started
+        if used > self.seconds:
+            raise TooLarge(
+                f"decoding and preparing {done} of the request's {count} images took {used:.1f} s of CPU; the "
+                f"limit is {self.seconds:g} s per request (REQUEST_CPU_SECONDS): send fewer or smaller images"
+            )
 
 
 # Bytes a worker holds per decoded pixel, by Pillow mode (multi-band images take 4 bytes a pixel).

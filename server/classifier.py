@@ -16,7 +16,7 @@ import numpy as np
 
 from PIL import Image
 
-from .budget import MemoryBudget, PixelBudget, image_bytes, run_in_chunks
+from .budget import CpuBudget, MemoryBudget, PixelBudget, image_bytes, run_in_chunks
 from .config import CHUNK_ROWS
 from .decoding import is_rotated, load_image, open_image, pixels_to_array
 from .errors import InvalidInput, ModelNotFound, Overloaded, ServingError
@@ -63,13 +63,14 @@ class ImageClassifier:
 
     def predict(self, items: list[Item], max_pixels: int, return_input: bool = False,
                 memory: MemoryBudget | None = None, max_request_pixels: int | None = None,
-                chunk_rows: int = CHUNK_ROWS) -> list[dict]:
+                chunk_rows: int = CHUNK_ROWS, max_cpu_seconds: float | None = None) -> list[dict]:
         """One prediction per item (label, index, confidence, probabilities; and the input seen).
 
         With `memory`, each image's decoding holds its bytes of that budget; `max_request_pixels`
-        bounds the decoded pixels of all the items together; the model runs `chunk_rows` at a time.
+        bounds the decoded pixels of all the items together, `max_cpu_seconds` the CPU time their
+        decoding and preprocessing take; the model runs `chunk_rows` at a time.
         """
-        images = self.prepare(items, max_pixels, memory, max_request_pixels)
+        images = self.prepare(items, max_pixels, memory, max_request_pixels, max_cpu_seconds)
         probabilities = self.probabilities(images, chunk_rows)
         labels = self.model.labels
         labels = labels if labels and len(labels) == probabilities.shape[1] else None
@@ -93,16 +94,20 @@ class ImageClassifier:
                 image.close()
 
     def prepare(self, items: list[Item], max_pixels: int, memory: MemoryBudget | None = None,
-                max_request_pixels: int | None = None) -> list[np.ndarray]:
+                max_request_pixels: int | None = None, max_cpu_seconds: float | None = None) -> list[np.ndarray]:
         """Each item as the model's [C, H, W] float32 image; errors name the image at fault.
 
         Every image's header is read first, so that a request over `max_request_pixels` is refused
-        before any pixel is decoded; then each is decoded holding its bytes of `memory`.
+        before any pixel is decoded; then each is decoded holding its bytes of `memory`, until the
+        images so far have taken more than `max_cpu_seconds` of CPU (TooLarge before the next).
         """
         target, preset, count = self.target, PRESETS[self.preset], len(items)
         opened = self._open_headers(items, max_pixels, memory, max_request_pixels)
+        cpu = CpuBudget(max_cpu_seconds) if max_cpu_seconds else None
         images = []
         for number in range(1, count + 1):
+            if cpu is not None and number > 1:
+                cpu.check(number - 1, count)
             item, opened[number - 1] = opened[number - 1], None  # each decoded image is let go once preprocessed
             with naming_errors(number, count):
                 if isinstance(item, Image.Image):

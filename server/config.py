@@ -94,6 +94,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_IMAGES_PER_REQUEST", 64, _number(int, 1), "most images in one /predict request"),
     Setting("MAX_REQUEST_PIXELS", 100_000_000, _number(int, 1),
             "most decoded pixels in one request, all its images together (413 above; JPEGs count at their reduced decoding size)"),
+    Setting("REQUEST_CPU_SECONDS", 30.0, _number(float, 0, 3600),
+            "CPU seconds one request's images may take to decode and preprocess, checked between images (413 past it); 0 = no limit"),
     Setting("MEMORY_BUDGET", 0, _number(int, 0),
             "bytes of large work (decoded images, big tensor bodies) each worker holds at once; 0 = its share of the box's memory"),
     Setting("LARGE_REQUESTS", 1, _number(int, 1, 256),

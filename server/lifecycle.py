@@ -255,11 +255,12 @@ def load_worker(target: Callable[[], Any], settings: Mapping[str, Any], sync_dir
 
         _Worker.grpc_server = start_grpc(app)
         handoff.mark(sync_dir, age, "serving")
-    # Room for bodies waiting for a slot: those the memory budget lets run at once (LARGE_REQUESTS)
-    # and the one it lets wait, at the largest size.
-    room = (settings["LARGE_REQUESTS"] + 1) * settings["MAX_CONTENT_LENGTH"]
-    gate = RequestGate(app, settings["THREADS"], settings["MAX_CONTENT_LENGTH"], room, settings["MEMORY_WAIT_SECONDS"],
-                       settings["KEEPALIVE_REQUESTS"])
+    # Requests with large bodies in the app at once (the large lane): those the memory budget lets
+    # run at once (LARGE_REQUESTS) and the one it lets wait; more would only be refused by it (503).
+    # The room for their bodies: as many at the largest size.
+    large_lane = settings["LARGE_REQUESTS"] + 1
+    gate = RequestGate(app, settings["THREADS"], settings["MAX_CONTENT_LENGTH"], large_lane * settings["MAX_CONTENT_LENGTH"],
+                       settings["MEMORY_WAIT_SECONDS"], settings["KEEPALIVE_REQUESTS"], large_threads=large_lane)
     threading.Thread(target=_close_when_retiring, args=(gate, sync_dir / RETIRING / str(age)), daemon=True,
                      name="retiring-watch").start()
     return gate
@@ -287,17 +288,47 @@ def stop_worker(sync_dir: Path) -> None:
              waited, took["connections_seconds"], took["stop_seconds"])
 
 
+class Lane:
+    """At most `size` requests inside at once (a semaphore whose callers can also wait until one could enter)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.inside = size, 0
+        self.changed = threading.Condition()
+
+    def wait_open(self) -> None:
+        """Wait, taking nothing, until fewer than `size` are inside."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.inside < self.size)
+
+    def __enter__(self) -> "Lane":
+        with self.changed:
+            self.changed.wait_for(lambda: self.inside < self.size)
+            self.inside += 1
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with self.changed:
+            self.inside -= 1
+            self.changed.notify_all()
+
+
 class RequestGate:
-    """The app as Granian calls it: a request's body is read first, then at most `threads` requests run the app at once.
+    """The app as Granian calls it: a request's body is read first, then it runs the app in one of two lanes.
 
     Granian hands each request to a Python thread as soon as its headers are in, and the body is
-    read there, blocking, as it arrives. Read before the request takes one of the `threads` slots,
-    a body that never finishes holds an idle thread and its connection, never the worker's room for
-    work (docs/security.md). Bodies over PREREAD_BYTES also hold their declared size in a room of
-    `body_room` bytes while their request lasts: one that does not fit within `wait_seconds` is
-    read and dropped, then refused (503, Retry-After), so bodies waiting for a slot stay bounded.
-    Bodies over `max_body` are left to the app, which refuses them (413); those are then read and
-    dropped (up to DISCARD_BYTES), as are refused ones, so their clients get the answer.
+    read there, blocking, as it arrives. Read before the request takes a slot in the app, a body
+    that never finishes holds an idle thread and its connection, never the worker's room for work
+    (docs/security.md). Requests small by their headers (a body of at most PREREAD_BYTES: a digit,
+    a one-row v2 body) run `threads` at once; those with larger bodies (a page, a big batch) run
+    in a lane of their own, `large_threads` at once, so that however long large work takes, the
+    small requests never wait for a slot it holds, only for the CPU (docs/memory.md). A large
+    request waits for its lane to have a free slot, holding nothing but its connection; then its
+    body holds its declared size in a room of `body_room` bytes while the request lasts. One that
+    does not fit waits for requests to end; only when bodies still arriving hold the room past
+    `wait_seconds` (slow clients, who may never finish) is it read and dropped, then refused (503,
+    Retry-After), so that no request the app would refuse for good (413) gets a 503 first. Bodies over `max_body` are left to the app, which refuses them at
+    once (413; in the small lane, as they are never read); those are then read and dropped (up to
+    DISCARD_BYTES), as are refused ones, so their clients get the answer.
 
     `keepalive_requests` > 0: about one response in that many says `Connection: close`, so
     keep-alive clients reconnect and spread over the workers (Granian does not count a
@@ -305,11 +336,12 @@ class RequestGate:
     """
 
     def __init__(self, app: Callable, threads: int, max_body: int, body_room: int, wait_seconds: float,
-                 keepalive_requests: int = 0) -> None:
+                 keepalive_requests: int = 0, large_threads: int | None = None) -> None:
         self.app = app
-        self.slots = threading.BoundedSemaphore(threads)
+        self.lane, self.large_lane = Lane(threads), Lane(large_threads or threads)
         self.max_body, self.body_room, self.wait_seconds = max_body, body_room, wait_seconds
         self.room_used = 0
+        self.room_reading = 0  # of room_used: bodies still arriving
         self.room_changed = threading.Condition()
         self.close_chance = 1 / keepalive_requests if keepalive_requests else 0.0
         self.retiring = False  # set once the main process is about to replace this worker
@@ -321,16 +353,22 @@ class RequestGate:
         if not text and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
             length = self.max_body + 1  # read up to the limit and one byte more: the app says 413 past it
         held = length if PREREAD_BYTES < length <= self.max_body + 1 else 0
+        if held:  # its turn comes first: bodies waiting for the large lane would fill the room
+            self.large_lane.wait_open()
         if held and not self._take_room(held):
             log.warning("a %d-byte body found no room in this worker within %gs: 503", length, self.wait_seconds)
             _discard(stream, length)
             return _refuse(start_response, f"no room for a {length}-byte body in this worker now; retry shortly")
         try:
             if 0 < length <= self.max_body + 1:
-                environ["wsgi.input"] = io.BytesIO(stream.read(length))
+                try:
+                    environ["wsgi.input"] = io.BytesIO(stream.read(length))
+                finally:
+                    if held:
+                        self._done_reading(held)
             if self.retiring or (self.close_chance and random.random() < self.close_chance):
                 start_response = partial(_closing, start_response)
-            with self.slots:
+            with self.large_lane if held else self.lane:
                 answer = self.app(environ, start_response)
                 if isinstance(answer, list):
                     chunks = answer
@@ -351,11 +389,24 @@ class RequestGate:
                     self.room_changed.notify_all()
 
     def _take_room(self, size: int) -> bool:
+        """Hold `size` bytes of the room. False once `wait_seconds` have passed while bodies still
+        arriving hold it (slow clients: they may never finish); while bodies already read hold it
+        (their requests are running or next in the large lane), wait on: they make room when they end."""
+        deadline = time.monotonic() + self.wait_seconds
         with self.room_changed:
-            if not self.room_changed.wait_for(lambda: self.room_used + size <= self.body_room, self.wait_seconds):
-                return False
+            while self.room_used + size > self.body_room:
+                left = deadline - time.monotonic()
+                if left <= 0 and self.room_reading + size > self.body_room:
+                    return False
+                self.room_changed.wait(left if left > 0 else None)
             self.room_used += size
+            self.room_reading += size
             return True
+
+    def _done_reading(self, size: int) -> None:
+        with self.room_changed:
+            self.room_reading -= size
+            self.room_changed.notify_all()
 
 
 def _discard(stream: Any, length: int) -> None:

@@ -263,6 +263,26 @@ def test_request_pixels_over_the_budget_are_refused_before_decoding(random_repos
     assert "image 3 of 3" in answer.json["error"] and "MAX_REQUEST_PIXELS" in answer.json["error"]
 
 
+def test_a_request_past_its_cpu_time_is_refused_before_its_next_image(random_repository: Path) -> None:
+    client = create_app({"TESTING": True, "MODEL_REPOSITORY": str(random_repository),
+                         "REQUEST_CPU_SECONDS": 1e-6}).test_client()  # less than any image takes
+    digit = Image.new("L", (600, 600), 255)
+    digit.paste(0, (250, 150, 350, 450))  # a stroke: an image that is answered 200
+    buffer = io.BytesIO()
+    digit.save(buffer, format="PNG")
+    page = buffer.getvalue()
+    files = {"image": [(io.BytesIO(page), f"p{i}.png") for i in range(3)]}
+    answer = client.post("/predict", data=files, content_type="multipart/form-data")
+    assert answer.status_code == 413, answer.json
+    assert "1 of the request's 3 images" in answer.json["error"] and "REQUEST_CPU_SECONDS" in answer.json["error"]
+    # Checked between images: one image is answered whatever it took, and 0 is no limit.
+    one = client.post("/predict", data={"image": (io.BytesIO(page), "p.png")}, content_type="multipart/form-data")
+    assert one.status_code == 200, one.json
+    unlimited = create_app({"TESTING": True, "MODEL_REPOSITORY": str(random_repository), "REQUEST_CPU_SECONDS": 0})
+    files = {"image": [(io.BytesIO(page), f"p{i}.png") for i in range(3)]}
+    assert unlimited.test_client().post("/predict", data=files, content_type="multipart/form-data").status_code == 200
+
+
 def test_a_busy_worker_answers_503_with_retry_after(random_repository: Path) -> None:
     app = create_app({"TESTING": True, "MODEL_REPOSITORY": str(random_repository), "MEMORY_WAIT_SECONDS": 0.0})
     budget = app.extensions["memory_budget"]

@@ -8,7 +8,8 @@ Then: no OOM kill in the cgroup, no worker died, every normal request answered 2
 Each kind of large request is first sent alone and must get what it is built to get (200, or its
 413 / 400); under the mix each must get that or a 503 with Retry-After, and a request that can
 never be served (the 413 kind) gets 413 every time, never 503. The normal requests' latency under
-the mix (p50, p99, slowest) is in the summary.
+the mix (p50, p99, slowest; each stream's p50 and p99) is in the summary and printed: reported, not
+asserted (the target, p99 <= 1 s, and the figures are in docs/memory.md).
 
 A minute or two long, so not part of `make test`: `make memory-test` runs it (`-m memory_limit`).
 Needs root and a writable cgroup v1 `memory` and `cpu` hierarchy, or cgroup v2 with both
@@ -45,7 +46,7 @@ CGROUP = Path("/sys/fs/cgroup")
 # Settings left at their defaults, as `make serve` does, whatever the caller's shell says.
 SERVER_SETTINGS = ("WORKERS", "THREADS", "ORT_THREADS", "API_TOKEN", "LOG_LEVEL", "MAX_CONTENT_LENGTH",
                    "MAX_IMAGE_PIXELS", "MAX_IMAGES_PER_REQUEST", "MAX_REQUEST_PIXELS", "MEMORY_BUDGET",
-                   "MEMORY_WAIT_SECONDS", "LARGE_REQUESTS", "INFER_CHUNK_ROWS", "MAX_BATCH_SIZE")
+                   "MEMORY_WAIT_SECONDS", "LARGE_REQUESTS", "INFER_CHUNK_ROWS", "MAX_BATCH_SIZE", "REQUEST_CPU_SECONDS")
 # After the load each worker's anonymous memory must be back within this of its idle figure: what
 # stays is onnxruntime's arena at the size of one INFER_CHUNK_ROWS run (~10 MiB; 64-row runs left
 # ~30 MiB and failed here) and the allocators' slack.
@@ -180,12 +181,14 @@ class Tally:
     statuses: Counter = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    by_name: dict[str, list[float]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, status: int | None, note: str, seconds: float) -> None:
+    def record(self, status: int | None, note: str, seconds: float, name: str = "") -> None:
         with self.lock:
             self.statuses[status] += 1
             self.seconds.append(seconds)
+            self.by_name.setdefault(name, []).append(seconds)
             if note:
                 self.failures.append(note)
 
@@ -211,7 +214,7 @@ def stream(port: int, specs: list[RequestSpec], allowed: set[int], tally: Tally,
         try:
             status, headers, body = send(port, spec, timeout)
         except (OSError, http.client.HTTPException) as err:
-            tally.record(None, f"{spec.name}: no answer ({type(err).__name__}: {err})", time.monotonic() - started)
+            tally.record(None, f"{spec.name}: no answer ({type(err).__name__}: {err})", time.monotonic() - started, spec.name)
             continue
         note = ""
         if status not in allowed:
@@ -223,7 +226,7 @@ def stream(port: int, specs: list[RequestSpec], allowed: set[int], tally: Tally,
                 note = f"{spec.name}: {status} without a JSON error: {body[:200]!r}"
             if status == 503 and "retry-after" not in {name.lower() for name in headers}:  # names are case-blind
                 note = f"{spec.name}: 503 without Retry-After"
-        tally.record(status, note, time.monotonic() - started)
+        tally.record(status, note, time.monotonic() - started, spec.name)
         if pause:
             time.sleep(pause)
 
@@ -304,12 +307,18 @@ def test_largest_requests_under_1_gib_and_one_cpu(tmp_path: Path) -> None:
             "cgroup": counters, "cgroup_version": cgroup.version,
             "normal": dict(normal_tally.statuses), "normal_max_s": round(max(normal_tally.seconds, default=0), 1),
             "normal_p50_s": _percentile(normal_tally.seconds, 0.5), "normal_p99_s": _percentile(normal_tally.seconds, 0.99),
+            "normal_by_request": {name: {"count": len(seconds), "p50_s": _percentile(seconds, 0.5),
+                                         "p99_s": _percentile(seconds, 0.99)} for name, seconds in normal_tally.by_name.items()},
             "large": dict(large_tally.statuses), "large_max_s": round(max(large_tally.seconds, default=0), 1),
             "alone": {kind: {"status": status, "seconds": seconds} for kind, (status, seconds) in alone.items()},
             "by_kind": {kind: dict(tally.statuses) for kind, tally in by_kind.items()},
             "box": next((line.split("INFO", 1)[-1].strip() for line in log_text.splitlines() if "box:" in line), "?"),
         }
         print("memory-limit summary:", json.dumps(summary))
+        # Reported, not asserted (speed goals are measured, never timed assertions): the target is
+        # p99 <= 1 s for each normal stream while the largest requests flow (docs/memory.md).
+        for name, figures in summary["normal_by_request"].items():
+            print(f"normal {name} under the mix: {figures['count']} answered, p50 {figures['p50_s']} s, p99 {figures['p99_s']} s")
         (LOG_DIR / "memory-limit-summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
         assert stuck == 0, f"{stuck} client threads still waiting for answers"

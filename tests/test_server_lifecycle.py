@@ -61,12 +61,31 @@ def test_a_chunked_body_is_read_to_its_end() -> None:
 
 def test_a_large_body_with_no_room_is_read_and_dropped_then_refused_with_retry_after() -> None:
     gate = RequestGate(echo, threads=4, max_body=MAX_BODY, body_room=MAX_BODY, wait_seconds=0.05)
-    gate.room_used = MAX_BODY - PREREAD_BYTES  # other requests' bodies hold the room
+    gate.room_used = gate.room_reading = MAX_BODY - PREREAD_BYTES  # slow bodies, still arriving, hold the room
     status, headers, answer, stream = call(gate, b"z" * (2 * PREREAD_BYTES))
     assert status.startswith("503") and headers["Retry-After"] == "1" and "no room" in json.loads(answer)["error"]
     assert stream.taken == 2 * PREREAD_BYTES  # the client, still sending, gets the answer
     # Small bodies need no room: they still pass.
     assert call(gate, b"s" * 100)[0] == "200 OK"
+
+
+def test_a_large_body_waits_past_wait_seconds_while_bodies_already_read_hold_the_room() -> None:
+    """Room held by requests that are running (or next in the large lane) comes back: waiting on is
+    never refused with 503, so a request that can never be served still reaches the app's 413."""
+    gate = RequestGate(echo, threads=4, max_body=MAX_BODY, body_room=MAX_BODY, wait_seconds=0.05)
+    gate.room_used = MAX_BODY - PREREAD_BYTES  # bodies read, their requests in the app
+    answer: list = []
+    caller = threading.Thread(target=lambda: answer.append(call(gate, b"w" * (2 * PREREAD_BYTES))))
+    caller.start()
+    caller.join(timeout=0.5)  # ten times wait_seconds
+    assert caller.is_alive() and answer == []  # still waiting, not refused
+    with gate.room_changed:  # those requests end
+        gate.room_used = 0
+        gate.room_changed.notify_all()
+    caller.join(timeout=10)
+    (status, _, body, stream), = answer
+    assert (status, body, stream.taken) == ("200 OK", str(2 * PREREAD_BYTES).encode(), 2 * PREREAD_BYTES)
+    assert gate.room_used == gate.room_reading == 0
 
 
 def test_an_oversized_body_is_left_to_the_app_then_dropped_up_to_a_bound() -> None:
@@ -102,6 +121,48 @@ def test_at_most_threads_requests_run_the_app_at_once() -> None:
     for caller in callers:
         caller.join()
     assert most[0] == 2
+
+
+def test_a_small_request_is_answered_while_large_ones_hold_every_large_slot() -> None:
+    """Requests with bodies over PREREAD_BYTES have a lane of their own: however long they hold the app
+    (a page that takes seconds to decode), one small by its headers (a digit PNG) never waits for them.
+    Large ones beyond their lane wait for it with their bodies unread, holding none of the room."""
+    release, entered = threading.Event(), threading.Semaphore(0)
+
+    def app(environ, start_response):
+        if int(environ["CONTENT_LENGTH"]) > PREREAD_BYTES:  # the large ones run until released
+            entered.release()
+            release.wait(30)
+        start_response("200 OK", [])
+        return [b"done"]
+
+    size = PREREAD_BYTES + 1
+    gate = RequestGate(app, threads=2, max_body=MAX_BODY, body_room=8 * MAX_BODY, wait_seconds=0.05, large_threads=2)
+    bodies = [Stream(b"L" * size) for _ in range(5)]
+    environs = [{"REQUEST_METHOD": "POST", "PATH_INFO": "/", "CONTENT_LENGTH": str(size), "wsgi.input": body}
+                for body in bodies]
+    large = [threading.Thread(target=gate, args=(environ, lambda *args: None)) for environ in environs]
+    try:
+        for caller in large:
+            caller.start()
+        for _ in range(2):  # every large slot is held; the other 3 large requests wait for one
+            assert entered.acquire(timeout=10)
+        assert not entered.acquire(timeout=0.2)
+        answered = []
+        small = [threading.Thread(target=lambda: answered.append(call(gate, b"s" * 100)[0])) for _ in range(4)]
+        for caller in small:
+            caller.start()
+        for caller in small:
+            caller.join(timeout=10)
+        assert answered == ["200 OK"] * 4
+        assert all(caller.is_alive() for caller in large)  # still running or waiting: the small ones did not wait
+        assert sorted(getattr(body, "taken", 0) for body in bodies) == [0, 0, 0, size, size]
+        assert gate.room_used == 2 * size
+    finally:
+        release.set()
+        for caller in large:
+            caller.join()
+    assert all(body.taken == size for body in bodies) and gate.room_used == 0
 
 
 def test_keepalive_requests_closes_about_one_answer_in_that_many() -> None:

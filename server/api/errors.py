@@ -22,7 +22,8 @@ ERROR_ANSWERS: dict[str, tuple[str, str]] = {
     "404": ("NotFound", "Unknown model or version"),
     "413": ("PayloadTooLarge",
             "Body over MAX_CONTENT_LENGTH, image over MAX_IMAGE_PIXELS, more images than MAX_IMAGES_PER_REQUEST, "
-            "more decoded pixels than MAX_REQUEST_PIXELS, or more memory than a worker's MEMORY_BUDGET"),
+            "more decoded pixels than MAX_REQUEST_PIXELS, more CPU time than REQUEST_CPU_SECONDS for its images, "
+            "or more memory than a worker's MEMORY_BUDGET"),
     "415": ("UnsupportedMediaType", "Content-Type (or data: URL type) not accepted"),
     "422": ("Unprocessable", "The image decoded but holds no digit (blank)"),
     "503": ("NotReady", "The model is in the repository but failed to load, or the worker is busy with "

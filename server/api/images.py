@@ -67,7 +67,7 @@ def _predict(name: str):
             items, return_input = read_items()
         predictions = classifier.predict(
             items, config["MAX_IMAGE_PIXELS"], return_input, memory, config["MAX_REQUEST_PIXELS"],
-            config["INFER_CHUNK_ROWS"])
+            config["INFER_CHUNK_ROWS"], config["REQUEST_CPU_SECONDS"])
     return jsonify(model=model.name, version=model.version, predictions=predictions)
 
 
