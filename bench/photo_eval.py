@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import math
 import statistics
 import sys
 import time
@@ -154,6 +155,40 @@ def compare_models(results: list[KindResult], paths: list[Path], sessions: list)
     return "\n".join(lines)
 
 
+def mcnemar_p(lost: int, gained: int) -> float:
+    """McNemar's exact two-sided p-value: the chance of a split of the `lost + gained` images two models
+    disagree on at least this uneven, were each of them as likely to be the one that is right."""
+    disagreements = lost + gained
+    tail = sum(math.comb(disagreements, k) for k in range(min(lost, gained) + 1)) / 2 ** disagreements
+    return min(1.0, 2 * tail)
+
+
+def paired_table(results: list[KindResult], paths: list[Path]) -> str:
+    """Each model of compare_models' table against the first on the very same inputs: per kind, the
+    inputs it gets wrong that the first gets right (lost), the reverse (gained), and mcnemar_p. A gap
+    of a few inputs a kind is often a coin's toss; this says which are not."""
+    first = f"robust, {paths[0]}"
+    groups = [(r.kind, [r]) for r in results]
+    groups += [(title, [r for r in results if r.kind in kinds])
+               for title, kinds in (("all photo-like", PHOTO_KINDS), ("all clean scans + canvases", CLEAN_KINDS))]
+    groups = [(title, chosen) for title, chosen in groups if chosen]
+    lines = [f"Paired against `{paths[0]}` on the same inputs: lost / gained inputs (McNemar's exact p)", "",
+             "| model | " + " | ".join(title for title, _ in groups) + " |",
+             "|---|" + "---:|" * len(groups)]
+    for path in paths[1:]:
+        cells = []
+        for _, chosen in groups:
+            lost = gained = 0
+            for r in chosen:
+                labels = np.array([s.label for s in r.samples])
+                right_first, right = r.predictions[first] == labels, r.predictions[f"robust, {path}"] == labels
+                lost += int(np.sum(right_first & ~right))
+                gained += int(np.sum(~right_first & right))
+            cells.append(f"−{lost} / +{gained} ({mcnemar_p(lost, gained):.2f})")
+        lines.append(f"| `{path}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def time_call(function, repeats: int) -> float:
     """Median wall time of `function()` in milliseconds."""
     times = []
@@ -289,7 +324,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--doc", type=Path, default=Path("docs/preprocessing.md"), help="document to update")
     parser.add_argument("--no-doc", action="store_true", help="print the results only")
     parser.add_argument("--compare", type=Path, nargs="+", default=[], metavar="ONNX",
-                        help="other digit models to score on the same robust inputs, side by side (printed only)")
+                        help="other digit models to score on the same robust inputs, side by side, and paired against --model input by input (printed only)")
     parser.add_argument("--cache", action="store_true",
                         help="with --compare: keep the rendered inputs under --data-dir and reuse them next time")
     args = parser.parse_args(argv)
@@ -329,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         sessions = [session] + [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
                                 for p in args.compare]
         print(compare_models(results, paths, sessions))
+        if len(paths) > 1:
+            print("\n" + paired_table(results, paths))
         return 0
     costs = measure_costs(test.images, args.seed)
     grid_path = args.doc.with_name("preprocessing-grid.png")

@@ -93,7 +93,7 @@ def plot_frontier(rows: list[dict], path: Path, budget_ratio: float = 0.25) -> N
     """Test accuracy against µs per image at batch 1 (docs/results/training-frontier.json's rows): one point
     per seed, the mean marked, and the cost budget as a line at `budget_ratio` × version 1's time."""
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    markers = {"full": "o", "chosen": "*", "screen": "x", "session2": "D", "session3": "s", "session4": "P"}
+    markers = {"full": "o", "chosen": "*", "screen": "x", "session2": "D", "session3": "s", "session4": "P", "session5": "X"}
     reference = next((row["us_batch1"] for row in rows if row.get("ratio_batch1") == 1.0), None)
     for row in rows:
         accuracies = [100 * a for a in row["test_accuracy"]]
