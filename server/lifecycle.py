@@ -32,6 +32,7 @@ import itertools
 import json
 import logging
 import logging.config
+import math
 import multiprocessing
 import os
 import random
@@ -450,9 +451,9 @@ def _server_class():
         keeps it open; every worker in that slot (the first, its replacement, its successor on a
         HUP) inherits it, so queued connections wait for the next one instead (docs/deploy.md)."""
 
-        def __init__(self, *args, sync_dir: Path, grpc: bool, **kwargs) -> None:
+        def __init__(self, *args, sync_dir: Path, grpc: bool, defer_accept: int, **kwargs) -> None:
             super().__init__(*args, **kwargs)
-            self.sync_dir, self.grpc = sync_dir, grpc
+            self.sync_dir, self.grpc, self.defer_accept = sync_dir, grpc, defer_accept
             self.ages = itertools.count(1)
             self.slot_ages: dict[int, int] = {}  # the age of each slot's newest worker
             self.spec: Any = None
@@ -469,6 +470,13 @@ def _server_class():
             if idx not in self.listeners:
                 holder = self.spec.build()
                 sock = socket.socket(fileno=holder.get_fd())
+                # A connection is handed to a worker once its first bytes are in. A worker told to
+                # stop closes every connection it has accepted that has no request under way yet
+                # (hyper's graceful shutdown); without this, a client that connected just before a
+                # replacement (HUP, lifetime, memory ceiling) and sent its request just after lost it.
+                # Until its bytes come (up to about this many seconds), it waits in the slot's queue
+                # for whichever worker holds the slot by then.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, self.defer_accept)
                 sock.listen(self.backlog)  # from now: connections queue for whichever worker holds the slot
                 sock.set_inheritable(True)
                 self.listeners[idx] = (holder, sock)
@@ -602,6 +610,7 @@ def _serve(settings: Mapping[str, Any], target: str, factory: bool, folders: Sha
         workers_max_rss=settings["WORKER_MAX_RSS"] or None, workers_lifetime=settings["WORKER_LIFETIME"] or None,
         pid_file=Path(settings["PID_FILE"]).resolve() if settings["PID_FILE"] else None,
         sync_dir=folders.sync, grpc=bool(settings["GRPC_PORT"]),
+        defer_accept=max(1, math.ceil(settings["HEADER_READ_TIMEOUT"])),
     )
     # Granian warns that MAX_CONNECTIONS Python threads may start: they do, one per request in
     # flight, by design (RequestGate lets THREADS of them into the app), so the warning says nothing.

@@ -389,3 +389,26 @@ def test_a_hup_serves_new_server_code(repo, tmp_path) -> None:
         assert answers == [{"live": True, "code": "new"}] * 10
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_a_connection_made_before_a_hup_and_used_after_it_is_answered(repo, live_server_factory) -> None:
+    """A client that connected just before a worker's replacement and sends just after is answered by
+    the new worker (a stopping worker closes the connections it accepted with no request under way)."""
+    import socket
+
+    server = live_server_factory(repo, WORKERS=1, GRPC_PORT=0, HEADER_READ_TIMEOUT=60)
+    early = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    try:
+        time.sleep(0.5)  # time for the worker to accept it, were it handed over before its first bytes
+        os.kill(server.process.pid, signal.SIGHUP)
+        assert wait_until(lambda: "Stopped old worker" in server.log(), timeout=60), server.log()[-3000:]
+        early.sendall(f"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := early.recv(65536):
+            answer += chunk
+    except ConnectionResetError as reset:
+        pytest.fail(f"the connection made before the HUP was reset: {reset}")
+    finally:
+        early.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
