@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from harness.bodies import RequestSpec
 from harness.loadgen import run_wrk, wrk_version
 from harness.procs import ROOT, ServerTree, model_server, send
-from server.layout import latest_model_file, model_path
+from server.runtime.layout import latest_model_file, model_path
 
 log = logging.getLogger("bench.batching")
 

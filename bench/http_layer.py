@@ -21,7 +21,7 @@ from pathlib import Path
 from harness import bodies
 from harness.loadgen import run_wrk
 from harness.procs import GUNICORN_PYTHON, SERVE_PYTHON, ServerTree, gunicorn_app, memory_kib, model_server, wait_idle, wsgi_app
-from server.layout import latest_model_file
+from server.runtime.layout import latest_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

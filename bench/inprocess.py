@@ -1,6 +1,6 @@
 """The compute floor: the CNN run in-process with no HTTP, in microseconds per image.
 
-`--engine ort` runs the served ONNX file through server.model.OnnxModel (the server's own session
+`--engine ort` runs the served ONNX file through server.runtime.model.OnnxModel (the server's own session
 options); `--engine torch` runs DigitNet in the torch baseline's environment, built as the torch
 app builds it (bench/torch_app.load_model). Prints JSON.
 """
@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from server.layout import latest_model_file, model_path
+from server.runtime.layout import latest_model_file, model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
@@ -42,7 +42,7 @@ def batch_of_digits(size: int) -> np.ndarray:
 
 
 def ort_runner(model_path: str, threads: int) -> Callable[[np.ndarray], object]:
-    from server.model import OnnxModel
+    from server.runtime.model import OnnxModel
 
     model = OnnxModel("mnist", "1", Path(model_path), ort_threads=threads)
     model.load()

@@ -23,7 +23,7 @@ from pathlib import Path
 from harness import bodies
 from harness.loadgen import run_wrk
 from harness.procs import ServerTree, model_server
-from server.layout import model_path
+from server.runtime.layout import model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from harness import bodies
 from harness.loadgen import run_wrk
 from harness.procs import ServerTree, model_server, wait_idle
 from server.config import BY_NAME
-from server.layout import latest_model_file
+from server.runtime.layout import latest_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

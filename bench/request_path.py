@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness import bodies
     from server.app import create_app
 
-    from server.model import OnnxModel
+    from server.runtime.model import OnnxModel
 
     # The model's own share: every predict timed (patched before the app binds it anywhere).
     spent = []

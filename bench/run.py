@@ -26,7 +26,7 @@ from harness import bodies
 from harness.loadgen import run_wrk, send_many, wrk_version
 from harness.procs import ServerTree, memory_kib, model_server, send, wait_idle, wsgi_app
 from server.config import BY_NAME
-from server.layout import latest_model_file, model_path as model_path_of
+from server.runtime.layout import latest_model_file, model_path as model_path_of
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """The baseline this project replaces: the same CNN run in-process by PyTorch inside Flask.
 
-Same app design as the server (create_app, thin route, server.digit, server.api.errors, one log
+Same app design as the server (create_app, thin route, server.image.digit, server.api.errors, one log
 line per request) and the server's process shape under gunicorn (bench/torch_gunicorn_conf.py), but torch instead of
 onnxruntime. It runs from its own environment (.venv-bench-torch: flask, gunicorn, numpy, Pillow,
 CPU torch), which has no onnxruntime: `python -m bench.torch_app` imports only the server's modules
@@ -75,7 +75,8 @@ def create_app(config: dict | None = None):
     from flask import Flask, g, jsonify, request
 
     use_server_modules_without_onnxruntime()
-    from server import config as settings, decoding, digit
+    from server import config as settings
+    from server.image import decoding, digit
     from server.api.errors import register_error_handlers
     from server.errors import InvalidInput
 

@@ -33,7 +33,7 @@ from harness.loadgen import run_wrk
 from harness.procs import ServerTree, free_port, memory_kib, send, wait_idle
 from harness.triton_server import TRITON_VENV, find_install, layout_backends, triton_argv, triton_env
 from server.config import BY_NAME
-from server.layout import latest_model_file
+from server.runtime.layout import latest_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

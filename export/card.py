@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 
-from server.layout import MODEL_FILE, find_versions
+from server.runtime.layout import MODEL_FILE, find_versions
 from training.data import sha256_file
 
 

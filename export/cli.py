@@ -8,7 +8,7 @@ from pathlib import Path
 
 from export.onnx_export import PARITY_IMAGES, ExportError
 from export.pipeline import WEIGHTS, export_checkpoint
-from server.layout import NAME_RULE, valid_name
+from server.runtime.layout import NAME_RULE, valid_name
 from training.checkpoint import CheckpointError
 from training.data import DEFAULT_DATA_DIR, DataError
 

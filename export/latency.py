@@ -21,7 +21,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "mnist_test_20
 
 
 def server_session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    """A CPU session configured as server/model.py configures its own."""
+    """A CPU session configured as server/runtime/model.py configures its own."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

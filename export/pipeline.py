@@ -16,8 +16,8 @@ from export.card import read_metadata, write_model_card
 from export.onnx_export import PARITY_IMAGES, ExportError, check_structure, convert, labels_json
 from export.quantize import CALIBRATION_IMAGES, measure, quantize
 from export.triton_config import write_triton_config
-from server.layout import latest_model_file, model_path
-from server.model_config import CONFIG_FILE, ModelConfigError, VersionPolicy, parse_model_config
+from server.runtime.layout import latest_model_file, model_path
+from server.runtime.model_config import CONFIG_FILE, ModelConfigError, VersionPolicy, parse_model_config
 from training.atomic import write_atomically
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import recipe, training_command

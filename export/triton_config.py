@@ -5,7 +5,7 @@ pipeline calls after writing a version: platform `onnxruntime_onnx`, `max_batch_
 outputs from the graph, `version_policy` (all versions by default, as this server serves them),
 `label_filename` with the labels from the file's metadata, and `dynamic_batching` only when asked
 or when the file's `max_batch_size` metadata turns batching on (measured in docs/models.md: off is
-best for the digit model). The text is parsed back by `server.model_config` before anything is
+best for the digit model). The text is parsed back by `server.runtime.model_config` before anything is
 written, so a file this writes is one the server and Triton both read.
 
 Reads the graph with onnxruntime (not `onnx`), so the Triton test environment can use it too.
@@ -18,9 +18,9 @@ from typing import Mapping, Sequence
 import onnxruntime as ort
 from google.protobuf import text_format
 
-from server.tensor_types import V2_DATATYPES, TensorSpec, labels_from_metadata
+from server.runtime.tensor_types import V2_DATATYPES, TensorSpec, labels_from_metadata
 from training.atomic import write_atomically
-from server.model_config import (CONFIG_FILE, ONNX_PLATFORM, ModelConfigError, TritonModelConfig, VersionPolicy,
+from server.runtime.model_config import (CONFIG_FILE, ONNX_PLATFORM, ModelConfigError, TritonModelConfig, VersionPolicy,
                                  datatype_number, model_config_class, parse_model_config)
 
 LABELS_FILE = "labels.txt"

@@ -23,10 +23,10 @@ from PIL import Image, ImageDraw
 
 from harness.bodies import RequestSpec, mnist_digit, predict_png, v2_infer_binary
 from harness.procs import ROOT, ServerTree, send
-from server.budget import body_bytes, image_bytes, tensor_body_bytes
+from server.limits.budget import body_bytes, image_bytes, tensor_body_bytes
 from server.config import BY_NAME
-from server.decoding import is_rotated, open_image
-from server.tensors import parse_header_length
+from server.image.decoding import is_rotated, open_image
+from server.v2.tensors import parse_header_length
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class Largest:
     image: bytes = b""  # the image it repeats, if any
 
     def reserved(self) -> int:
-        """Bytes the server reserves for this request's largest piece of work (server/budget.py)."""
+        """Bytes the server reserves for this request's largest piece of work (server/limits/budget.py)."""
         headers = {name.lower(): value for name, value in self.spec.headers.items()}
         if self.spec.path.startswith("/v2/"):
             header_length = parse_header_length(headers.get("inference-header-content-length"))

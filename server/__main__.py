@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from . import config
-from .layout import find_model_files, find_versions
+from .runtime.layout import find_model_files, find_versions
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(

@@ -9,10 +9,10 @@ from . import config as settings
 from . import metrics
 from .api import api_page, context, errors, health, hooks, images, model_repository, openapi, page, v2
 from .api import metrics as metrics_api
-from .budget import MemoryBudget
-from .model_sync import ModelSync
-from .protocol import InferLimits
-from .registry import ModelRegistry
+from .limits.budget import MemoryBudget
+from .runtime.model_sync import ModelSync
+from .v2.protocol import InferLimits
+from .runtime.registry import ModelRegistry
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from . import box as _box
+from .limits import box as _box
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import pytest
 
 from harness.procs import SERVE_PYTHON, free_port, model_server
 from harness.procs import ServerTree as LiveServer  # noqa: F401  (the type of a running test server)
-from server.layout import latest_model_file, model_path
+from server.runtime.layout import latest_model_file, model_path
 from tests.onnx_factory import write_classifier
 
 ROOT = Path(__file__).resolve().parents[1]

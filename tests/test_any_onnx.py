@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from server import create_app
-from server.registry import ModelRegistry
+from server.runtime.registry import ModelRegistry
 from tests import converted_models as cm
 from tests.conftest import ROOT, LiveServer, torchvision_transforms
 from tests.v2_repository import decode_response, run_directly

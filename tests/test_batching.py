@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from server import config
-from server.batching import Batcher, BatchPolicy
-from server.model import OnnxModel
+from server.runtime.batching import Batcher, BatchPolicy
+from server.runtime.model import OnnxModel
 from tests.onnx_factory import write_classifier
 
 WAIT_US = 2_000_000  # long: a full batch ends the wait at once, so the tests never sit in it

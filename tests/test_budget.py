@@ -19,10 +19,11 @@ import pytest
 from PIL import Image, ImageFile
 from urllib3 import encode_multipart_formdata
 
-from server import box, create_app
-from server.budget import SMALL, MemoryBudget, image_bytes, run_in_chunks, tensor_body_bytes
-from server.model import row_limit
-from server.protocol import check_rows
+from server import create_app
+from server.limits import box
+from server.limits.budget import SMALL, MemoryBudget, image_bytes, run_in_chunks, tensor_body_bytes
+from server.runtime.model import row_limit
+from server.v2.protocol import check_rows
 from server.errors import InvalidInput, Overloaded, TooLarge
 from tests.onnx_factory import write_classifier
 
@@ -303,7 +304,7 @@ BODY_KINDS = ("v2 JSON at the body limit", "v2 binary at the body limit", "JSON 
 
 def test_body_reservations_cover_what_a_live_worker_really_peaks_at() -> None:
     """The largest JSON and binary bodies, sent to a real worker: its peak RSS over idle stays within what
-    server/budget.py reserved for them (bench/memory.py measures every kind the same way)."""
+    server/limits/budget.py reserved for them (bench/memory.py measures every kind the same way)."""
     from harness.memory import measure
     from tests.conftest import COMMITTED_REPOSITORY
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from server import create_app
-from server.batching import BatchPolicy
-from server.registry import ModelRegistry
+from server.runtime.batching import BatchPolicy
+from server.runtime.registry import ModelRegistry
 from tests.onnx_factory import write_classifier
 
 PETS = ["cat", "dog", "eel"]

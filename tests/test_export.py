@@ -17,7 +17,7 @@ import torch
 from export import ExportResult, export_checkpoint, main, parse_args, quantize
 from export.onnx_export import ExportError, ProbabilityModel, check_parity, session, to_onnx
 from export.pipeline import set_metadata
-from server.layout import NAME_RULE
+from server.runtime.layout import NAME_RULE
 from tests.conftest import ROOT
 from tests.mnist_fixture import real_test_sample, write_fake_mnist
 from training.checkpoint import save_checkpoint
@@ -98,8 +98,8 @@ def test_model_card_lists_the_file_hash(exported: Exported) -> None:
 
 def test_export_writes_a_triton_config_that_reads_back_and_fits_the_graph(exported: Exported) -> None:
     """make export also writes config.pbtxt and labels.txt, so Triton serves the labels this server does."""
-    from server.model import OnnxModel
-    from server.model_config import graph_mismatches, read_model_config
+    from server.runtime.model import OnnxModel
+    from server.runtime.model_config import graph_mismatches, read_model_config
 
     config = read_model_config(exported.repo / "digits")
     assert exported.result.triton_config == exported.repo / "digits" / "config.pbtxt"
@@ -276,7 +276,7 @@ def test_weights_ema_exports_the_moving_average_with_its_own_temperature(exporte
 
 def test_a_new_export_keeps_the_folders_version_policy(exported: Exported, tmp_path: Path) -> None:
     from export.triton_config import write_triton_config
-    from server.model_config import VersionPolicy, read_model_config
+    from server.runtime.model_config import VersionPolicy, read_model_config
 
     repo = tmp_path / "models"
     (repo / "digits" / "1").mkdir(parents=True)

@@ -26,16 +26,17 @@ from hypothesis import strategies as st
 from PIL import Image
 from urllib3 import encode_multipart_formdata
 
-from server import create_app, tensors
+from server import create_app
+from server.v2 import tensors
 from server.api.images import decode_base64
 from server.api.multipart import file_views, parse_form
-from server.decoding import pixels_to_array
+from server.image.decoding import pixels_to_array
 from server.errors import ServingError
 from server.grpc import messages
 from server.grpc import schema as pb
 from server.grpc.service import parse
-from server.tensor_types import TensorSpec
-from server.model_config import ModelConfigError, parse_model_config
+from server.runtime.tensor_types import TensorSpec
+from server.runtime.model_config import ModelConfigError, parse_model_config
 from tests.onnx_factory import write_classifier
 
 SCALE = int(os.environ.get("FUZZ_SCALE", "1"))

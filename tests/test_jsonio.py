@@ -1,4 +1,4 @@
-"""server/jsonio.py: orjson's speed, the standard library's answers (values and errors)."""
+"""server/v2/jsonio.py: orjson's speed, the standard library's answers (values and errors)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server import jsonio
+from server.v2 import jsonio
 
 # Every JSON value, with what orjson refuses and the standard library takes: NaN, infinities and
 # integers far beyond 64 bits.

@@ -22,7 +22,7 @@ import requests
 
 from harness.bodies import RequestSpec
 from harness.procs import SERVE_PYTHON, free_port
-from server import box
+from server.limits import box
 from tests.conftest import COMMITTED_REPOSITORY, LOG_DIR, MNIST_SAMPLE, ROOT, START_TIMEOUT_S, LiveServer
 from tests.image.smoke import digit_bodies
 from tests.kserve_schema import KINDS as KSERVE_KINDS, KSERVE_VERSION, schema_file

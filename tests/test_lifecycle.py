@@ -19,8 +19,8 @@ from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
 from server import create_app
-from server.model_sync import ModelSync
-from server.registry import ModelRegistry
+from server.runtime.model_sync import ModelSync
+from server.runtime.registry import ModelRegistry
 from harness.loadgen import ClientThreads
 from harness.procs import free_port, model_server
 from tests.conftest import LOG_DIR, ROOT, TEST_SETTINGS, wait_until
@@ -368,7 +368,7 @@ def two_workers(live_server_factory, repo: Path, **env: str):
 
 def switched_workers(log: str) -> set[str]:
     """Process ids of the workers that logged switching `mnist` to versions 1 and 2."""
-    return set(re.findall(r" (\d+) INFO server\.registry: model mnist now serves versions \[1, 2\]", log))
+    return set(re.findall(r" (\d+) INFO server\.runtime\.registry: model mnist now serves versions \[1, 2\]", log))
 
 
 @pytest.mark.slow

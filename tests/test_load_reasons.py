@@ -1,4 +1,4 @@
-"""Load-failure reasons (server/load_reasons.py), version-folder stamps and the readiness setting:
+"""Load-failure reasons (server/runtime/load_reasons.py), version-folder stamps and the readiness setting:
 pure functions and onnxruntime's real messages, no server."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from onnx import TensorProto, helper
 
 from server import config
 from server.__main__ import parse_args
-from server.layout import version_stamp
-from server.load_reasons import MAX_LINE, failure_reason
+from server.runtime.layout import version_stamp
+from server.runtime.load_reasons import MAX_LINE, failure_reason
 from tests.v2_repository import _save
 
 

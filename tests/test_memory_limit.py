@@ -34,7 +34,7 @@ import pytest
 from harness.bodies import RequestSpec
 from harness.memory import largest_requests, normal_requests, repository_without_row_limit
 from harness.procs import children
-from server.box import cgroup_paths
+from server.limits.box import cgroup_paths
 from tests.conftest import LOG_DIR, ROOT, SERVE_VENV, free_port
 
 pytestmark = pytest.mark.memory_limit

@@ -1,4 +1,4 @@
-"""server/model_config.py reads Triton's config.pbtxt; export/triton_config.py writes one that reads back."""
+"""server/runtime/model_config.py reads Triton's config.pbtxt; export/triton_config.py writes one that reads back."""
 from __future__ import annotations
 
 import re
@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import descriptor_pool
 
 from export.triton_config import LABELS_FILE, TritonConfigError, write_triton_config
-from server.model_config import (CONFIG_FILE, DESCRIPTOR_SET, ConfigTensor, DynamicBatching, ModelConfigError,
+from server.runtime.model_config import (CONFIG_FILE, DESCRIPTOR_SET, ConfigTensor, DynamicBatching, ModelConfigError,
                                  VersionPolicy, graph_mismatches, model_config_class, parse_model_config,
                                  read_model_config)
 from tests.conftest import COMMITTED_MNIST

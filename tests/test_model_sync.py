@@ -19,7 +19,7 @@ import requests
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from server import model_sync
+from server.runtime import model_sync
 from tests.onnx_factory import write_classifier
 
 FRESH = 30  # requests on fresh connections after each change: with 3 workers, all of them are asked
@@ -134,7 +134,7 @@ def test_a_worker_that_could_not_load_makes_the_load_a_400_naming_it(repository:
 
 def test_a_real_worker_reports_what_it_could_not_apply(repository: Path, tmp_path: Path) -> None:
     """A worker applying another's announcement of a model it cannot load writes why in its acknowledgement."""
-    from server.registry import ModelRegistry
+    from server.runtime.registry import ModelRegistry
 
     sync_dir = tmp_path / "sync"
     other = model_sync.ModelSync(ModelRegistry(str(repository)), sync_dir)
@@ -150,7 +150,7 @@ def test_a_real_worker_reports_what_it_could_not_apply(repository: Path, tmp_pat
 def test_a_worker_that_joins_after_a_load_serves_it_once_started(repository: Path, tmp_path: Path) -> None:
     """A worker that was still booting when a load was announced was not waited for: it applies the load
     before it serves anything (CI once saw a fresh gRPC connection answer 'not ready' right after a load)."""
-    from server.registry import ModelRegistry
+    from server.runtime.registry import ModelRegistry
 
     sync_dir = tmp_path / "sync"
     booting = ModelRegistry(str(repository))

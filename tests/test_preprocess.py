@@ -1,4 +1,4 @@
-"""server.decoding and server.digit: decoding, every image mode, MNIST passthrough, photos and canvas drawings."""
+"""server.image.decoding and server.image.digit: decoding, every image mode, MNIST passthrough, photos and canvas drawings."""
 from __future__ import annotations
 
 import io
@@ -14,8 +14,8 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageFilter
 
 from training.photo_pages import CLEAN_KINDS, PHOTO_KINDS, make_sample
-from server.decoding import decode_image, pixels_to_array
-from server.digit import mnist_digit, reduce_large
+from server.image.decoding import decode_image, pixels_to_array
+from server.image.digit import mnist_digit, reduce_large
 from server.errors import InvalidInput, NoDigitFound, ServingError, TooLarge
 from tests.conftest import COMMITTED_MNIST, MNIST_SAMPLE
 

@@ -1,4 +1,4 @@
-"""The image presets (server/presets.py) against torchvision's transforms, and how a model's input
+"""The image presets (server/image/presets.py) against torchvision's transforms, and how a model's input
 shape and metadata choose the image it takes. Pure functions on arrays: no server, no HTTP."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.decoding import decode_image
-from server.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, ImageInput, image_input
+from server.image.decoding import decode_image
+from server.image.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, ImageInput, image_input
 from tests.conftest import torchvision_transforms
 
 TOLERANCE = 1e-3

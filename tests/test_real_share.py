@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from server.classifier import ImageClassifier
-from server.registry import ModelRegistry
+from server.image.classifier import ImageClassifier
+from server.runtime.registry import ModelRegistry
 from tests.conftest import COMMITTED_REPOSITORY
 from tests.test_train import real_digits
 from training import real_share, train

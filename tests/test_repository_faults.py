@@ -11,7 +11,7 @@ import pytest
 import requests
 from onnx import TensorProto, helper, numpy_helper
 
-from server.registry import ModelRegistry
+from server.runtime.registry import ModelRegistry
 from tests.onnx_factory import write_classifier
 
 

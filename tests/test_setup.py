@@ -19,7 +19,7 @@ from tests.conftest import NO_TORCHVISION, ROOT, SERVE_VENV, run_make
 SERVE_PYTHON = SERVE_VENV / "bin" / "python"
 FORBIDDEN_TOP_LEVEL = ("torch", "torchvision", "training", "export")
 # Flask and what it imports, granian, onnxruntime, numpy, Pillow, prometheus-client, protobuf
-# (`google`: Triton's config.pbtxt, server/model_config.py, and the gRPC messages), the server, and
+# (`google`: Triton's config.pbtxt, server/runtime/model_config.py, and the gRPC messages), the server, and
 # the gRPC transport's grpcio (with typing_extensions and its compiled Cython module's runtime
 # modules, cython_runtime and _cython_<version>).
 ALLOWED_TOP_LEVEL = {

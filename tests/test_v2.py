@@ -17,9 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from server import create_app, tensors
+from server import create_app
+from server.v2 import tensors
 from server.errors import ServingError
-from server.tensor_types import TensorSpec
+from server.runtime.tensor_types import TensorSpec
 from tests.conftest import LiveServer
 from tests.v2_repository import (
     COMMITTED_MNIST, COMMITTED_REPOSITORY, DIGIT_LABELS, NUMPY_TYPES, OTHER, V2_ONNX_TYPES, binary_request,

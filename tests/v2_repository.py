@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from server.model_config import read_model_config
+from server.runtime.model_config import read_model_config
 from tests.conftest import COMMITTED_MNIST, COMMITTED_REPOSITORY, MNIST_SAMPLE, ROOT  # noqa: F401 (re-exported)
 from tests.onnx_factory import write_classifier
 

@@ -16,6 +16,7 @@ import inspect
 import json
 import logging
 import multiprocessing
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server import decoding, digit, presets
+from server.image import decoding, digit, presets
 from server.errors import ServingError
 from training import photo_pages
 from training.atomic import atomic_path
@@ -61,7 +62,7 @@ class RealPool:
 
 def server_input(data: bytes) -> np.ndarray | None:
     """The float32 28x28 image the server's mnist-digit preset makes of encoded image bytes (the
-    path of server/classifier.py: decode, then the preset), or None where the server answers 422."""
+    path of server/image/classifier.py: decode, then the preset), or None where the server answers 422."""
     try:
         image = decoding.decode_image(data, MAX_PIXELS, presets.PRESETS["mnist-digit"].draft_side(DIGIT_INPUT))
         return presets.PRESETS["mnist-digit"].prepare(image, DIGIT_INPUT)[0]
@@ -106,9 +107,16 @@ def render(mnist: Mnist, count: int, seed: int, workers: int = 1) -> RealPool:
     return RealPool(images, pick(5), pick(1), pick(0))
 
 
+def placeless_source(module) -> str:
+    """A module's source as the render caches' keys read it: without where the module sits (relative
+    imports one dot deep, `server/<package>/x.py` as `server/x.py`), so moving a module keeps them."""
+    source = re.sub(r"^(\s*from )\.+", r"\1.", inspect.getsource(module), flags=re.M)
+    return re.sub(r"\bserver/\w+/(\w+\.py)\b", r"server/\1", source)
+
+
 def cache_key(mnist: Mnist, count: int, seed: int) -> str:
     """A hash of everything the pool depends on: settings, data, and the code that renders and preprocesses."""
-    code = [inspect.getsource(module) for module in (photo_pages, decoding, digit, presets)]
+    code = [placeless_source(module) for module in (photo_pages, decoding, digit, presets)]
     settings = {"format": POOL_FORMAT, "count": count, "seed": seed, "kinds": POOL_KINDS, "strokes": STROKE_PIXELS,
                 "data": dataset_sha256(mnist), "code": hashlib.sha256("\n".join(code).encode()).hexdigest()}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

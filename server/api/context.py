@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
-from ..budget import MemoryBudget
-from ..protocol import InferLimits
-from ..model_sync import ModelSync
-from ..registry import ModelRegistry
+from ..limits.budget import MemoryBudget
+from ..v2.protocol import InferLimits
+from ..runtime.model_sync import ModelSync
+from ..runtime.registry import ModelRegistry
 
 
 def init_app(app: Flask, registry: ModelRegistry, sync: ModelSync) -> None:

@@ -1,7 +1,7 @@
 """The image API: `POST /predict` and `POST /models/<name>/predict` classify images.
 
 Thin routes: they read the request's images (multipart, a raw image body or JSON) and hand them
-to `server/classifier.py`, which preprocesses, runs and answers.
+to `server/image/classifier.py`, which preprocesses, runs and answers.
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from .. import jsonio
-from ..budget import body_bytes
-from ..classifier import DEFAULT_MODEL, ImageClassifier, Item, default_model_name, which_image
+from ..v2 import jsonio
+from ..limits.budget import body_bytes
+from ..image.classifier import DEFAULT_MODEL, ImageClassifier, Item, default_model_name, which_image
 from ..errors import InvalidInput, TooLarge, UnsupportedFormat
-from ..layout import VERSION
+from ..runtime.layout import VERSION
 from . import multipart
 from .context import get_memory_budget, get_registry
 from .openapi import error_responses, parameter

@@ -9,7 +9,8 @@ import json
 
 from flask import Blueprint, current_app, jsonify, request
 
-from .. import access, model_control
+from .. import access
+from ..runtime import model_control
 from ..errors import InvalidInput
 from .context import get_model_sync, get_registry
 from .openapi import MODEL_NAME_PARAMETER, error_responses

@@ -11,8 +11,8 @@ import sys
 
 from flask import Blueprint, Flask, current_app, jsonify
 
-from ..layout import MODEL_NAME, VERSION
-from ..protocol import SERVER_VERSION
+from ..runtime.layout import MODEL_NAME, VERSION
+from ..v2.protocol import SERVER_VERSION
 from .errors import ERROR_ANSWERS
 from .hooks import OPEN_PATHS
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, render_template
 
-from .. import classifier
+from ..image import classifier
 from ..errors import ModelNotFound
-from ..model import OnnxModel
+from ..runtime.model import OnnxModel
 from .context import get_registry
 
 bp = Blueprint("page", __name__)

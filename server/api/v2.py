@@ -1,16 +1,17 @@
 """The Open Inference Protocol (v2, KServe/Triton REST) over HTTP: metadata, readiness and inference.
 
-Thin routes around `server/protocol.py`: they read JSON or Triton's binary tensor data extension
-(`server/tensors.py`), so `tritonclient.http` works unchanged, and answer the same way.
+Thin routes around `server/v2/protocol.py`: they read JSON or Triton's binary tensor data extension
+(`server/v2/tensors.py`), so `tritonclient.http` works unchanged, and answer the same way.
 """
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from .. import inference, metrics, protocol, tensors
-from ..model_config import config_json
-from ..budget import tensor_body_bytes
-from ..model_config import ONNX_PLATFORM as PLATFORM
+from .. import metrics
+from ..v2 import inference, protocol, tensors
+from ..runtime.model_config import config_json
+from ..limits.budget import tensor_body_bytes
+from ..runtime.model_config import ONNX_PLATFORM as PLATFORM
 from .context import get_infer_limits, get_registry
 from .openapi import MODEL_NAME_PARAMETER, MODEL_VERSION_PARAMETER, error_responses
 

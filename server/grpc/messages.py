@@ -12,8 +12,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import tensors
-from ..protocol import InferRequest, InferResponse
+from ..v2 import tensors
+from ..v2.protocol import InferRequest, InferResponse
 from ..errors import InvalidInput
 from . import schema as pb
 

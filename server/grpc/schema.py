@@ -2,7 +2,7 @@
 
 The classes come from `server/proto/grpc_service.binpb`, a descriptor set compiled from Triton's
 own `grpc_service.proto` and the `model_config.proto` it imports (server/proto/README.md says
-from which commit and how), as `server/model_config.py` builds its config message: no generated
+from which commit and how), as `server/runtime/model_config.py` builds its config message: no generated
 `_pb2.py` module, so these `inference.*` names cannot clash with the copies `tritonclient.grpc`
 registers in protobuf's default pool when both live in one process.
 """

@@ -11,9 +11,9 @@ from typing import Any, Mapping
 
 import grpc
 
-from ..budget import MemoryBudget
-from ..model_sync import ModelSync
-from ..registry import ModelRegistry
+from ..limits.budget import MemoryBudget
+from ..runtime.model_sync import ModelSync
+from ..runtime.registry import ModelRegistry
 from .service import InferenceService, generic_handler
 
 log = logging.getLogger(__name__)

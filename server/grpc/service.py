@@ -1,6 +1,6 @@
 """`inference.GRPCInferenceService`: the v2 calls over gRPC, thin around the same core as HTTP.
 
-Each call is read, handed to `server/protocol.py`, `server/model_control.py` or the registry, and
+Each call is read, handed to `server/v2/protocol.py`, `server/runtime/model_control.py` or the registry, and
 answered; serving errors become gRPC status codes in one table (`STATUS_CODES`, from the HTTP
 status each error carries). Every call but ServerLive and ServerReady needs the API_TOKEN as
 `authorization: Bearer ...` metadata, as every HTTP route but health does. Calls Triton has and
@@ -20,11 +20,13 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
-from .. import access, inference, metrics, model_control, protocol
-from ..budget import MemoryBudget, tensor_body_bytes
+from .. import access, metrics
+from ..v2 import inference, protocol
+from ..runtime import model_control
+from ..limits.budget import MemoryBudget, tensor_body_bytes
 from ..errors import InvalidInput, ModelNotFound, ServingError
-from ..model_sync import ModelSync
-from ..registry import ModelRegistry
+from ..runtime.model_sync import ModelSync
+from ..runtime.registry import ModelRegistry
 from . import messages
 from . import schema as pb
 

@@ -52,7 +52,7 @@ from tritonclient.utils import InferenceServerException
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from harness.triton_server import find_install, layout_backends, triton_argv, triton_env  # noqa: E402
-from server.model_config import (ModelConfigError, model_config_class,  # noqa: E402
+from server.runtime.model_config import (ModelConfigError, model_config_class,  # noqa: E402
                                  parse_model_config)  # (a pure module: protobuf only)
 from tests.onnx_factory import write_simple, write_simple_identity  # noqa: E402
 from tests.triton_examples import EXAMPLES  # noqa: E402
@@ -613,7 +613,7 @@ def run_examples(run: Run, triton: tuple[str, str], server: tuple[str, str]) -> 
 
 
 def _reads_tritons_config(triton: Target, repo: Path, model: str) -> tuple[bool, str, str]:
-    """server/model_config.py parses the configuration Triton itself serves (auto-completed or
+    """server/runtime/model_config.py parses the configuration Triton itself serves (auto-completed or
     written), turned back into config.pbtxt text, to the same values."""
     from google.protobuf import json_format, text_format
 

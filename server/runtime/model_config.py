@@ -22,7 +22,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, json_format, messag
 from .layout import MODEL_FILE
 
 CONFIG_FILE = "config.pbtxt"
-DESCRIPTOR_SET = Path(__file__).parent / "proto" / "model_config.binpb"
+DESCRIPTOR_SET = Path(__file__).parents[1] / "proto" / "model_config.binpb"
 ONNX_PLATFORM = "onnxruntime_onnx"
 ONNX_BACKEND = "onnxruntime"
 # Top-level fields this server acts on; any other field set in a file is reported as ignored.

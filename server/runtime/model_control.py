@@ -1,14 +1,14 @@
 """Triton's model repository extension without its transport: the index, load and unload.
 
 What `POST /v2/repository/...` and the gRPC `Repository*` calls do, in one place: check the
-parameters, change this worker's registry, and tell the other workers (`server/model_sync.py`).
+parameters, change this worker's registry, and tell the other workers (`server/runtime/model_sync.py`).
 Who may call load and unload is `server/access.py`'s question, asked by each transport first.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 from .model_sync import ModelSync
 from .registry import ModelRegistry
 

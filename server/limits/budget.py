@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import Overloaded, TooLarge
+from ..errors import Overloaded, TooLarge
 
 MIB = 2**20
 # Work below this many bytes is not worth a reservation: a 28x28 PNG, a one-row v2 body.

@@ -1,7 +1,7 @@
 """Image classifiers: models fed images through a preprocessing preset, answering with classes.
 
 An image classifier is a model whose metadata names a known preprocessing preset
-(`server/presets.py`) and whose one input is a batch of images with as many channels as the preset
+(`server/image/presets.py`) and whose one input is a batch of images with as many channels as the preset
 makes: [N, C, H, W], [N, H, W, C] or [N, H, W]; H and W come from that shape. The default one is
 `mnist` when the registry knows it, otherwise the only image classifier there is. Plain Python:
 usable from a shell with onnxruntime, numpy and Pillow alone.
@@ -16,14 +16,14 @@ import numpy as np
 
 from PIL import Image
 
-from .budget import CpuBudget, MemoryBudget, PixelBudget, image_bytes, run_in_chunks
-from .config import CHUNK_ROWS
+from ..limits.budget import CpuBudget, MemoryBudget, PixelBudget, image_bytes, run_in_chunks
+from ..config import CHUNK_ROWS
 from .decoding import is_rotated, load_image, open_image, pixels_to_array
-from .errors import InvalidInput, ModelNotFound, Overloaded, ServingError
-from .model import OnnxModel
-from .tensor_types import NUMPY_DTYPES, TensorSpec
+from ..errors import InvalidInput, ModelNotFound, Overloaded, ServingError
+from ..runtime.model import OnnxModel
+from ..runtime.tensor_types import NUMPY_DTYPES, TensorSpec
 from .presets import PRESETS, ImageInput, image_input
-from .registry import ModelRegistry, latest
+from ..runtime.registry import ModelRegistry, latest
 
 DEFAULT_MODEL = "mnist"
 # Digits kept in an answer: enough for any use of a probability, without float32 noise.

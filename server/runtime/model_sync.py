@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import InvalidInput, NotEveryWorker, ServingError
+from ..errors import InvalidInput, NotEveryWorker, ServingError
 from .registry import ModelRegistry
 
 log = logging.getLogger(__name__)

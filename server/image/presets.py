@@ -6,7 +6,7 @@ answers a float32 array [channels, height, width]; the classifier lays the batch
 wants. docs/models.md gives each preset's arithmetic; tests/test_presets.py checks it against
 torchvision's transforms.
 
-- `mnist-digit`: the digit pipeline of `server/digit.py` (one channel).
+- `mnist-digit`: the digit pipeline of `server/image/digit.py` (one channel).
 - `imagenet`: torchvision's classification recipe: RGB, resize the shorter side, centre crop,
   scale to [0, 1], subtract the mean and divide by the standard deviation of each channel.
 - `resize`: the image as the model's channel count (L, RGB or RGBA), resized to height x width,

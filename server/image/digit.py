@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .decoding import DRAFT_SIDE, MNIST_SIDE
-from .errors import InvalidInput, NoDigitFound
+from ..errors import InvalidInput, NoDigitFound
 
 # Photos are worked on at this many pixels on the longer side, the size they are decoded at: a
 # digit a tenth of the frame is still ~50 px tall there, and a 12-megapixel upload costs little.

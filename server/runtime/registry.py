@@ -1,6 +1,6 @@
 """The registry of loaded models: which versions of which model serve now, which failed and why.
 
-Discovery (what is on disk) is `server/layout.py`; this module loads what it finds, swaps new
+Discovery (what is on disk) is `server/runtime/layout.py`; this module loads what it finds, swaps new
 versions in atomically, and answers lookups, the repository index and readiness.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .errors import ModelNotFound, ModelNotReady
+from ..errors import ModelNotFound, ModelNotReady
 from .layout import MODEL_FILE, file_stamp, find_model_files, find_versions, valid_name, valid_version, version_stamp
 from .load_reasons import failure_reason
 from .model import OnnxModel

@@ -14,12 +14,12 @@ import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from . import tensors
-from .budget import MemoryBudget, run_in_chunks
-from .config import CHUNK_ROWS
-from .errors import InvalidInput, ModelNotReady
-from .model import OnnxModel
-from .model_config import ONNX_PLATFORM
-from .registry import ModelRegistry
+from ..limits.budget import MemoryBudget, run_in_chunks
+from ..config import CHUNK_ROWS
+from ..errors import InvalidInput, ModelNotReady
+from ..runtime.model import OnnxModel
+from ..runtime.model_config import ONNX_PLATFORM
+from ..runtime.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import jsonio
-from .errors import InvalidInput, TooLarge, UnsupportedFormat
-from .tensor_types import NUMPY_DTYPES, TensorSpec
+from ..errors import InvalidInput, TooLarge, UnsupportedFormat
+from ..runtime.tensor_types import NUMPY_DTYPES, TensorSpec
 
 INT_TYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 BYTES_LENGTH = struct.Struct("<I")

@@ -13,7 +13,7 @@ import re
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InvalidInput, TooLarge
+from ..errors import InvalidInput, TooLarge
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 # JPEGs far larger than this are decoded at a reduced DCT scale, still at least this many pixels on

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from . import metrics, protocol
-from .model import OnnxModel
+from .. import metrics
+from . import protocol
+from ..runtime.model import OnnxModel
 
 T = TypeVar("T")
 

@@ -1,0 +1,1 @@
+"""Models and their versions: the repository's layout and config.pbtxt, `OnnxModel`, the registry, batching, model control."""
