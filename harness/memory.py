@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from harness.bodies import RequestSpec, mnist_digit, predict_png, v2_infer_binary
-from harness.procs import ROOT, ServerTree, send
+from harness.procs import ROOT, ServerTree, free_port, send
 from server.limits.budget import body_bytes, image_bytes, tensor_body_bytes
 from server.config import BY_NAME
 from server.image.decoding import is_rotated, open_image
@@ -253,7 +253,9 @@ def measure(repository: Path, env: dict[str, str] | None = None, repeat: int = 1
     """
     png, _ = normal_requests()
     server = ServerTree("memory", [str(SERVE_VENV / "bin" / "python"), "-m", "server"], png,
-                      env={"MODEL_REPOSITORY": str(repository.resolve()), "WORKERS": "1", **(env or {})}, cwd=tree)
+                      env={"MODEL_REPOSITORY": str(repository.resolve()), "WORKERS": "1",
+                           # its own gRPC port (the worker still starts gRPC): 8001 may be taken
+                           "GRPC_PORT": str(free_port()), **(env or {})}, cwd=tree)
     results: dict = {"kinds": []}
     with server:
         server.wait_serving()
