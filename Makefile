@@ -39,7 +39,7 @@ else
 $(error TORCH=$(TORCH): expected cuda or cpu)
 endif
 
-.PHONY: serve test train export bench bench-grpc bench-photos bench-http-layer clean help image image-test triton-test memory-test kserve-schemas fuzz
+.PHONY: serve test train export bench bench-smoke bench-grpc bench-photos bench-http-layer clean help image image-test triton-test memory-test kserve-schemas fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -178,6 +178,12 @@ $(BENCH_GUNICORN_VENV)/.stamp: bench/peers/requirements-gunicorn.txt requirement
 	$(PYTHON) -m venv $(BENCH_GUNICORN_VENV)
 	$(BENCH_GUNICORN_VENV)/bin/pip install $(PIP_FLAGS) -r bench/peers/requirements-gunicorn.txt
 	touch $@
+
+# Under a minute, run by .ci/run: the server CPU per request of v2 binary and /predict PNG over the trivial
+# endpoint's, against bench/smoke-baseline.json (fails above 2 x); UPDATE=1 records this run's ratios there.
+UPDATE ?=
+bench-smoke: $(DEV_STAMP) $(SERVE_VENV)/.stamp ## CI guard: fails when v2 binary or /predict PNG cost > 2 x their recorded CPU/request ratio to the trivial endpoint (UPDATE=1 records)
+	$(DEV_VENV)/bin/python -m bench.smoke $(if $(UPDATE),--update)
 
 bench-http-layer: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_GUNICORN_VENV)/.stamp ## gunicorn against Granian under the same Flask apps: CPU per request, memory, cold start
 	$(DEV_VENV)/bin/python -m bench.http_layer $(BENCH_HTTP_ARGS)
