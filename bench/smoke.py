@@ -94,6 +94,12 @@ def ratios(measured: dict) -> dict[str, float]:
     return {name: round(measured[name]["cpu_ms_per_request"] / trivial, 3) for name in GUARDED}
 
 
+def worst_regression(now: dict[str, float], recorded: dict[str, float], factor: float) -> str | None:
+    """The guarded request whose ratio grew the most past `factor` x its recorded one, or None."""
+    failed = [name for name in GUARDED if now[name] > factor * recorded[name]]
+    return max(failed, key=lambda n: now[n] / recorded[n]) if failed else None
+
+
 def commit() -> str:
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return done.stdout.strip() or "?"
@@ -129,9 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as err:
         print(f"bench-smoke: no recorded ratios in {args.baseline} ({err}): run make bench-smoke UPDATE=1", file=sys.stderr)
         return 1
-    failed = [name for name in GUARDED if now[name] > args.factor * recorded[name]]
-    if failed:
-        name = max(failed, key=lambda n: now[n] / recorded[n])
+    name = worst_regression(now, recorded, args.factor)
+    if name:
         print(f"bench-smoke: FAILED: {LABELS[name]} costs {now[name]:.2f} x the trivial endpoint's server CPU per "
               f"request ({measured[name]['cpu_ms_per_request']:.3f} ms / {trivial:.3f} ms), more than {args.factor:g} x "
               f"the recorded {recorded[name]:.2f} x ({args.baseline.name})", file=sys.stderr)

@@ -164,3 +164,15 @@ def test_pip_extras_are_quoted_for_every_shell(document: str) -> None:
     text = (ROOT / document).read_text()
     unquoted = [line for line in re.findall(r"pip install [^`\n]*", text) if re.search(r"(?<!['\"])\b[\w.-]+\[[\w,]+\]", line)]
     assert unquoted == [], unquoted
+
+
+LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+
+
+@pytest.mark.parametrize("document", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))])
+def test_relative_links_reach_files(document: str) -> None:
+    """Reference docs and run records (docs/results/) link to files that exist, wherever a record moved."""
+    path = ROOT / document
+    broken = [target for target in LINK.findall(path.read_text())
+              if "://" not in target and not target.startswith("mailto:") and not (path.parent / target).exists()]
+    assert not broken, f"{document} links to missing files: {broken}"
