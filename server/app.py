@@ -11,6 +11,7 @@ from .api import api_page, context, errors, health, hooks, images, model_reposit
 from .api import metrics as metrics_api
 from .budget import MemoryBudget
 from .model_sync import ModelSync
+from .protocol import InferLimits
 from .registry import ModelRegistry
 
 
@@ -36,12 +37,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Large work (decoded images, big tensor bodies) holds this worker's share of the box's memory.
     app.extensions["memory_budget"] = MemoryBudget(
         settings.memory_budget(app.config), app.config["MEMORY_WAIT_SECONDS"], app.config["LARGE_REQUESTS"])
+    # v2 inference's limits, read from the settings here rather than key by key in each request.
+    app.extensions["infer_limits"] = InferLimits.from_settings(app.config, app.extensions["memory_budget"])
 
     errors.register_error_handlers(app)
     app.before_request(hooks.start_request)
-    # after_request hooks run last-registered first: each request is counted, then logged.
-    app.after_request(hooks.log_request)
-    app.after_request(metrics_api.count_request)
+    app.after_request(hooks.finish_request)  # counted, timed and logged in one hook
 
     for blueprint in (health.bp, images.bp, model_repository.bp, openapi.bp, page.bp, api_page.bp, v2.bp, metrics_api.bp):
         app.register_blueprint(blueprint)

@@ -122,6 +122,7 @@ class OnnxModel:
     _session: ort.InferenceSession | None = field(default=None, repr=False)
     _batcher: Batcher | None = field(default=None, repr=False)
     _labels: tuple[tuple[dict, Any] | None, list[str] | None] = field(default=(None, None), repr=False, compare=False)
+    _output_names: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def load(self) -> None:
         """Build the onnxruntime session, read tensors and metadata, and run one warm-up."""
@@ -134,6 +135,7 @@ class OnnxModel:
         )
         self.inputs, self.left_out_inputs = split_carriable(session.get_inputs())
         self.outputs, self.left_out_outputs = split_carriable(session.get_outputs())
+        self._output_names = [spec.name for spec in self.outputs]  # every run asks for these
         self.metadata = dict(session.get_modelmeta().custom_metadata_map)
         self._check_left_out()
         self._check_config()
@@ -352,7 +354,7 @@ class OnnxModel:
     def _run_graph(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._session is None:
             raise RuntimeError(f"model {self.name} version {self.version} is not loaded")
-        names = [spec.name for spec in self.outputs]
+        names = self._output_names
         results = self._session.run(names, inputs)
         return dict(zip(names, results))
 

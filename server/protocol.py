@@ -7,12 +7,14 @@ Works for any ONNX model: inputs, outputs, datatypes and shapes come from the gr
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from . import tensors
-from .budget import run_in_chunks
+from .budget import MemoryBudget, run_in_chunks
 from .config import CHUNK_ROWS
 from .errors import InvalidInput, ModelNotReady
 from .model import OnnxModel
@@ -29,6 +31,38 @@ EXTENSIONS = ("binary_tensor_data", "classification", "statistics", "model_confi
 ORT_INPUT_ERRORS = (InvalidArgument, Fail, RuntimeException)
 
 Output = tuple[str, np.ndarray, bool]  # (name, array, send in binary)
+
+
+@dataclass(frozen=True)
+class InferLimits:
+    """What one inference request may take, read from the settings once per worker, not per request."""
+
+    memory: MemoryBudget  # this worker's share of the box's memory
+    chunk_rows: int  # rows per model run (INFER_CHUNK_ROWS)
+    max_body_bytes: int  # largest body, also once decompressed (MAX_CONTENT_LENGTH)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], memory: MemoryBudget) -> "InferLimits":
+        return cls(memory, settings["INFER_CHUNK_ROWS"], settings["MAX_CONTENT_LENGTH"])
+
+
+class InferRequest(NamedTuple):
+    """A v2 inference request as a transport read it: the JSON header (as a dict) and the tensor
+    data after it, one buffer in input order (HTTP's binary extension) or one entry per input
+    (gRPC: raw bytes, or an array already made from typed contents)."""
+
+    header: dict
+    binary: bytes | Sequence[bytes | np.ndarray]
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    """A v2 inference answer before a transport encodes it."""
+
+    model_name: str
+    model_version: str
+    id: str | None  # the request's own id, echoed
+    outputs: list[Output]
 
 
 def server_metadata(repository_extension: bool) -> dict:
@@ -82,7 +116,7 @@ def request_rows(model: OnnxModel, inputs: dict[str, np.ndarray]) -> int:
     return first.shape[0] if first.ndim else 1
 
 
-def decode_request(model: OnnxModel, header: dict, binary: bytes) -> tuple[str | None, dict[str, np.ndarray], list[tensors.RequestedOutput]]:
+def decode_request(model: OnnxModel, header: dict, binary: bytes | Sequence[bytes | np.ndarray]) -> tuple[str | None, dict[str, np.ndarray], list[tensors.RequestedOutput]]:
     """A v2 inference request for `model` (its JSON header and the binary tensor data after it), checked:
     its own `id` (to echo), the input arrays and the outputs asked for. Both transports read requests
     through here; they let the request's bytes go before `infer` runs the model on the arrays."""

@@ -21,6 +21,8 @@ from .model import NUMPY_DTYPES, TensorSpec
 
 INT_TYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 BYTES_LENGTH = struct.Struct("<I")
+# The v2 datatype of each numpy type (the first name listed where two share one).
+DATATYPES = {dtype: name for name, dtype in reversed(NUMPY_DTYPES.items())}
 # No real tensor has a side this long; numpy cannot even shape an empty array past 2**63.
 MAX_DIMENSION = 2**31 - 1
 
@@ -111,17 +113,21 @@ def request_fields(header: dict) -> tuple[str | None, dict]:
 
 
 def decode_inputs(
-    header: dict, binary: bytes, specs: Sequence[TensorSpec], left_out: Mapping[str, str] | None = None
+    header: dict, binary: bytes | Sequence[bytes | np.ndarray], specs: Sequence[TensorSpec],
+    left_out: Mapping[str, str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every input of `header['inputs']` as an array, checked against the model's input `specs`.
 
-    Binary inputs take their bytes from `binary` in the order they are listed, which must use it all.
-    `left_out` ({name: ONNX type}) are the graph's inputs v2 cannot carry: naming one is refused.
+    `binary` is one buffer, from which binary inputs take their bytes in the order they are listed
+    and which they must use up (HTTP), or one entry per input: its raw bytes, or an array already
+    made from typed values (gRPC). `left_out` ({name: ONNX type}) are the graph's inputs v2 cannot
+    carry: naming one is refused.
     """
     tensors = header.get("inputs")
     if not isinstance(tensors, list) or not tensors:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
     by_name = {spec.name: spec for spec in specs}
+    per_input = not isinstance(binary, (bytes, bytearray, memoryview))
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for position, tensor in enumerate(tensors):
@@ -131,6 +137,11 @@ def decode_inputs(
         if size is None:
             arrays[spec.name] = from_json(tensor.get("data"), spec.datatype, shape, spec.name)
             continue
+        if per_input:
+            chunk = binary[position]
+            arrays[spec.name] = (from_values(chunk, spec.datatype, shape, spec.name) if isinstance(chunk, np.ndarray)
+                                 else from_binary(chunk, spec.datatype, shape, spec.name))
+            continue
         if offset + size > len(binary):
             raise InvalidInput(
                 f"input {spec.name!r} binary_data_size is {size} but only {len(binary) - offset} bytes of "
@@ -138,7 +149,7 @@ def decode_inputs(
             )
         arrays[spec.name] = from_binary(binary[offset:offset + size], spec.datatype, shape, spec.name)
         offset += size
-    if offset != len(binary):
+    if not per_input and offset != len(binary):
         raise InvalidInput(
             f"the body has {len(binary) - offset} bytes after the JSON header and the binary inputs; "
             "expected the binary_data_size values to add up to the rest of the body"
@@ -215,6 +226,18 @@ def from_binary(chunk: bytes, datatype: str, shape: tuple[int, ...], name: str) 
     return np.frombuffer(chunk, dtype=dtype).reshape(shape).astype(NUMPY_DTYPES[datatype], copy=False)
 
 
+def from_values(values: np.ndarray, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """A tensor from a flat array of typed values (gRPC's typed contents), checked against its shape."""
+    count = math.prod(shape)
+    if values.size != count:
+        itemsize = NUMPY_DTYPES[datatype].itemsize
+        raise InvalidInput(
+            f"input {name!r} holds {values.size} values ({values.size * itemsize} bytes) but shape {list(shape)} "
+            f"of {datatype} needs {count * itemsize} bytes ({count} values)"
+        )
+    return values.astype(NUMPY_DTYPES[datatype], copy=False).reshape(shape)
+
+
 def deserialize_bytes(chunk: bytes, name: str) -> list[str]:
     """BYTES elements as Triton serializes them: a 4-byte little-endian length, then the bytes."""
     items, offset = [], 0
@@ -243,10 +266,10 @@ def datatype_of(array: np.ndarray) -> str:
     """The v2 datatype name of an output array."""
     if array.dtype.kind in "OUS":
         return "BYTES"
-    for name, dtype in NUMPY_DTYPES.items():
-        if dtype == array.dtype:
-            return name
-    raise ValueError(f"no v2 datatype for numpy dtype {array.dtype}")
+    name = DATATYPES.get(array.dtype)
+    if name is None:
+        raise ValueError(f"no v2 datatype for numpy dtype {array.dtype}")
+    return name
 
 
 def top_classes(array: np.ndarray, top: int, labels: Sequence[str] | None) -> np.ndarray:
@@ -278,6 +301,7 @@ def encode_outputs(
     bytes follow the JSON in the same order, as the binary tensor data extension lays them out.
     """
     entries, chunks = [], []
+    finite = True  # no NaN or infinity among the values written in JSON
     for name, array, binary in outputs:
         datatype = datatype_of(array)
         entry = {"name": name, "datatype": datatype, "shape": list(array.shape)}
@@ -287,8 +311,9 @@ def encode_outputs(
             chunks.append(raw)
         else:
             entry["data"] = to_json(array, datatype)
+            finite = finite and (array.dtype.kind != "f" or bool(np.isfinite(array).all()))
         entries.append(entry)
-    text = json.dumps({**header, "outputs": entries}, separators=(",", ":")).encode()
+    text = jsonio.dumps({**header, "outputs": entries}, finite)
     if not chunks:
         return text, None
     return text + b"".join(chunks), len(text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from flask import Flask, current_app
 
 from ..budget import MemoryBudget
+from ..protocol import InferLimits
 from ..model_sync import ModelSync
 from ..registry import ModelRegistry
 
@@ -31,3 +32,8 @@ def get_model_sync() -> ModelSync:
 def get_memory_budget() -> MemoryBudget:
     """This worker's memory budget for large work (created once per worker by `create_app`)."""
     return current_app.extensions["memory_budget"]
+
+
+def get_infer_limits() -> InferLimits:
+    """This worker's limits for an inference request (made once per worker by `create_app`)."""
+    return current_app.extensions["infer_limits"]

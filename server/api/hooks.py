@@ -1,4 +1,4 @@
-"""What every request goes through: its request id, the bearer token check, and its log line."""
+"""What every request goes through: its request id, the bearer token check, its count and time in the metrics, and its log line."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +7,7 @@ import time
 
 from flask import current_app, g, request
 
+from .. import metrics
 from ..access import check_token, request_id
 
 log = logging.getLogger(__name__)
@@ -22,20 +23,27 @@ UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 def start_request() -> None:
     """before_request: give the request an id, start its clock, check the token when one is set."""
-    g.request_id = request_id(request.headers.get("X-Request-Id"))
-    g.started = time.perf_counter()
-    if request.path not in OPEN_PATHS and not request.path.startswith(OPEN_PREFIXES):
-        check_token(current_app.config["API_TOKEN"], request.headers.get("Authorization"))
+    started = time.perf_counter()
+    req, context = request._get_current_object(), g._get_current_object()  # one proxy lookup each
+    context.request_id = request_id(req.headers.get("X-Request-Id"))
+    context.started = started
+    path = req.path
+    if path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
+        check_token(current_app.config["API_TOKEN"], req.headers.get("Authorization"))
 
 
-def log_request(response):
-    """after_request: one log line per request, and its id in the X-Request-Id header."""
-    elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-    response.headers["X-Request-Id"] = g.get("request_id", "-")
-    log.info(
-        "%s %s %s %.1fms id=%s", request.method, printable(request.path), response.status_code, elapsed_ms,
-        g.get("request_id", "-"),
-    )
+def finish_request(response):
+    """after_request: count and time the request by its route (the URL rule), send its id in the
+    X-Request-Id header, and log its one line."""
+    req, context = request._get_current_object(), g._get_current_object()
+    started = context.get("started")
+    seconds = time.perf_counter() - started if started is not None else None
+    rule = req.url_rule
+    status = response.status_code
+    metrics.observe_request(rule.rule if rule is not None else None, req.method, status, seconds)
+    the_id = context.get("request_id", "-")
+    response.headers["X-Request-Id"] = the_id
+    log.info("%s %s %s %.1fms id=%s", req.method, printable(req.path), status, (seconds or 0.0) * 1000, the_id)
     return response
 
 

@@ -1,22 +1,11 @@
-"""`GET /metrics`, and the hook that counts and times every request."""
+"""`GET /metrics` (server/api/hooks.py counts and times every request)."""
 from __future__ import annotations
 
-import time
-
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response
 
 from .. import metrics
 
 bp = Blueprint("metrics", __name__)
-
-
-def count_request(response):
-    """after_request hook: count the request by its route (the URL rule) and time it."""
-    started = g.get("started")
-    route = request.url_rule.rule if request.url_rule is not None else None
-    seconds = time.perf_counter() - started if started is not None else None
-    metrics.observe_request(route, request.method, response.status_code, seconds)
-    return response
 
 
 @bp.get("/metrics")

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from .. import metrics, protocol, tensors
+from .. import inference, metrics, protocol, tensors
 from ..model_config import config_json
 from ..budget import tensor_body_bytes
 from ..protocol import PLATFORM
-from .context import get_memory_budget, get_registry
+from .context import get_infer_limits, get_registry
 from .openapi import MODEL_NAME_PARAMETER, MODEL_VERSION_PARAMETER, error_responses
 
 bp = Blueprint("v2", __name__)
@@ -42,28 +42,27 @@ def model_ready(name: str, version: str | None = None):
 @bp.post("/v2/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None):
     model = get_registry().get(name, version)
-    config = current_app.config
+    limits = get_infer_limits()
+    headers = request.headers
+    encoding = headers.get("Content-Encoding")
     # A compressed body may inflate to the limit: its cost is counted at that size.
-    encoded = request.headers.get("Content-Encoding", "identity").strip().lower() != "identity"
-    size = config["MAX_CONTENT_LENGTH"] if encoded else (request.content_length or 0)
+    compressed = encoding is not None and encoding.strip().lower() != "identity"
+    size = limits.max_body_bytes if compressed else (request.content_length or 0)
     raw = request.get_data(cache=False)  # read before any wait: a 503 must not leave the upload unread
-    header_length = tensors.parse_header_length(request.headers.get("Inference-Header-Content-Length"))
-    memory = get_memory_budget()
-    with metrics.InferenceStatistics(model.name, model.version) as stats, memory.request(), \
-            memory.reserve(tensor_body_bytes(size, header_length), "this inference request"):
-        body = tensors.decompress(raw, request.headers.get("Content-Encoding"), config["MAX_CONTENT_LENGTH"])
-        header, binary = tensors.split_body(body, header_length)
-        request_id, inputs, wanted = protocol.decode_request(model, header, binary)
-        del body, binary  # the arrays are what is left to hold while the model runs
-        outputs = stats.run(model, lambda: protocol.infer(model, inputs, wanted, g.get("request_id", "-"),
-                                                          config["INFER_CHUNK_ROWS"]))
-        stats.rows = protocol.request_rows(model, inputs)
-        answer = {"model_name": model.name, "model_version": model.version}
-        if request_id is not None:
-            answer["id"] = request_id
-        encoded = tensors.encode_outputs(answer, outputs)
-        stats.end_phase("compute_output")
-    return _response(*encoded)
+    header_length = tensors.parse_header_length(headers.get("Inference-Header-Content-Length"))
+
+    def read() -> protocol.InferRequest:
+        body = tensors.decompress(raw, encoding, limits.max_body_bytes)
+        return protocol.InferRequest(*tensors.split_body(body, header_length))
+
+    def encode(answer: protocol.InferResponse) -> tuple[bytes, int | None]:
+        header = {"model_name": answer.model_name, "model_version": answer.model_version}
+        if answer.id is not None:
+            header["id"] = answer.id
+        return tensors.encode_outputs(header, answer.outputs)
+
+    return _response(*inference.infer(model, limits, tensor_body_bytes(size, header_length), read, encode,
+                                      g.get("request_id", "-")))
 
 
 @bp.get("/v2/models/stats")
@@ -83,12 +82,13 @@ def model_config(name: str, version: str | None = None):
 
 def _response(payload: bytes, header_length: int | None) -> Response:
     """JSON, or a JSON header and binary outputs; compressed when the client accepts it, as Triton does."""
-    encoding = request.accept_encodings.best_match(["gzip", "deflate"])
+    # Parsing Accept-Encoding costs more than the rest of this function: only when a client sends it.
+    encoding = request.accept_encodings.best_match(["gzip", "deflate"]) if "HTTP_ACCEPT_ENCODING" in request.environ else None
     response = Response(
         tensors.compress(payload, encoding),
         content_type="application/json" if header_length is None else "application/octet-stream",
+        headers={"Vary": "Accept-Encoding"},
     )
-    response.vary.add("Accept-Encoding")
     if encoding:
         response.headers["Content-Encoding"] = encoding
     if header_length is not None:  # the JSON's length before compression, as tritonclient reads it

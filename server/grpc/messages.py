@@ -1,17 +1,19 @@
 """gRPC messages to and from what the transport-free core speaks.
 
-An inference request becomes the same header and binary tensor data that an HTTP request with
-Triton's binary extension is made of, so `tensors.decode_inputs` checks both alike: each input's
-`raw_input_contents` entry, or its typed `contents` packed into the same raw little-endian layout.
-Outputs always go back in `raw_output_contents`, as Triton answers.
+An inference request becomes the same header that an HTTP request is made of, and one entry of
+tensor data per input, so `tensors.decode_inputs` checks both alike: each input's
+`raw_input_contents` entry, or its typed `contents` as an array (BYTES as the raw length-prefixed
+layout, which is checked for UTF-8 as raw BYTES are). Outputs always go back in
+`raw_output_contents`, as Triton answers.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from .. import tensors
+from ..protocol import InferRequest, InferResponse
 from ..errors import InvalidInput
 from . import schema as pb
 
@@ -42,9 +44,9 @@ def parameters(entries: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def infer_request(request: pb.ModelInferRequest) -> tuple[dict, bytes]:
-    """The request as a v2 JSON header and the binary tensor data after it (one implementation
-    of the checks for both transports)."""
+def infer_request(request: pb.ModelInferRequest) -> InferRequest:
+    """The request as a v2 JSON header and each input's data (one implementation of the checks for
+    both transports)."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(
@@ -55,9 +57,10 @@ def infer_request(request: pb.ModelInferRequest) -> tuple[dict, bytes]:
     for position, tensor in enumerate(request.inputs):
         if raw and tensor.HasField("contents"):
             raise InvalidInput(f"input {tensor.name!r} has both contents and raw_input_contents; send one of them")
-        chunk = raw[position] if raw else _contents_bytes(tensor)
-        # The core reads each input's bytes by this size, as it reads HTTP's binary data.
-        extra = {**parameters(tensor.parameters), "binary_data_size": len(chunk)}
+        chunk = raw[position] if raw else _contents(tensor)
+        # The core takes each input's data as it takes HTTP's binary data: with its size stated.
+        size = len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
+        extra = {**parameters(tensor.parameters), "binary_data_size": size}
         inputs.append({"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape), "parameters": extra})
         chunks.append(chunk)
     header: dict[str, Any] = {"inputs": inputs, "parameters": parameters(request.parameters)}
@@ -65,14 +68,13 @@ def infer_request(request: pb.ModelInferRequest) -> tuple[dict, bytes]:
         header["id"] = request.id
     if request.outputs:
         header["outputs"] = [{"name": output.name, "parameters": parameters(output.parameters)} for output in request.outputs]
-    return header, b"".join(chunks)
+    return InferRequest(header, chunks)
 
 
-def infer_response(model_name: str, model_version: str, request_id: str,
-                   outputs: Iterable[tuple[str, np.ndarray, bool]]) -> pb.ModelInferResponse:
+def infer_response(answer: InferResponse) -> pb.ModelInferResponse:
     """The outputs in raw_output_contents, with their names, datatypes and shapes."""
-    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id)
-    for name, array, _binary in outputs:
+    response = pb.ModelInferResponse(model_name=answer.model_name, model_version=answer.model_version, id=answer.id or "")
+    for name, array, _binary in answer.outputs:
         datatype = tensors.datatype_of(array)
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)
         response.raw_output_contents.append(tensors.to_binary(array, datatype))
@@ -104,8 +106,9 @@ def model_metadata(metadata: Mapping[str, Any]) -> pb.ModelMetadataResponse:
     )
 
 
-def _contents_bytes(tensor: pb.ModelInferRequest.InferInputTensor) -> bytes:
-    """An input's typed contents in the raw layout: little-endian values, or length-prefixed BYTES."""
+def _contents(tensor: pb.ModelInferRequest.InferInputTensor) -> bytes | np.ndarray:
+    """An input's typed contents: numeric values as an array of the datatype, BYTES in the raw
+    length-prefixed layout."""
     filled = [field.name for field, _ in tensor.contents.ListFields()]
     if tensor.datatype not in CONTENTS_FIELDS:
         if filled:
@@ -122,8 +125,8 @@ def _contents_bytes(tensor: pb.ModelInferRequest.InferInputTensor) -> bytes:
     if dtype is object:
         return b"".join(tensors.BYTES_LENGTH.pack(len(item)) + item for item in values)
     wide = np.fromiter(values, dtype=FIELD_TYPES[field], count=len(values))
-    narrow = wide.astype(dtype)
+    narrow = wide.astype(dtype, copy=False)
     if narrow.dtype != wide.dtype and not np.array_equal(narrow, wide):  # INT8/16, UINT8/16 from 32 bits
         limits = np.iinfo(dtype)
         raise InvalidInput(f"input {tensor.name!r} has values outside the {tensor.datatype} range [{limits.min}, {limits.max}]")
-    return narrow.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
+    return narrow

@@ -20,7 +20,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
-from .. import access, metrics, model_control, protocol
+from .. import access, inference, metrics, model_control, protocol
 from ..budget import MemoryBudget, tensor_body_bytes
 from ..errors import InvalidInput, ModelNotFound, ServingError
 from ..model_sync import ModelSync
@@ -129,8 +129,7 @@ class InferenceService:
     def __init__(self, registry: ModelRegistry, sync: ModelSync, memory: MemoryBudget, settings: Mapping[str, Any]) -> None:
         self.registry = registry
         self.sync = sync
-        self.memory = memory
-        self.chunk_rows: int = settings["INFER_CHUNK_ROWS"]
+        self.limits = protocol.InferLimits.from_settings(settings, memory)
         self.api_token: str = settings["API_TOKEN"]
         self.host: str = settings["HOST"]
 
@@ -163,16 +162,8 @@ class InferenceService:
     def ModelInfer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
         model = self.registry.get(request.model_name, request.model_version or None)
         # The same memory budget as HTTP, reserved as for an HTTP body of the message's size.
-        with metrics.InferenceStatistics(model.name, model.version) as stats, self.memory.request(), \
-                self.memory.reserve(tensor_body_bytes(request.ByteSize()), "this inference request"):
-            header, binary = messages.infer_request(request)
-            request_id, inputs, wanted = protocol.decode_request(model, header, binary)
-            del header, binary  # the arrays are what is left to hold while the model runs
-            outputs = stats.run(model, lambda: protocol.infer(model, inputs, wanted, call.request_id, self.chunk_rows))
-            stats.rows = protocol.request_rows(model, inputs)
-            response = messages.infer_response(model.name, model.version, request_id or "", outputs)
-            stats.end_phase("compute_output")
-        return response
+        return inference.infer(model, self.limits, tensor_body_bytes(request.ByteSize()),
+                               lambda: messages.infer_request(request), messages.infer_response, call.request_id)
 
     @rpc(pb.ModelStatisticsRequest, pb.ModelStatisticsResponse)
     def ModelStatistics(self, request: pb.ModelStatisticsRequest, call: Call) -> pb.ModelStatisticsResponse:
