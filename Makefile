@@ -39,7 +39,7 @@ else
 $(error TORCH=$(TORCH): expected cuda or cpu)
 endif
 
-.PHONY: serve test train export bench bench-grpc bench-photos bench-http-layer clean help image image-test triton-test memory-test kserve-schemas fuzz
+.PHONY: serve test train export bench bench-smoke bench-grpc bench-photos bench-http-layer clean help image image-test triton-test memory-test kserve-schemas fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -179,27 +179,33 @@ $(BENCH_GUNICORN_VENV)/.stamp: bench/peer_apps/requirements-gunicorn.txt require
 	$(BENCH_GUNICORN_VENV)/bin/pip install $(PIP_FLAGS) -r bench/peer_apps/requirements-gunicorn.txt
 	touch $@
 
+# Under a minute, run by .ci/run: the server CPU per request of v2 binary and /predict PNG over the trivial
+# endpoint's, against bench/smoke-baseline.json (fails above 2 x); UPDATE=1 records this run's ratios there.
+UPDATE ?=
+bench-smoke: $(DEV_STAMP) $(SERVE_VENV)/.stamp ## CI guard: fails when v2 binary or /predict PNG cost > 2 x their recorded CPU/request ratio to the trivial endpoint (UPDATE=1 records)
+	$(DEV_VENV)/bin/python -m bench.smoke $(if $(UPDATE),--update)
+
 bench-http-layer: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_GUNICORN_VENV)/.stamp ## gunicorn against Granian under the same Flask apps: CPU per request, memory, cold start
 	$(DEV_VENV)/bin/python -m bench.http_layer $(BENCH_HTTP_ARGS)
 
-bench: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_GUNICORN_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOLS_VENV)/.stamp $(BENCH_KSERVE_VENV)/.stamp $(BENCH_MLSERVER_VENV)/.stamp $(TRITON_VENV)/.stamp ## measure speed, footprint, soak against baselines; writes docs/benchmarks.md
+bench: $(DEV_STAMP) $(SERVE_VENV)/.stamp $(BENCH_GUNICORN_VENV)/.stamp $(BENCH_TORCH_VENV)/.stamp $(BENCH_TOOLS_VENV)/.stamp $(BENCH_KSERVE_VENV)/.stamp $(BENCH_MLSERVER_VENV)/.stamp $(TRITON_VENV)/.stamp ## measure speed, footprint, soak against baselines and peers; writes its record under docs/results/ (docs/benchmarks.md quotes it)
 	@command -v wrk >/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; \
 		else echo "make bench: please install wrk (Debian package wrk)" >&2; exit 1; fi; }
 	$(DEV_VENV)/bin/python -m bench.run $(BENCH_ARGS)
 	$(DEV_VENV)/bin/python -m bench.memory
-	$(DEV_VENV)/bin/python -m bench.peers --out docs/benchmarks-peers.json
+	$(DEV_VENV)/bin/python -m bench.peers --out docs/results/benchmarks-peers.json
 	@# benchmarks.md again, its figures unchanged, with issue 19's peer targets from the peers just measured.
-	$(DEV_VENV)/bin/python -m bench.report docs/benchmarks.json
+	$(DEV_VENV)/bin/python -m bench.report docs/results/benchmarks.json
 	@# Triton's HTTP frontend with the stand-in Python onnxruntime backend (labelled so; docs/models.md).
-	$(DEV_VENV)/bin/python -m bench.triton_peer --out docs/benchmarks-triton-peer.json
+	$(DEV_VENV)/bin/python -m bench.triton_peer --out docs/results/benchmarks-triton-peer.json
 	@# The photo evaluation is `make bench-photos`: at its default size it alone outlasts this target.
 	@if [ -f bench/batching.py ]; then echo "$(DEV_VENV)/bin/python -m bench.batching"; $(DEV_VENV)/bin/python -m bench.batching; fi
 	$(DEV_VENV)/bin/python -m bench.grpc_http
-	$(DEV_VENV)/bin/python -m bench.http_layer --out docs/benchmarks-http-layer.json
+	$(DEV_VENV)/bin/python -m bench.http_layer --out docs/results/benchmarks-http-layer.json
 
-bench-grpc: $(DEV_STAMP) $(SERVE_VENV)/.stamp ## v2 inference over gRPC beside HTTP binary at 1, 8, 32 streams; writes docs/benchmarks-grpc.md
+bench-grpc: $(DEV_STAMP) $(SERVE_VENV)/.stamp ## v2 inference over gRPC beside HTTP binary at 1, 8, 32 streams; writes docs/results/benchmarks-grpc.md
 	$(DEV_VENV)/bin/python -m bench.grpc_http $(BENCH_GRPC_ARGS)
 
 bench-photos: $(DEV_STAMP) ## accuracy of the image preprocessing on generated photos, scans, canvases; writes docs/preprocessing.md

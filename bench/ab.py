@@ -3,8 +3,8 @@
 `before` is a git revision (its server/ is extracted with `git archive` into a temporary folder,
 nothing in the checkout changes); `after` is the working tree, or another revision. The two run
 alternately, `--rounds` times each, under `make serve`'s settings from .venv-serve. The result
-(req/s, latency, CPU ms per request) is added under `--name` to docs/benchmarks-ab.json, which
-docs/benchmarks.md shows.
+(req/s, latency, CPU ms per request) is added under `--name` to docs/results/benchmarks-ab.json, which
+docs/results/benchmarks.md shows.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a setting for the before side only: with --before HEAD and no --after, an A/B of settings")
     parser.add_argument("--after-setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the after side only")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks-ab.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "benchmarks-ab.json")
     return parser.parse_args(argv)
 
 

@@ -11,7 +11,7 @@ beside it (the clients share the machine's cores with the server, as wrk does in
 Also the process model (why gRPC runs inside each worker): each worker's RSS with
 GRPC_PORT=0 and with gRPC on, and gRPC throughput with one worker against two.
 
-Writes docs/benchmarks-grpc.json and docs/benchmarks-grpc.md. `--seconds 1 --tries 1` for a quick look.
+Writes docs/results/benchmarks-grpc.json and .md. `--seconds 1 --tries 1` for a quick look.
 """
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each try")
     parser.add_argument("--tries", type=int, default=3, help="tries per point, transports alternating")
     parser.add_argument("--skip-process-model", action="store_true", help="only the transport comparison")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks-grpc", help="path without suffix")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "benchmarks-grpc", help="path without suffix")
     parser.add_argument("--dry-run", action="store_true", help="one short try of each point; write nothing")
     args = parser.parse_args(argv)
     if args.dry_run:

@@ -1,4 +1,4 @@
-"""docs/benchmarks.md from one run's results: every figure in it comes from benchmarks.json."""
+"""docs/results/benchmarks.md from one run's results: every figure in it comes from benchmarks.json."""
 from __future__ import annotations
 
 from bench.results import MB, TRIVIAL_FRACTION, cpu_per_request, inference_ms, mean_worker_kib, series
@@ -69,7 +69,7 @@ def method(r: dict) -> str:
 - **This server**: `python -m server` from `.venv-serve`. **Floor**: `bench/trivial_app.py`, Flask
   answering a constant JSON to `GET /`. **Baseline**: `bench/torch_app.py`, the same CNN
   (`training/model.py`) run by PyTorch inside a Flask app of the same design (same preprocessing from
-  `server/digit.py`, same JSON answer, one log line per request), from `.venv-bench-torch`.
+  `server/image/digit.py`, same JSON answer, one log line per request), from `.venv-bench-torch`.
 - Load: `wrk` with one thread and `harness/wrk_request.lua` (the body of each request read from a
   file), {m.get('tries', 1)} tries of {m['seconds']:g} s at each of {', '.join(map(str, m['concurrency']))} keep-alive
   connections, after a {m['warmup']:g} s unrecorded warm-up per endpoint. Each row is the try with the
@@ -141,7 +141,7 @@ server code of `{base['code_commit']}`), the figures this comparison needs froze
 {own_work_table(t['own_work'])}
 
 Own work is the server CPU time per answered request at {max(r['method']['concurrency'])} connections, minus the trivial
-endpoint's under the same gunicorn, minus one in-process onnxruntime inference of the served model (1 thread,
+endpoint's under the same HTTP layer, minus one in-process onnxruntime inference of the served model (1 thread,
 batch 1, no HTTP): what parsing, decoding, preprocessing, JSON, logging and metrics cost. Goal: at most 1/3
 of the before run's. The last column divides it by the trivial endpoint's CPU per request in the same run: less
 tied to the CPU's speed than milliseconds, but it moves too when the HTTP layer under both changes.
@@ -180,6 +180,44 @@ Issue 7's throughput (0.6 × trivial, 2 × torch) and cold-start (0.5 × torch) 
 """
 
 
+def issue33_section(r: dict) -> str:
+    t = r["targets"].get("issue33")
+    if not t:
+        return ""
+    cpu = t["cpu"]
+    labels = {"v2_infer_binary": "v2 infer binary", "v2_infer_json": "v2 infer JSON", "predict_png": "/predict PNG"}
+    ba = t["before_after"]
+    if ba:
+        cpu_part = (table(["request", f"`{ba['before']}` CPU ms/req", "this tree CPU ms/req", "this / before", "goal", "",
+                           "req/s: before → this tree"],
+                          [[labels[c["request"]], f"{c['before_ms']:.3f}", f"{c['after_ms']:.3f}", f"{c['ratio']:.2f}",
+                            c["goal"], verdict(c["met"]), f"{c['before_rps']:,.0f} → {c['after_rps']:,.0f}"] for c in cpu])
+                    + f"\n\n`bench/before_after.py` (bench/ab.py's method): server/ of `{ba['before']}` (main of 2026-11-30, "
+                    f"gunicorn, from `{ba['pythons']['before']}`) and of this tree (Granian, `{ba['pythons']['after']}`), "
+                    f"WORKERS={ba['workers']} each, the same model repository (so the same default model file), taking "
+                    f"turns {ba['rounds']} times; per start each request gets a warm-up, then {ba['seconds']:g} s under wrk "
+                    f"at {ba['connections']} connections; server CPU (main process + workers) per answered request, "
+                    "medians of the rounds.")
+    else:
+        cpu_part = "Not measured in this run (`bench.run --before ''`)."
+    return f"""## Targets (issue 33), as ratios from this run
+
+### Against the servers users would pick instead (goal: >= 2 x the best of KServe and MLServer)
+
+{peers_part(t['peers'])} Over gRPC the only peer is KServe's gRPC server (MLServer's is not measured here); the
+gRPC load comes from bench/grpc_http.py's client processes (4 processes of threads, raw FP32 in
+`raw_input_contents`), the HTTP load from wrk.
+
+### Server CPU per request against `{ba['before'] if ba else 'e301823'}` (goal: <= 0.5 x)
+
+{cpu_part}
+
+### Against the torch-in-Flask baseline (same architecture)
+
+{ratio_table(t['torch'])}
+"""
+
+
 def settings_text(settings: dict) -> str:
     return ", ".join(f"{name}={value}" for name, value in settings.items())
 
@@ -194,7 +232,7 @@ def own_work_table(rows: list[dict]) -> str:
 
 def peers_part(p: dict) -> str:
     if p["status"] == "absent":
-        return ("No `docs/benchmarks-peers.json`: `python -m bench.peers --out docs/benchmarks-peers.json`, then "
+        return ("No `docs/results/benchmarks-peers.json`: `python -m bench.peers --out docs/results/benchmarks-peers.json`, then "
                 "`python -m bench.report`, put the peers beside this run.")
     if p["status"] == "older":
         return (f"`{p['source']}` is from {p['date']}, older than this run: its figures are not mixed with this "
@@ -291,7 +329,7 @@ def wrk_verdict(r: dict) -> str:
 
 def inprocess_section(r: dict) -> str:
     rows = []
-    engines = (("ort", "onnxruntime (server.model.OnnxModel)"), ("ort_int8", "onnxruntime, int8 model"),
+    engines = (("ort", "onnxruntime (server.runtime.model.OnnxModel)"), ("ort_int8", "onnxruntime, int8 model"),
                ("torch", "PyTorch (DigitNet)"))
     for engine, label in [(e, label) for e, label in engines if e in r["inprocess"]]:
         for by_threads in r["inprocess"][engine]["results"]:
@@ -373,13 +411,16 @@ GENERIC_FRAMES = ("process ", "Thread.", "_worker (", "_WorkItem.run", "<module>
                   "ThreadWorker.run")
 
 
-def profile_section(r: dict) -> str:
-    p = r.get("profile")
+PROFILED = {"profile": "/predict PNG", "profile_v2_binary": "v2 infer binary"}
+
+
+def profile_section(r: dict, key: str = "profile") -> str:
+    p = r.get(key)
     if not p:
-        return "## Profile\n\npy-spy was not installed; no profile in this run.\n"
+        return "" if key != "profile" else "## Profile\n\npy-spy was not installed; no profile in this run.\n"
     rows = [[f"`{name}`", f"{share:.1%}"] for name, share in p["inclusive"] if not name.startswith(GENERIC_FRAMES)][:20]
     own = [[f"`{name}`", f"{share:.1%}"] for name, share in p["self"]][:12]
-    return f"""## Profile: where a worker's time goes under `/predict` PNG
+    return f"""## Profile: where a worker's time goes under `{PROFILED[key]}`
 
 py-spy sampled both workers for {p['seconds']} s (only threads holding the GIL, i.e. Python work; time
 inside onnxruntime's C++ releases it) while wrk kept 32 connections busy ({p['load']['rps']:,.0f} req/s
@@ -475,8 +516,42 @@ Compressed, it is {image.get('fraction_of_slimmest_big_server')} of the slimmest
     return "\n".join(parts)
 
 
+def headline(r: dict) -> str:
+    """The current figures docs/benchmarks.md quotes from the record (written there by bench/report.py)."""
+    t = r["targets"].get("issue33") or {}
+    peers = t.get("peers", {})
+    lines = [f"From the `make bench` run of {r['date']} ([results/benchmarks.md](results/benchmarks.md), "
+             f"[JSON](results/benchmarks.json)); model `{r['model']['path']}`, {r['machine']['cores']} cores, "
+             f"WORKERS={r['settings']['WORKERS']} (the peers' comparison: 2 workers each).", ""]
+    if peers.get("rows"):
+        lines += [table(["request", "connections", "this server req/s", "p50 / p99 ms", "best peer", "its req/s",
+                         "p50 / p99 ms", "ratio", "goal >= 2"],
+                        [[w["label"], w["connections"], f"{w['server']['rps_median']:,.0f}",
+                          f"{w['server']['p50_ms']:.2f} / {w['server']['p99_ms']:.2f}",
+                          w["peer"]["server"] if w["peer"] else "—",
+                          f"{w['peer']['rps_median']:,.0f}" if w["peer"] else "—",
+                          f"{w['peer']['p50_ms']:.2f} / {w['peer']['p99_ms']:.2f}" if w["peer"] else "—",
+                          figure(w["ratio"]), verdict(w["met"]) if w["peer"] else "—"] for w in peers["rows"]]), ""]
+    else:
+        lines += [f"Peers: no current peers' run beside this record ({peers.get('status', 'absent')}).", ""]
+    labels = {"v2_infer_binary": "v2 infer binary", "v2_infer_json": "v2 infer JSON", "predict_png": "/predict PNG"}
+    if t.get("cpu"):
+        before = t["before_after"]["before"]
+        lines += [table(["request", f"server CPU ms/req, `{before}`", "this tree", "ratio", "goal <= 0.5"],
+                        [[labels[c["request"]], f"{c['before_ms']:.3f}", f"{c['after_ms']:.3f}", f"{c['ratio']:.2f}",
+                          verdict(c["met"])] for c in t["cpu"]]), ""]
+    if t.get("torch"):
+        lines += [ratio_table(t["torch"]), ""]
+    for key, label in PROFILED.items():
+        p = r.get(key)
+        if p:
+            top = ", ".join(f"`{name}` {share:.1%}" for name, share in p["self"][:6])
+            lines += [f"Profile after, {label} (py-spy, self time, top 6 of {p['samples']:,} samples): {top}.", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def render(r: dict, plots: list[str]) -> str:
-    sections = [header(r), targets_section(r), method(r), load_section(r), inprocess_section(r),
-                profile_section(r), ab_section(r), footprint_section(r), soak_section(r), recovery_section(r),
+    sections = [header(r), issue33_section(r), targets_section(r), method(r), load_section(r), inprocess_section(r),
+                profile_section(r), profile_section(r, "profile_v2_binary"), ab_section(r), footprint_section(r), soak_section(r), recovery_section(r),
                 extras_section(r)]
     return "\n".join(section for section in sections if section)

@@ -49,7 +49,7 @@ def markdown(results: dict, kept: str = "") -> str:
         f"Idle worker (after 20 normal requests): **{idle:.0f} MiB** RSS.",
         "",
         "`reserved` is what the server reserves of the worker's budget for the request's largest piece of",
-        "work, estimated before the work starts (`server/budget.py`); it must not be below `over idle`.",
+        "work, estimated before the work starts (`server/limits/budget.py`); it must not be below `over idle`.",
         "",
         "| request | body | status | seconds | peak RSS MiB | over idle | reserved MiB | RSS after MiB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

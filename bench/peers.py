@@ -5,9 +5,14 @@ Peers, each from its own virtual environment (`make bench` builds them from benc
 - Seldon MLServer (bench/peer_apps/mlserver_model.py, `parallel_workers: 2`, one inference process per core;
   its REST side has no binary tensor extension, so it runs v2 JSON only).
 This server runs as `make serve` does, with WORKERS=2 so every server has two processes on the model.
-wrk sends the same v2 infer request (JSON, and Triton's binary extension where the peer takes it)
-from 1, 8 and 32 connections; the servers take turns, `--rounds` times, one server running at a time.
-Prints JSON and, with --out, writes it (docs/benchmarks-lean.md quotes the figures).
+All serve the same file: the repository's newest version of `--model` (the default model) unless
+`--version` names one. wrk sends the same v2 infer request (JSON, and Triton's binary extension where
+the peer takes it) from `--connections` connections; over gRPC (v2 ModelInfer, the tensor as raw
+bytes, as tritonclient.grpc sends it) this server and KServe's gRPC server (which KServe runs in its
+main process whatever `--workers` says) take the same numbers of streams from bench/grpc_http.py's
+client processes. The servers take turns, `--rounds` times, one server running at a time.
+Prints JSON and, with --out, writes it (`make bench`: docs/results/benchmarks-peers.json, shown in
+docs/results/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -20,10 +25,11 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench import grpc_http
 from harness import bodies
 from harness.loadgen import run_wrk
-from harness.procs import ServerTree, model_server
-from server.runtime.layout import model_path
+from harness.procs import ServerTree, free_port, model_server
+from server.runtime.layout import latest_model_file, model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,8 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--repository", type=Path, default=ROOT / "models")
     parser.add_argument("--model", default="mnist")
-    parser.add_argument("--version", default="1")
-    parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--version", default="", help="version served by every server; empty = the newest")
+    parser.add_argument("--connections", type=int, nargs="+", default=[8, 32], help="also the gRPC streams")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=2, help="turns of every server")
@@ -69,10 +75,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    model_file = model_path(args.repository.resolve(), args.model, args.version)
+    repository = args.repository.resolve()
+    model_file = (model_path(repository, args.model, args.version) if args.version
+                  else latest_model_file(repository, args.model))
+    if model_file is None or not model_file.exists():
+        raise SystemExit(f"error: no model file for {args.model} version {args.version or '(newest)'} in {repository}")
     specs = {s.name: s for s in bodies.server_requests(args.model, "input", "probabilities")}
-    requests = {"server": ["v2_infer_json", "v2_infer_binary"], "kserve": ["v2_infer_json", "v2_infer_binary"],
-                "mlserver": ["v2_infer_json"]}
+    requests = {"server": ["v2_infer_json", "v2_infer_binary", "v2_infer_grpc"],
+                "kserve": ["v2_infer_json", "v2_infer_binary", "v2_infer_grpc"], "mlserver": ["v2_infer_json"]}
     runs: dict = {}
     with open("/proc/loadavg") as f:
         load_before = f.read().split()[:3]
@@ -81,17 +91,25 @@ def main(argv: list[str] | None = None) -> int:
             for peer in args.peers:
                 probe = specs["v2_infer_json"]
                 if peer == "server":
-                    server = model_server(args.repository.resolve(), name="peer-server", probe=probe,
-                                          env={"WORKERS": str(WORKERS)})
+                    # The newest version of the model only, as the peers load it (and 8001 may be taken).
+                    grpc_port = free_port()
+                    server = model_server(repository, name="peer-server", probe=probe,
+                                          env={"WORKERS": str(WORKERS), "GRPC_PORT": str(grpc_port)})
                 elif peer == "kserve":
                     server = kserve(model_file.parent, args.model, probe)
+                    grpc_port = server.port + 1
                 else:
                     server = mlserver(model_file, args.model, probe, Path(tmp) / f"r{round_number}")
                 with server:
                     server.wait_serving(timeout=180.0, patient=True)
                     for request in requests[peer]:
-                        spec = specs[request]
+                        spec = specs.get(request)
                         for connections in args.connections:
+                            if request == "v2_infer_grpc":
+                                grpc_http.load("grpc", grpc_port, connections, args.warmup)
+                                result = grpc_http.load("grpc", grpc_port, connections, args.seconds, server)
+                                runs.setdefault(f"{peer}|{request}|{connections}", []).append(result)
+                                continue
                             run_wrk(server.port, spec, connections=connections, seconds=args.warmup)
                             result = run_wrk(server.port, spec, connections=connections, seconds=args.seconds,
                                              server_cpu=server.cpu_seconds)
@@ -111,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             "errors": sum(r["errors"] for r in results),
         })
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "workers": WORKERS,
+              "model_file": str(model_file.relative_to(ROOT)) if model_file.is_relative_to(ROOT) else str(model_file),
+              "load_generators": {"v2_infer_json": "wrk", "v2_infer_binary": "wrk",
+                                  "v2_infer_grpc": "bench/grpc_http.py's client processes"},
               "seconds": args.seconds, "rounds": args.rounds, "load_average_before": load_before,
               "load_average_after": load_after, "cpus": os.cpu_count(), "table": table}
     text = json.dumps(result, indent=1)

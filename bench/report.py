@@ -1,4 +1,4 @@
-"""Turn one benchmark run's results into docs/benchmarks.json, PNG plots and docs/benchmarks.md."""
+"""Turn one benchmark run's results into docs/results/benchmarks.json, PNG plots and docs/results/benchmarks.md."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
-from bench.markdown import render  # noqa: E402
+from bench.markdown import headline, render  # noqa: E402
 from bench.results import MB, mean_worker_kib, series, targets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_NAME = "benchmarks-peers.json"
+RESULTS = ROOT / "docs" / "results"
+REFERENCE = ROOT / "docs" / "benchmarks.md"  # the reference page: its headline block is the record's figures
+HEADLINE_START, HEADLINE_END = "<!-- headline: written by make bench (bench/report.py) -->", "<!-- headline end -->"
 
 # --------------------------------------------------------------------------- plots
 
@@ -104,9 +107,9 @@ PLOTS = {"benchmarks-throughput.png": plot_throughput, "benchmarks-latency.png":
 
 
 def peers_file(out: Path) -> Path:
-    """bench/peers.py's results beside the report, else the committed ones in docs/ (a --quick run's out has none)."""
+    """bench/peers.py's results beside the report, else the committed ones in docs/results/ (a --quick run's out has none)."""
     beside = out / PEERS_NAME
-    return beside if beside.exists() else ROOT / "docs" / PEERS_NAME
+    return beside if beside.exists() else ROOT / "docs" / "results" / PEERS_NAME
 
 
 def write(results: dict, out: Path) -> None:
@@ -117,6 +120,14 @@ def write(results: dict, out: Path) -> None:
     for name, plot in PLOTS.items():
         plot(results, out / name)
     (out / "benchmarks.md").write_text(render(results, list(PLOTS)))
+    if out.resolve() == RESULTS.resolve():
+        REFERENCE.write_text(with_headline(REFERENCE.read_text(), headline(results)))
+
+
+def with_headline(page: str, figures: str) -> str:
+    """`page` with the text between its headline markers replaced by `figures`."""
+    start, end = page.index(HEADLINE_START) + len(HEADLINE_START), page.index(HEADLINE_END)
+    return page[:start] + "\n" + figures + page[end:]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("results", type=Path, nargs="?", default=Path("docs/benchmarks.json"))
+    parser.add_argument("results", type=Path, nargs="?", default=Path("docs/results/benchmarks.json"))
     args = parser.parse_args(argv)
     write(json.loads(args.results.read_text()), args.results.parent)
     return 0

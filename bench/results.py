@@ -26,13 +26,18 @@ BASE_SERIES = (  # (app, request, label in tables and plots)
 )
 OWN_WORK_REQUESTS = (("predict_png", "/predict PNG"), ("predict_pixels", "/predict pixels"),
                      ("v2_infer_binary", "v2 infer binary"), ("v2_infer_json", "v2 infer JSON"))
-PEER_REQUESTS = (("v2_infer_json", "v2 infer JSON"), ("v2_infer_binary", "v2 infer binary"))
+PEER_REQUESTS = (("v2_infer_json", "v2 infer JSON"), ("v2_infer_binary", "v2 infer binary"),
+                 ("v2_infer_grpc", "v2 infer gRPC"))
 # Issue 19's goals.
 OWN_WORK_FRACTION = 1 / 3  # own CPU work per request, of the before run's
 TRIVIAL_FRACTION = 0.45  # /predict PNG throughput, of the trivial endpoint's
 TORCH_MULTIPLE = 3.0  # /predict PNG throughput, of the torch baseline's
 COLD_START_FRACTION = 0.25  # of the torch baseline's
 PEER_MULTIPLE = 2.0  # v2 throughput, of the best peer's
+# Issue 33's goals (the same peer multiple, at these connections; gRPC against KServe's, the only peer with gRPC here).
+ISSUE33_CONNECTIONS = (8, 32)
+BEFORE_CPU_FRACTION = 0.5  # server CPU per request, of e301823's (bench/before_after.py)
+ISSUE33_TORCH_MULTIPLE = 2.0  # /predict PNG throughput, of the torch baseline's (same architecture)
 
 
 def series(results: dict) -> list[tuple[str, str, str]]:
@@ -203,8 +208,34 @@ def evaluate(f: dict, before: dict, peers: dict | None = None, peers_source: str
     }
 
 
+def issue33(results: dict, peers: dict) -> dict:
+    """Issue 33's targets in one run: the peers at 8 and 32 connections, CPU per request against e301823, torch."""
+    before_after = results.get("before_after")
+    cpu = [] if not before_after else [
+        {"request": row["request"], "before_ms": row["before"]["cpu_ms_per_request"],
+         "after_ms": row["after"]["cpu_ms_per_request"], "ratio": row["cpu_ratio"],
+         "before_rps": row["before"]["rps"], "after_rps": row["after"]["rps"],
+         "goal": f"<= {BEFORE_CPU_FRACTION:g}", "met": row["cpu_ratio"] <= BEFORE_CPU_FRACTION}
+        for row in before_after["table"]]
+    f = figures(results)
+    rps, ms = f["peak_rps"], f["cpu_ms_per_request"]
+    torch = [row("/predict PNG peak throughput / torch baseline's (same architecture)", None,
+                 rps["predict_png"] / rps["torch_predict_png"], ">=", ISSUE33_TORCH_MULTIPLE),
+             row("the same from CPU per request at the highest concurrency (torch's / this server's)", None,
+                 ms["torch_predict_png"] / ms["predict_png"], ">=", ISSUE33_TORCH_MULTIPLE),
+             row("cold start to first 200 from /predict / torch baseline's", None,
+                 f["cold_start_s"]["server"] / f["cold_start_s"]["torch"], "<=", COLD_START_FRACTION)]
+    return {"issue": 33,
+            "peers": {**peers, "rows": [r for r in peers["rows"] if r["connections"] in ISSUE33_CONNECTIONS]},
+            "before_after": {k: before_after[k] for k in ("before", "after", "date", "workers", "connections", "rounds",
+                                                          "seconds", "pythons")} if before_after else None,
+            "cpu": cpu, "torch": torch}
+
+
 def targets(results: dict, baseline: Path = BASELINE, peers_file: Path | None = None) -> dict:
-    """Issue 19's targets for one run: against the frozen before run, with the peers' file when there is one."""
+    """Issue 19's and issue 33's targets for one run: against the frozen before run, with the peers' file when there is one."""
     peers = json.loads(peers_file.read_text()) if peers_file and peers_file.exists() else None
     source = os.path.relpath(peers_file, BASELINE.parents[1]) if peers_file else ""
-    return evaluate(figures(results), json.loads(baseline.read_text()), peers, source)
+    evaluated = evaluate(figures(results), json.loads(baseline.read_text()), peers, source)
+    evaluated["issue33"] = issue33(results, evaluated["peers"])
+    return evaluated

@@ -1,9 +1,11 @@
-"""`make bench`: every serving benchmark in one run, written to docs/benchmarks.json + .md + plots.
+"""`make bench`: every serving benchmark in one run, written to docs/results/benchmarks.json + .md + plots.
 
 Side by side on this machine: this server under wrk (/predict with a PNG and with pixels, v2 infer
 binary and JSON) at several concurrencies; a trivial constant-JSON Flask app under the same
-gunicorn settings (the floor); the same CNN in PyTorch inside Flask (the baseline); onnxruntime
-and torch in-process with no HTTP; environment sizes, RSS per worker and cold starts; a soak.
+launcher (Granian, server/lifecycle.py: the floor); the same CNN in PyTorch inside Flask (the
+baseline, the served file's architecture); the server's CPU per request against e301823's
+(bench/before_after.py); onnxruntime and torch in-process with no HTTP; environment sizes, RSS per
+worker and cold starts; a soak. docs/benchmarks.md is the reference page that quotes it.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import footprint, profile, recovery, report, soak, torch_app
+from bench import before_after, footprint, profile, recovery, report, soak, torch_app
 from harness import bodies
 from harness.loadgen import run_wrk, send_many, wrk_version
 from harness.procs import ServerTree, memory_kib, model_server, send, wait_idle, wsgi_app
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench")
 
 SERVE_VENV, TORCH_VENV, DEV_VENV = ROOT / ".venv-serve", ROOT / ".venv-bench-torch", ROOT / ".venv-dev"
+RESULTS = ROOT / "docs" / "results"  # dated run records; docs/benchmarks.md is the reference page
 CONCURRENCY = (1, 8, 32)
 WORKERS = BY_NAME["WORKERS"].default
 VERSIONED = ("flask", "granian", "gunicorn", "onnxruntime", "numpy", "pillow", "torch")
@@ -53,14 +56,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--soak-seconds", type=float, default=60.0)
     parser.add_argument("--soak-warmup", type=float, default=10.0)
     parser.add_argument("--inprocess-seconds", type=float, default=2.0, help="per batch size and thread count")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where benchmarks.json/.md and plots go")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where benchmarks.json/.md and plots go")
+    parser.add_argument("--before", default=before_after.BEFORE,
+                        help="revision whose server the CPU per request is compared with; '' skips it")
     parser.add_argument("--quick", action="store_true",
                         help="seconds-long runs to check the machinery; writes to bench/out/quick unless --out")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.rss_requests, args.cold_starts, args.tries = 1.0, 1.0, 300, 1, 1
         args.soak_seconds, args.soak_warmup, args.inprocess_seconds = 2.0, 1.0, 0.3
-        if args.out == ROOT / "docs":
+        if args.out == RESULTS:
             args.out = ROOT / "bench" / "out" / "quick"
     return args
 
@@ -248,15 +253,15 @@ def container_image() -> dict | None:
             "big_servers": content.get("big_servers") or []}
 
 
-def profile_server(args: argparse.Namespace, png: bodies.RequestSpec) -> dict | None:
-    """py-spy's view of the workers under /predict PNG load, when py-spy is installed."""
+def profile_server(args: argparse.Namespace, spec: bodies.RequestSpec) -> dict | None:
+    """py-spy's view of the workers under load of `spec`, when py-spy is installed."""
     if not profile.PY_SPY.exists():
         log.warning("no %s: skipping the profile", profile.PY_SPY)
         return None
-    with server_app(args, png) as server:
+    with server_app(args, spec) as server:
         server.wait_serving()
         wait_idle(server, WORKERS)
-        return profile.profile(server, png, seconds=max(2, round(args.seconds)))
+        return profile.profile(server, spec, seconds=max(2, round(args.seconds)))
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -288,6 +293,11 @@ def run(args: argparse.Namespace) -> dict:
     log.info("in-process compute"); results["inprocess"] = inprocess(args, model_path, int8_path)
     log.info("trivial app"); results["trivial"] = bench_app(lambda: trivial_app(args), [bodies.trivial()], args, memory=False)
     log.info("this server"); results["server"] = bench_app(lambda: server_app(args, png), specs, args)
+    if args.before:
+        log.info("CPU per request against %s", args.before)
+        results["before_after"] = before_after.run(
+            args.repository, args.model, args.before, rounds=1 if args.quick else 2,
+            seconds=1.0 if args.quick else 5.0, warmup=1.0 if args.quick else 2.0)
     log.info("torch baseline"); results["torch"] = bench_app(
         lambda: torch_app.gunicorn(png, args.checkpoint, args.model_config), [png, pixels], args)
     log.info("soak")
@@ -297,6 +307,7 @@ def run(args: argparse.Namespace) -> dict:
         results["soak"] = soak.soak(server, png, seconds=args.soak_seconds, warmup=args.soak_warmup, connections=32)
     log.info("a worker killed under load"); results["recovery"] = recovery.run(args.repository)
     log.info("profile"); results["profile"] = profile_server(args, png)
+    log.info("profile of v2 binary"); results["profile_v2_binary"] = profile_server(args, specs[2])
     results["sizes"] = sizes()
     results["training"] = training_metrics(args.checkpoint)
     results["container_image"] = container_image()
