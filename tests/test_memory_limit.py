@@ -35,6 +35,7 @@ from harness.bodies import RequestSpec
 from harness.memory import largest_requests, normal_requests, repository_without_row_limit
 from harness.procs import children
 from server.limits.box import cgroup_paths
+from server.lifecycle import IDLE_THREAD_SECONDS
 from tests.conftest import LOG_DIR, ROOT, SERVE_VENV, free_port
 
 pytestmark = pytest.mark.memory_limit
@@ -295,8 +296,14 @@ def test_largest_requests_under_1_gib_and_one_cpu(tmp_path: Path) -> None:
             large_tally.statuses.update(tally.statuses)
             large_tally.failures += tally.failures
             large_tally.seconds += tally.seconds
-        time.sleep(3)  # the last answers' memory is freed; the workers settle
-        after = cgroup.anon_mib()
+        # The last answers' memory is freed and the workers settle: the Python threads Granian started
+        # for the requests end after IDLE_THREAD_SECONDS idle, taking their stacks and allocator caches
+        # (one run measured 147 MiB 3 s after the load, the next 125: threads still alive). Memory that
+        # is not given back by then (a leak) still fails the bound below.
+        allowed = idle + IDLE_SLACK_PER_WORKER_MIB * len(workers_before)
+        settled_by = time.monotonic() + IDLE_THREAD_SECONDS + 5
+        while (after := cgroup.anon_mib()) > allowed and time.monotonic() < settled_by:
+            time.sleep(0.5)
         health = send(port, RequestSpec("ready", "GET", "/v2/health/ready"), 10)[0]
         counters = cgroup.oom_kills()
         workers_after = children(server.pid)
@@ -334,7 +341,6 @@ def test_largest_requests_under_1_gib_and_one_cpu(tmp_path: Path) -> None:
             assert alone[item.kind][0] in item.expected, (item.kind, alone[item.kind], summary)
         assert large_tally.statuses[200] > 0, summary
         assert health == 200, summary
-        allowed = idle + IDLE_SLACK_PER_WORKER_MIB * len(workers_before)
         assert after <= allowed, f"anonymous memory {after:.0f} MiB after, {idle:.0f} MiB idle: {summary}"
     finally:
         if server is not None and server.poll() is None:
