@@ -95,7 +95,7 @@ def markdown(report: dict) -> str:
     lines = [
         "# v2 inference: gRPC beside HTTP (binary tensors)",
         "",
-        f"`python -m bench.grpc_http` on {report['machine']}, {report['when']}: one gunicorn (2 workers, "
+        f"`python -m bench.grpc_http` on {report['machine']}, {report['when']}: one server (Granian, 2 workers, "
         "`make serve`'s settings) answering both transports on 127.0.0.1; one MNIST digit (raw FP32) a "
         f"request; each stream its own connection; best of {report['tries']} alternating tries of "
         f"{report['seconds']} s (every try's req/s shown). The clients (Python, up to 4 processes) share "
