@@ -9,9 +9,8 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from .. import metrics
 from ..v2 import inference, protocol, tensors
-from ..runtime.model_config import config_json
 from ..limits.budget import tensor_body_bytes
-from ..runtime.model_config import ONNX_PLATFORM as PLATFORM
+from ..runtime.model_config import ONNX_PLATFORM as PLATFORM, config_json
 from .context import get_infer_limits, get_registry
 from .openapi import MODEL_NAME_PARAMETER, MODEL_VERSION_PARAMETER, error_responses
 
